@@ -1,0 +1,141 @@
+"""Configurations: one frozen dataclass for every MultVAE-family model, with per-dataset presets.
+
+The defaults reproduce the authors' code as ``../shared/spec/tall_spec.md`` describes it; every
+improvement is an option with its own field, off by default. A config is hashable, so it is passed to
+the jitted steps as a static argument.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+MODELS = ("multvae", "wl", "moe", "lmoe", "lmoe_lc", "lmoe_gap_l", "tall", "uniform_moe")
+GATES = ("loss", "uniform", "mlp", "none")
+KL_REDUCTIONS = ("sum_users", "mean", "per_user")
+ADAPTIVE = ("none", "loss_change", "raw_loss", "wl")
+KKT_MODES = ("paper", "exact")
+
+
+@dataclasses.dataclass(frozen=True)
+class TALLConfig:
+    """Every knob of MultVAE, WL, MoE, LMoE and TALL. Field comments give the paper/spec symbol."""
+
+    model: str = "tall"  # a name from MODELS; fixes the gate / weighting choices below via make_config
+    n_experts: int = 100  # E, number of MultVAE experts (spec §5.1)
+    latent: int = 100  # d, latent size; encoder M -> 2d, decoder d -> M, no hidden layer (spec §4)
+    batch_size: int = 512  # users per step (ML-1M 512, Yelp/CDs 256; spec §5.6)
+    lr: float = 1e-3  # Adam learning rate
+    reg: float = 1e-3  # "reg"; Adam coupled-L2 weight decay is reg / E for mixtures (spec §5.1)
+    weight_decay_per_expert: bool = True  # divide reg by E (faithful); False uses reg for every E
+    noise_std: float = 0.01  # std of the reparameterisation noise (spec §4: 0.01, not 1)
+    dropout: float = 0.0  # input dropout after L2 normalisation (0 in TALL, 0.2 in LFT)
+    anneal_cap: float = 0.2  # beta_t = min(cap, t / total_anneal_steps) (spec §4)
+    total_anneal_steps: int = 200_000
+    constant_beta: float | None = None  # fixed beta instead of annealing (LFT uses 0.2)
+    # --- gate (paper §3.1, spec §5.2) ---
+    gate: str = "loss"  # "loss": softmax_k(1/L_uk); "uniform"; "mlp" (MoE ablation); "none" (E = 1)
+    gate_temperature: float = 1.0  # tau in softmax_k((1/L_uk) / tau); 1 is faithful
+    gate_stop_gradient: bool = False  # detach the gate (faithful: gradients flow through it)
+    gate_hidden: int = 2000  # width of the MLP gate M -> 2000 -> E (spec §5.4 "MoE")
+    kl_reduction: str = "sum_users"  # "sum_users" (faithful, spec §5.2.4), "mean", "per_user"
+    # --- adaptive weights (paper Eq. 1-3, spec §5.4) ---
+    adaptive: str = "loss_change"  # "none", "loss_change" (TALL), "raw_loss" (LMoE+gap+L), "wl"
+    gap: int = 40  # T: epochs 1..T are unweighted
+    alpha: float = 0.08  # alpha of Eq. 1
+    window: int = 8  # L, length of the loss-change window
+    kkt_mode: str = "paper"  # "paper": Eq. 3 with the 1e-8 clamp; "exact": simplex projection
+    weight_per_item: bool = False  # use l_u / |V_u| as the weight signal (spec §5.8 option)
+    wl_gamma: float = 1.2  # WL exponent (TALL repo 1.2, LFT repo 1.5; spec §6.1)
+    wl_double_step: bool = True  # TALL-repo WL quirk: an unweighted then a weighted Adam step
+    # --- loop ---
+    patience: int = 15  # early stopping on the mean of validation NDCG@{1,5,10,20} (spec §3)
+    max_epochs: int = 10_000
+    seed: int = 0
+    # --- execution (no effect on the maths) ---
+    eval_batch_size: int = 0  # users per evaluation call (0: same as batch_size)
+
+    def __post_init__(self) -> None:
+        _check_choice("model", self.model, MODELS)
+        _check_choice("gate", self.gate, GATES)
+        _check_choice("kl_reduction", self.kl_reduction, KL_REDUCTIONS)
+        _check_choice("adaptive", self.adaptive, ADAPTIVE)
+        _check_choice("kkt_mode", self.kkt_mode, KKT_MODES)
+        positive = {
+            "n_experts": self.n_experts, "latent": self.latent, "batch_size": self.batch_size,
+            "window": self.window, "patience": self.patience, "max_epochs": self.max_epochs,
+            "gate_temperature": self.gate_temperature, "alpha": self.alpha,
+            "total_anneal_steps": self.total_anneal_steps
+        }
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"config field {name!r} must be > 0, got {value!r}")
+        if self.gap < 0:
+            raise ValueError(f"config field 'gap' must be >= 0, got {self.gap}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"config field 'dropout' must be in [0, 1), got {self.dropout}")
+        if self.gate == "none" and self.n_experts != 1:
+            raise ValueError(f"gate='none' needs n_experts=1, got {self.n_experts}")
+
+    @property
+    def weight_decay(self) -> float:
+        """Adam's coupled L2 coefficient: reg / E for mixtures (spec §5.1, §8.6), reg otherwise."""
+        if self.weight_decay_per_expert and self.n_experts > 1:
+            return self.reg / self.n_experts
+        return self.reg
+
+    @property
+    def eval_batch(self) -> int:
+        return self.eval_batch_size or self.batch_size
+
+    def replace(self, **changes: Any) -> "TALLConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"config field {field!r} is {value!r}; choose one of {', '.join(choices)}")
+
+
+# Per-dataset values (spec §5.6; README of the authors for Yelp/CDs). "synthetic" is small and quick.
+DATASET_PRESETS: dict[str, dict[str, Any]] = {
+    "ml-1m": dict(batch_size=512, reg=1e-3, gap=40, alpha=0.08),
+    "yelp": dict(batch_size=256, reg=1e-4, gap=15, alpha=0.6),
+    "cds": dict(batch_size=256, reg=1e-4, gap=25, alpha=0.3),
+    "synthetic": dict(batch_size=256, reg=1e-3, gap=10, alpha=0.08, max_epochs=60, patience=10),
+}
+
+# What each model name means (paper Tables 2-4, spec §5.4 and §6.1).
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "multvae": dict(n_experts=1, gate="none", kl_reduction="mean", adaptive="none"),
+    "wl": dict(n_experts=1, gate="none", kl_reduction="mean", adaptive="wl"),
+    "moe": dict(gate="mlp", adaptive="none"),
+    "lmoe": dict(gate="loss", adaptive="none"),
+    "lmoe_lc": dict(gate="loss", adaptive="loss_change", gap=0),
+    "lmoe_gap_l": dict(gate="loss", adaptive="raw_loss"),
+    "tall": dict(gate="loss", adaptive="loss_change"),
+    "uniform_moe": dict(gate="uniform", adaptive="none"),
+}
+
+
+def make_config(dataset: str, model: str, **overrides: Any) -> TALLConfig:
+    """The faithful configuration of ``model`` on ``dataset``, then ``overrides`` (None values ignored).
+
+    Dataset presets apply first, model presets second (so ``lmoe_lc`` forces gap 0), explicit
+    overrides last.
+    """
+    if dataset not in DATASET_PRESETS:
+        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(DATASET_PRESETS)}")
+    if model not in MODEL_PRESETS:
+        raise ValueError(f"unknown model {model!r}; known: {', '.join(MODEL_PRESETS)}")
+    fields = {f.name for f in dataclasses.fields(TALLConfig)}
+    unknown = set(overrides) - fields
+    if unknown:
+        raise ValueError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+    values: dict[str, Any] = dict(model=model)
+    values.update(DATASET_PRESETS[dataset])
+    values.update(MODEL_PRESETS[model])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TALLConfig(**values)

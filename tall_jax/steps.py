@@ -1,0 +1,208 @@
+"""Pure training and evaluation steps of the MultVAE family (MultVAE, WL, MoE, LMoE, TALL).
+
+``train_step(state, batch, config) -> (state, metrics)`` is one Adam step on one batch (spec §5.3);
+``train_epoch`` runs a whole epoch as a ``lax.scan`` on the device, with the adaptive weights set at its
+start and the loss-change window updated at its end (spec §5.4-5.5); ``evaluate`` scores all users'
+validation and test rankings in one compiled pass. ``config`` is static everywhere.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from tall_jax import gate as gate_lib
+from tall_jax import vae, weights
+from tall_jax.batching import Batch, UserData, dense_rows, epoch_order, make_batch, sequential_order
+from tall_jax.configs import TALLConfig
+from tall_jax.metrics import rank_metrics
+from tall_jax.state import TrainState, make_optimizer
+from tall_jax.vae import Params
+
+KS = (1, 5, 10, 20)
+_NOISE, _SHUFFLE, _DROPOUT = 0, 1, 2
+
+
+def beta_at(step: jax.Array, config: TALLConfig) -> jax.Array:
+    """KL weight before the ``step``-th update: min(cap, step / total_anneal_steps) (spec §4)."""
+    if config.constant_beta is not None:
+        return jnp.asarray(config.constant_beta, jnp.float32)
+    return jnp.minimum(config.anneal_cap, step.astype(jnp.float32) / config.total_anneal_steps)
+
+
+def forward(params: Params, x_BxM: jax.Array, v_BxM: jax.Array, key: jax.Array,
+            config: TALLConfig, *, train: bool) -> dict[str, jax.Array]:
+    """Experts, gate and mixture for a batch (spec §5.2). Returns logits_ExBxM, kl_ExB, gate_BxE,
+    mix_BxM. The loss gate uses the validation rows ``v_BxM`` in training and at evaluation alike."""
+    xn = vae.normalise(x_BxM)
+    if train and config.dropout > 0:
+        keep = jax.random.bernoulli(jax.random.fold_in(key, _DROPOUT), 1 - config.dropout, xn.shape)
+        xn = jnp.where(keep, xn / (1 - config.dropout), 0.0)
+    logits_ExBxM, kl_ExB = vae.experts_forward(
+        params["experts"], xn, jax.random.fold_in(key, _NOISE), train=train,
+        noise_std=config.noise_std)
+    n_experts, batch = kl_ExB.shape
+    if config.gate == "loss":
+        loss_BxE = gate_lib.masked_validation_loss(logits_ExBxM, x_BxM, v_BxM).T
+        has_valid = jnp.sum(v_BxM, axis=-1) > 0
+        gate_BxE = gate_lib.loss_gate(loss_BxE, has_valid, temperature=config.gate_temperature,
+                                      stop_gradient=config.gate_stop_gradient)
+    elif config.gate == "mlp":
+        gate_BxE = gate_lib.mlp_gate(params["gate"], x_BxM)
+        if config.gate_stop_gradient:
+            gate_BxE = jax.lax.stop_gradient(gate_BxE)
+    else:  # "uniform", or "none" with a single expert
+        gate_BxE = jnp.full((batch, n_experts), 1.0 / n_experts, jnp.float32)
+    mix_BxM = logits_ExBxM[0] if n_experts == 1 else gate_lib.mix_logits(gate_BxE, logits_ExBxM)
+    return dict(logits_ExBxM=logits_ExBxM, kl_ExB=kl_ExB, gate_BxE=gate_BxE, mix_BxM=mix_BxM)
+
+
+def loss_fn(params: Params, batch: Batch, w_B: jax.Array, beta: jax.Array, key: jax.Array,
+            config: TALLConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """loss = sum_u w_u CE_u / sum_u w_u + beta * KL_mix (spec §5.3), over the batch's real users.
+
+    KL_mix (spec §5.2.4): "sum_users" = sum_u sum_k g_uk KLbar_k (faithful; about B times the
+    MultVAE KL weight), "mean" = the same divided by the number of users, "per_user" = mean_u sum_k
+    g_uk KL_uk with each user's own KL. With one expert and "mean" this is MultVAE's CE + beta * KLbar.
+    Also returns, detached, each user's mixture validation loss l_u (mask trick, spec §5.3).
+    """
+    x_BxM = dense_rows(batch.train_idx, batch.n_items)
+    v_BxM = dense_rows(batch.valid_idx, batch.n_items)
+    out = forward(params, x_BxM, v_BxM, key, config, train=True)
+    mask_B = batch.mask
+    n_real = jnp.sum(mask_B)
+    ce_B = -jnp.sum(x_BxM * jax.nn.log_softmax(out["mix_BxM"], axis=-1), axis=-1)
+    w_B = w_B * mask_B
+    ce = jnp.sum(w_B * ce_B) / jnp.maximum(jnp.sum(w_B), 1e-30)
+    gate_BxE, kl_ExB = out["gate_BxE"], out["kl_ExB"]
+    if config.kl_reduction == "per_user":
+        kl = jnp.sum(mask_B * jnp.sum(gate_BxE * kl_ExB.T, axis=-1)) / n_real
+    else:
+        kl_bar_E = jnp.sum(kl_ExB * mask_B, axis=-1) / n_real
+        kl_sum = jnp.sum(mask_B * (gate_BxE @ kl_bar_E))
+        kl = kl_sum if config.kl_reduction == "sum_users" else kl_sum / n_real
+    recorded_B = jax.lax.stop_gradient(
+        gate_lib.masked_validation_loss(out["mix_BxM"], x_BxM, v_BxM))
+    entropy_B, _ = gate_lib.gate_diagnostics(jax.lax.stop_gradient(gate_BxE))
+    aux = dict(ce=ce, kl=kl, recorded_B=recorded_B,
+               gate_entropy=jnp.sum(entropy_B * mask_B) / n_real)
+    return ce + beta * kl, aux
+
+
+def _apply(params: Params, opt_state: optax.OptState, grads: Params, config: TALLConfig):
+    updates, opt_state = make_optimizer(config).update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+
+def _train_step(state: TrainState, batch: Batch, config: TALLConfig):
+    key = jax.random.fold_in(jax.random.fold_in(state.rng, _NOISE), state.step)
+    w_B = state.weights_N.at[batch.users].get(mode="fill", fill_value=0.0)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    params, opt_state, step = state.params, state.opt_state, state.step
+    if config.adaptive == "wl" and config.wl_double_step:
+        # TALL-repo WL quirk (spec §6.1): an unweighted step, then the weighted one; both count.
+        (_, _), grads = grad_fn(params, batch, jnp.ones_like(w_B), beta_at(step, config), key,
+                                config)
+        params, opt_state = _apply(params, opt_state, grads, config)
+        step = step + 1
+        key = jax.random.fold_in(jax.random.fold_in(state.rng, _NOISE), step)
+    (loss, aux), grads = grad_fn(params, batch, w_B, beta_at(step, config), key, config)
+    params, opt_state = _apply(params, opt_state, grads, config)
+    loss_N = state.loss_N.at[batch.users].set(aux["recorded_B"], mode="drop")
+    new_state = state.replace(params=params, opt_state=opt_state, step=step + 1, loss_N=loss_N)
+    metrics = dict(loss=loss, ce=aux["ce"], kl=aux["kl"], beta=beta_at(step, config),
+                   gate_entropy=aux["gate_entropy"])
+    return new_state, metrics
+
+
+@functools.partial(jax.jit, static_argnames=("config",), donate_argnames=("state",))
+def train_step(state: TrainState, batch: Batch, config: TALLConfig):
+    """One optimizer step on one batch; records each user's l_u before the update (spec §5.3).
+
+    ``batch`` comes from :func:`tall_jax.batching.make_batch`; its padding users change nothing. The
+    adaptive weights are read from ``state.weights_N``: call :func:`begin_epoch` / :func:`end_epoch`
+    around each epoch of a hand-written loop to update them as TALL does.
+    """
+    return _train_step(state, batch, config)
+
+
+def begin_epoch(state: TrainState, config: TALLConfig, n_valid_N: jax.Array) -> TrainState:
+    """Set w for epoch t = state.epoch + 1 (paper Eq. 3, spec §5.4): 1 while t <= T, else KKT weights
+    of the loss-change window mean ("loss_change") or of the last raw loss ("raw_loss")."""
+    if config.adaptive in ("none", "wl"):
+        return state
+    w_N = weights.adaptive_weights(
+        state.epoch + 1, config.gap, config.alpha, signal=config.adaptive,
+        window_NxL=state.window_NxL, count=state.window_count, last_loss_N=state.loss_N,
+        mode=config.kkt_mode, per_item=config.weight_per_item, n_valid_N=n_valid_N)
+    return state.replace(weights_N=w_N)
+
+
+def end_epoch(state: TrainState, config: TALLConfig) -> TrainState:
+    """Close epoch t: from t >= 2 push Delta_u = l_u^{t-1} - l_u^t into the window (spec §5.4)."""
+    window, count = weights.push_window(state.window_NxL, state.window_count,
+                                        state.prev_loss_N - state.loss_N)
+    has_previous = state.epoch >= 1
+    return state.replace(
+        window_NxL=jnp.where(has_previous, window, state.window_NxL),
+        window_count=jnp.where(has_previous, count, state.window_count),
+        prev_loss_N=state.loss_N,
+        epoch=state.epoch + 1,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("config",), donate_argnames=("state",))
+def train_epoch(state: TrainState, data: UserData, config: TALLConfig):
+    """One epoch on the device: weights, a fresh shuffle, a ``lax.scan`` of train steps, the window.
+
+    Returns the new state and the per-step metrics stacked along a leading axis.
+    """
+    n_valid_N = jnp.sum(data.valid_idx[:-1] < data.n_items, axis=-1).astype(jnp.float32)
+    state = begin_epoch(state, config, n_valid_N)
+    shuffle_key = jax.random.fold_in(jax.random.fold_in(state.rng, _SHUFFLE), state.epoch)
+    order = epoch_order(shuffle_key, data.n_users, config.batch_size)
+
+    def body(carry: TrainState, users_B: jax.Array):
+        return _train_step(carry, make_batch(data, users_B), config)
+
+    state, metrics = jax.lax.scan(body, state, order)
+    return end_epoch(state, config), metrics
+
+
+def predict(params: Params, batch: Batch, config: TALLConfig):
+    """Eval-mode mixture logits [B, M] (z = mu) and the gate [B, E]; the loss gate sees the
+    validation items, as in the authors' code (spec §5.2.5)."""
+    x_BxM = dense_rows(batch.train_idx, batch.n_items)
+    v_BxM = dense_rows(batch.valid_idx, batch.n_items)
+    out = forward(params, x_BxM, v_BxM, jax.random.PRNGKey(0), config, train=False)
+    return out["mix_BxM"], out["gate_BxE"], x_BxM, v_BxM
+
+
+def eval_step(params: Params, batch: Batch, test_idx_BxP: jax.Array,
+              config: TALLConfig) -> dict[str, jax.Array]:
+    """Per-user validation and test NDCG/Recall@{1,5,10,20} for one batch (spec §3): train items are
+    excluded from both rankings; validation items stay candidates in the test ranking."""
+    mix_BxM, gate_BxE, x_BxM, v_BxM = predict(params, batch, config)
+    excluded = x_BxM > 0
+    valid = rank_metrics(mix_BxM, excluded, v_BxM > 0, KS)
+    test = rank_metrics(mix_BxM, excluded, dense_rows(test_idx_BxP, batch.n_items) > 0, KS)
+    entropy_B, ratio_B = gate_lib.gate_diagnostics(gate_BxE)
+    out = {f"valid/{k}": v for k, v in valid.items()}
+    out.update({f"test/{k}": v for k, v in test.items()})
+    out.update({"gate/entropy": entropy_B, "gate/max_min_ratio": ratio_B})
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def evaluate(params: Params, data: UserData, config: TALLConfig) -> dict[str, jax.Array]:
+    """All users' per-user metrics in one compiled pass (``lax.map`` over fixed-size batches)."""
+    order = jnp.asarray(sequential_order(data.n_users, config.eval_batch))
+
+    def one(users_B: jax.Array):
+        batch = make_batch(data, users_B)
+        return eval_step(params, batch, data.test_idx[users_B], config)
+
+    stacked = jax.lax.map(one, order)
+    return jax.tree.map(lambda a: a.reshape(-1)[: data.n_users], stacked)
