@@ -1,6 +1,8 @@
 """TrainState: everything a TALL-family training run carries from step to step, as one pytree."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -74,16 +76,28 @@ def init(key: jax.Array, config: TALLConfig, n_users: int, n_items: int,
     )
 
 
-def save_state(path, state: TrainState) -> None:
-    """Write the state as msgpack bytes (bit-exact; read back with :func:`load_state`)."""
-    from pathlib import Path
+def _write_atomically(path: str | Path, payload: bytes) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(serialization.to_bytes(jax.device_get(state)))
+    tmp.write_bytes(payload)
     tmp.replace(path)
 
 
-def load_state(path, template: TrainState) -> TrainState:
+def save_state(path: str | Path, state: TrainState) -> None:
+    """Write the state as msgpack bytes (bit-exact; read back with :func:`load_state`)."""
+    _write_atomically(path, serialization.to_bytes(jax.device_get(state)))
+
+
+def load_state(path: str | Path, template: TrainState) -> TrainState:
     """Read a state written by :func:`save_state` into the structure of ``template``."""
-    from pathlib import Path
+    return serialization.from_bytes(template, Path(path).read_bytes())
+
+
+def save_params(path: str | Path, params: Params) -> None:
+    """Write a parameter pytree as msgpack bytes."""
+    _write_atomically(path, serialization.to_bytes(jax.device_get(params)))
+
+
+def load_params(path: str | Path, template: Params) -> Params:
+    """Read parameters written by :func:`save_params` into the structure of ``template``."""
     return serialization.from_bytes(template, Path(path).read_bytes())

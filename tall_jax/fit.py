@@ -1,0 +1,157 @@
+"""The epoch loop shared by every MultVAE-family model: train, validate, early-stop, checkpoint.
+
+Per epoch (spec §5.5): adaptive weights, a shuffled on-device epoch, the loss-change window, then
+validation and test NDCG@{1,5,10,20} of every user. Early stopping (spec §3): the score is the mean of
+the four validation NDCGs; the first epoch always improves, later ones only if strictly better; training
+stops after ``patience`` epochs without improvement. The reported test result is the one of the best
+epoch. The model is not reloaded (the authors' code does not either).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from tall_jax import state as state_lib
+from tall_jax import steps
+from tall_jax.batching import UserData
+from tall_jax.configs import TALLConfig
+from tall_jax.datasets.base import Dataset
+from tall_jax.metrics import GROUP_NAMES, RankingResult
+from tall_jax.weights import weight_stats
+
+VALID_KEYS = tuple(f"valid/ndcg@{k}" for k in steps.KS)
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What a run produced: the test (and validation) result of the best epoch, and its history."""
+
+    config: TALLConfig
+    test: RankingResult  # per-user test metrics of the best-validation epoch
+    valid: RankingResult  # per-user validation metrics of the same epoch
+    best_epoch: int
+    epochs_run: int
+    history: list[dict[str, Any]]  # one entry per epoch (losses, per-group curves, weights, gate)
+    wall_time_s: float
+    best_params: Any  # host copy of the parameters at the best epoch
+    state: state_lib.TrainState  # the final state (best epoch + patience, like the authors' code)
+
+
+def _group_means(values_N: np.ndarray, groups_N: np.ndarray | None) -> dict[str, float]:
+    if groups_N is None:
+        return {}
+    return {name: float(np.nanmean(values_N[groups_N == g])) for g, name in enumerate(GROUP_NAMES)
+            if np.any(groups_N == g)}
+
+
+def _epoch_record(epoch: int, train_metrics: dict, evals: dict, state: state_lib.TrainState,
+                  groups_N: np.ndarray | None, n_valid_N: np.ndarray, ms_N: np.ndarray | None,
+                  config: TALLConfig, seconds: float) -> dict[str, Any]:
+    valid_score = float(np.mean([np.nanmean(evals[k]) for k in VALID_KEYS]))
+    w_N = np.asarray(state.weights_N)
+    record: dict[str, Any] = {
+        "epoch": epoch,
+        "seconds": seconds,
+        "loss": float(np.mean(train_metrics["loss"])),
+        "ce": float(np.mean(train_metrics["ce"])),
+        "kl": float(np.mean(train_metrics["kl"])),
+        "beta": float(np.asarray(train_metrics["beta"])[-1]),
+        "valid_score": valid_score,
+        "valid_ndcg@20": float(np.nanmean(evals["valid/ndcg@20"])),
+        "test_ndcg@20": float(np.nanmean(evals["test/ndcg@20"])),
+        "valid_ndcg@20_by_group": _group_means(evals["valid/ndcg@20"], groups_N),
+        "test_ndcg@20_by_group": _group_means(evals["test/ndcg@20"], groups_N),
+        "weight_by_group": _group_means(w_N, groups_N),
+    }
+    if config.n_experts > 1:
+        entropy, ratio = evals["gate/entropy"], evals["gate/max_min_ratio"]
+        record["gate"] = {
+            "entropy_mean": float(np.mean(entropy)), "entropy_min": float(np.min(entropy)),
+            "entropy_uniform": float(np.log(config.n_experts)),
+            "ratio_mean": float(np.mean(ratio)), "ratio_max": float(np.max(ratio)),
+        }
+    if config.adaptive in ("loss_change", "raw_loss", "wl"):
+        record["weights"] = weight_stats(w_N, n_valid_N, ms_N if ms_N is not None else w_N)
+    return record
+
+
+def fit(dataset: Dataset, config: TALLConfig, *, groups_N: np.ndarray | None = None,
+        ms_N: np.ndarray | None = None, out_dir: str | Path | None = None, progress: bool = True,
+        resume: bool = False, checkpoint_every: int = 10,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
+    """Train ``config`` on ``dataset`` to early stop and return the best epoch's results.
+
+    ``groups_N`` (0 = low .. 4 = high) gives the per-group curves; ``ms_N`` is needed by WL and for
+    weight diagnostics. With ``out_dir``, the best parameters are written to ``best_params.msgpack``
+    at the end and the full state to ``last_state.msgpack`` every ``checkpoint_every`` epochs;
+    ``resume=True`` continues from that file.
+    """
+    started = time.perf_counter()
+    data = UserData.from_dataset(dataset)
+    n_valid_N = np.diff(dataset.valid.indptr).astype(np.float32)
+    state = state_lib.init(jax.random.PRNGKey(config.seed), config, dataset.n_users,
+                           dataset.n_items, ms_N=ms_N)
+    out = Path(out_dir) if out_dir is not None else None
+    history: list[dict[str, Any]] = []
+    best = {"score": -np.inf, "epoch": 0, "evals": None, "params": None}
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        if resume and (out / "last_state.msgpack").exists():
+            state = state_lib.load_state(out / "last_state.msgpack", state)
+            saved = json.loads((out / "last_state.json").read_text())
+            history, best["score"], best["epoch"] = saved["history"], saved["best_score"], saved["best_epoch"]
+            best["evals"] = {k: np.asarray(v, np.float32) for k, v in np.load(out / "best_evals.npz").items()}
+            best["params"] = state_lib.load_params(out / "best_params.msgpack", state.params)
+    bar = tqdm(total=config.max_epochs, initial=int(state.epoch), disable=not progress,
+               desc=f"{config.model} E={config.n_experts}", unit="epoch", dynamic_ncols=True)
+    since_best = int(state.epoch) - best["epoch"]
+    while int(state.epoch) < config.max_epochs and since_best < config.patience:
+        tick = time.perf_counter()
+        state, train_metrics = steps.train_epoch(state, data, config)
+        evals = jax.device_get(steps.evaluate(state.params, data, config))
+        train_metrics = jax.device_get(train_metrics)
+        epoch = int(state.epoch)
+        if not np.isfinite(train_metrics["loss"]).all():
+            raise FloatingPointError(f"non-finite training loss in epoch {epoch} "
+                                     f"(steps {int(state.step) - len(train_metrics['loss'])}..{int(state.step)})")
+        record = _epoch_record(epoch, train_metrics, evals, state, groups_N, n_valid_N, ms_N,
+                               config, time.perf_counter() - tick)
+        history.append(record)
+        if best["evals"] is None or record["valid_score"] > best["score"]:
+            best.update(score=record["valid_score"], epoch=epoch, evals=evals,
+                        params=jax.device_get(state.params))
+        since_best = epoch - best["epoch"]
+        bar.set_postfix(loss=f"{record['loss']:.2f}", val=f"{record['valid_score']:.4f}",
+                        best=best["epoch"], refresh=False)
+        bar.update(1)
+        if on_epoch is not None:
+            on_epoch(record)
+        if out is not None and checkpoint_every and epoch % checkpoint_every == 0:
+            _checkpoint(out, state, history, best)
+    bar.close()
+    if out is not None:
+        _checkpoint(out, state, history, best)
+    ks_metrics = [k for k in best["evals"] if k.startswith("test/")]
+    test = RankingResult({k[5:]: np.asarray(best["evals"][k]) for k in ks_metrics}, groups=groups_N)
+    valid = RankingResult({k[6:]: np.asarray(v) for k, v in best["evals"].items()
+                           if k.startswith("valid/")}, groups=groups_N)
+    return FitResult(config=config, test=test, valid=valid, best_epoch=best["epoch"],
+                     epochs_run=int(state.epoch), history=history,
+                     wall_time_s=time.perf_counter() - started, best_params=best["params"],
+                     state=state)
+
+
+def _checkpoint(out: Path, state: state_lib.TrainState, history: list, best: dict) -> None:
+    state_lib.save_state(out / "last_state.msgpack", state)
+    state_lib.save_params(out / "best_params.msgpack", best["params"])
+    np.savez(out / "best_evals.npz", **{k: np.asarray(v) for k, v in best["evals"].items()})
+    (out / "last_state.json").write_text(json.dumps(
+        {"history": history, "best_score": best["score"], "best_epoch": best["epoch"]}))
