@@ -1,0 +1,264 @@
+"""The paper's Table 2 from a folder of runs: ``python -m tall_jax.report runs/ [--metric ndcg@20] [--out DIR]``.
+
+Reads every ``results.json`` below the folder (written by the training CLI: ``dataset``, ``model``, ``seed``,
+``split``, ``test`` = ``RankingSummary.to_json()``), groups runs by (dataset, model), and writes
+``table2.md``, ``table2.csv`` and ``table2.png``: per model the mean ± std (ddof=1) over seeds of the test
+metric overall and per mainstream group (spec §2), the paper's row beside it (spec §7), and "TALL vs X"
+improvement rows (tall − x)/x·100 in %.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tall_jax import paper
+from tall_jax.metrics import RankingSummary
+
+COLUMNS = paper.COLUMNS
+MODEL_ORDER = ("multvae", "wl", "enlft", "loca", "lft", "moe", "lmoe", "lmoe_lc", "lmoe_gap_l", "tall")
+DATASET_ORDER = ("ml-1m", "yelp", "cds")
+REQUIRED_KEYS = ("dataset", "model", "seed", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One results.json: where it came from and its test summary."""
+
+    path: Path
+    dataset: str
+    model: str
+    seed: int
+    split: str
+    test: RankingSummary
+
+    def value(self, metric: str, column: str) -> float:
+        """The run's mean ``metric`` over all users (``column="overall"``) or over one group."""
+        src = self.test.overall if column == "overall" else self.test.groups.get(column)
+        if src is None or metric not in src:
+            raise ValueError(f"{self.path}: test results have no {metric!r} for column {column!r}")
+        return src[metric]
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """A table row. ``kind``: "ours" (mean ± std over seeds), "paper" (reference values),
+    "improvement" (TALL vs ``vs``, %, ours) or "improvement_paper" (same from the paper's values)."""
+
+    dataset: str
+    kind: str
+    model: str
+    vs: str
+    n_seeds: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...] | None
+
+
+def _order(names: Sequence[str], preferred: Sequence[str]) -> list[str]:
+    known = [n for n in preferred if n in names]
+    return known + sorted(set(names) - set(known))
+
+
+def load_run(path: Path) -> Run:
+    """Parse one results.json; raises ValueError naming the file and the problem."""
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read results JSON: {e}") from e
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(d).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in d]
+    if missing:
+        raise ValueError(f"{path}: missing key(s) {missing}")
+    try:
+        test = RankingSummary.from_json(d["test"])
+    except (ValueError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path}: malformed 'test' entry: {e}") from e
+    try:
+        seed = int(d["seed"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: 'seed' must be an integer, got {d['seed']!r}") from e
+    return Run(path, str(d["dataset"]), str(d["model"]), seed, str(d.get("split", "?")), test)
+
+
+def collect_runs(root: Path, skip_malformed: bool = False) -> list[Run]:
+    """Every results.json below ``root`` (sorted by path)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"runs folder not found: {root}")
+    paths = sorted(root.rglob("results.json"))
+    if not paths:
+        raise FileNotFoundError(f"no results.json found under {root}")
+    runs = []
+    for p in paths:
+        try:
+            runs.append(load_run(p))
+        except ValueError as e:
+            if not skip_malformed:
+                raise
+            print(f"warning: skipped {e}", file=sys.stderr)
+    seen: dict[tuple, Path] = {}
+    for r in runs:
+        key = (r.dataset, r.model, r.seed, r.split)
+        if key in seen:
+            print(f"warning: {r.path} repeats dataset/model/seed/split of {seen[key]}; both are counted",
+                  file=sys.stderr)
+        seen.setdefault(key, r.path)
+    return runs
+
+
+def _improvement(tall: Sequence[float], x: Sequence[float]) -> tuple[float, ...]:
+    return tuple((t - v) / v * 100.0 if v != 0 else math.nan for t, v in zip(tall, x))
+
+
+def build_rows(runs: Sequence[Run], metric: str = "ndcg@20", reference: str | None = "paper") -> list[Row]:
+    """Table 2 rows per dataset: each model's mean ± std over seeds, its reference row (only for the
+    paper's metric, NDCG@20), then "TALL vs X" improvement rows when "tall" is present."""
+    with_ref = reference is not None and metric == paper.PAPER_METRIC
+    rows: list[Row] = []
+    for ds in _order({r.dataset for r in runs}, DATASET_ORDER):
+        by_model: dict[str, list[Run]] = {}
+        for r in runs:
+            if r.dataset == ds:
+                by_model.setdefault(r.model, []).append(r)
+        means: dict[str, tuple[float, ...]] = {}
+        refs: dict[str, tuple[float, ...]] = {}
+        for model in _order(list(by_model), MODEL_ORDER):
+            vals = np.array([[r.value(metric, c) for c in COLUMNS] for r in by_model[model]], np.float64)
+            means[model] = tuple(vals.mean(0))
+            std = tuple(vals.std(0, ddof=1)) if len(vals) >= 2 else None
+            rows.append(Row(ds, "ours", model, "", len(vals), means[model], std))
+            ref = paper.paper_row(ds, model, reference) if with_ref else None
+            if ref is not None:
+                refs[model] = tuple(ref[c] for c in COLUMNS)
+                rows.append(Row(ds, "paper", model, "", 0, refs[model], None))
+        if "tall" in means:
+            for model in means:
+                if model == "tall":
+                    continue
+                rows.append(Row(ds, "improvement", "tall", model, 0, _improvement(means["tall"], means[model]),
+                                None))
+                if "tall" in refs and model in refs:
+                    rows.append(Row(ds, "improvement_paper", "tall", model, 0,
+                                    _improvement(refs["tall"], refs[model]), None))
+    return rows
+
+
+def _label(row: Row, reference: str | None) -> str:
+    return {"ours": row.model, "paper": f"{row.model} ({reference})", "improvement": f"TALL vs {row.vs} (%)",
+            "improvement_paper": f"TALL vs {row.vs} (%, {reference})"}[row.kind]
+
+
+def _cell(row: Row, j: int) -> str:
+    m = row.mean[j]
+    if row.kind.startswith("improvement"):
+        return f"{m:+.2f}"
+    if row.std is None:
+        return f"{m:.4f}"
+    return f"{m:.4f} ± {row.std[j]:.4f}"
+
+
+def to_markdown(rows: Sequence[Row], metric: str, runs: Sequence[Run], reference: str | None) -> str:
+    out = [f"# Table 2: test {metric}, mean ± std over seeds (ddof=1)", ""]
+    for ds in dict.fromkeys(r.dataset for r in rows):
+        splits = sorted({r.split for r in runs if r.dataset == ds})
+        out += [f"## {ds} (split: {', '.join(splits)})", "",
+                "| model | seeds | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
+        for row in rows:
+            if row.dataset == ds:
+                seeds = str(row.n_seeds) if row.kind == "ours" else ""
+                cells = [_cell(row, j) for j in range(len(COLUMNS))]
+                out.append(f"| {_label(row, reference)} | {seeds} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def write_csv(rows: Sequence[Row], path: Path, metric: str) -> None:
+    """One line per row; numbers at full precision; std columns empty when there is no std."""
+    header = ["dataset", "kind", "model", "vs", "metric", "n_seeds"]
+    for c in COLUMNS:
+        header += [c, f"{c}_std"]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for r in rows:
+            line: list[Any] = [r.dataset, r.kind, r.model, r.vs, metric, r.n_seeds if r.kind == "ours" else ""]
+            for j in range(len(COLUMNS)):
+                line += [repr(float(r.mean[j])), "" if r.std is None else repr(float(r.std[j]))]
+            w.writerow(line)
+
+
+def plot(rows: Sequence[Row], path: Path, metric: str) -> None:
+    """Bar plot per dataset: one bar group per model, one bar per mainstream group (error bar = std),
+    the reference value as a black tick."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(dict.fromkeys(r.dataset for r in rows))
+    groups = COLUMNS[1:]
+    fig, axes = plt.subplots(len(datasets), 1, figsize=(10, 3.5 * len(datasets)), squeeze=False)
+    width = 0.8 / len(groups)
+    for ax, ds in zip(axes[:, 0], datasets):
+        ours = [r for r in rows if r.dataset == ds and r.kind == "ours"]
+        ref = {r.model: r.mean for r in rows if r.dataset == ds and r.kind == "paper"}
+        x = np.arange(len(ours))
+        for j, g in enumerate(groups, start=1):
+            pos = x + (j - 1 - (len(groups) - 1) / 2) * width
+            err = [r.std[j] if r.std is not None else 0.0 for r in ours]
+            ax.bar(pos, [r.mean[j] for r in ours], width, yerr=err, label=g, capsize=2)
+            for p, r in zip(pos, ours):
+                if r.model in ref:
+                    ax.plot([p - width / 2, p + width / 2], [ref[r.model][j]] * 2, color="black", lw=1.5)
+        ax.set_xticks(x, [f"{r.model}\n(n={r.n_seeds})" for r in ours])
+        ax.set_ylim(top=ax.get_ylim()[1] * 1.15)  # room for the legend
+        ax.set_ylabel(f"test {metric}")
+        ax.set_title(f"{ds}: per-group {metric} (black ticks: reference)")
+        ax.legend(ncol=len(groups), fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tall_jax.report", description=__doc__.splitlines()[0])
+    ap.add_argument("runs", type=Path, help="folder searched recursively for results.json")
+    ap.add_argument("--metric", default="ndcg@20", help="test metric to tabulate (default ndcg@20)")
+    ap.add_argument("--out", type=Path, default=None, help="output folder (default: the runs folder)")
+    ap.add_argument("--reference", choices=["paper", "lft_repo", "none"], default="paper",
+                    help="reference rows: the TALL paper (spec §7), the LFT repo (spec §6.5) or none")
+    ap.add_argument("--skip-malformed", action="store_true", help="warn about bad results.json and go on")
+    ap.add_argument("--no-plot", action="store_true", help="skip table2.png")
+    args = ap.parse_args(argv)
+    reference = None if args.reference == "none" else args.reference
+    try:
+        runs = collect_runs(args.runs, args.skip_malformed)
+        if not runs:
+            raise FileNotFoundError(f"no readable results.json under {args.runs}")
+        rows = build_rows(runs, args.metric, reference)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = args.out or args.runs
+    out.mkdir(parents=True, exist_ok=True)
+    md = to_markdown(rows, args.metric, runs, reference)
+    (out / "table2.md").write_text(md)
+    write_csv(rows, out / "table2.csv", args.metric)
+    if not args.no_plot:
+        plot(rows, out / "table2.png", args.metric)
+    print(md)
+    print(f"wrote {out / 'table2.md'}, {out / 'table2.csv'}" + ("" if args.no_plot else f", {out / 'table2.png'}"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The Table-2 report tool on hand-made runs, and the transcription of the paper's numbers."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tall_jax import paper, report
+from tall_jax.metrics import GROUP_NAMES, RankingResult
+
+COLS = ("overall", *GROUP_NAMES)
+
+
+def _write_run(root: Path, model: str, seed: int, values: tuple[float, ...], dataset: str = "ml-1m") -> None:
+    """A results.json whose test NDCG@20 is ``values`` = (overall, low, ..., high)."""
+    test = {
+        "overall": {"ndcg@20": values[0], "recall@20": 0.5},
+        "groups": {g: {"ndcg@20": v, "recall@20": 0.5} for g, v in zip(GROUP_NAMES, values[1:])},
+        "group_sizes": {g: 10 for g in GROUP_NAMES},
+        "n_users": 50,
+        "n_undefined": 0,
+    }
+    d = root / f"{dataset}_{model}_s{seed}"
+    d.mkdir(parents=True)
+    (d / "results.json").write_text(json.dumps({
+        "dataset": dataset, "model": model, "seed": seed, "split": "authors", "test": test,
+        "settings": {}, "wall_time_s": 1.0}))
+
+
+RUNS = {  # model -> two seeds' rows (overall, low, med-low, medium, med-high, high)
+    "tall": ((0.40, 0.30, 0.35, 0.40, 0.45, 0.50), (0.42, 0.32, 0.33, 0.42, 0.47, 0.56)),
+    "multvae": ((0.30, 0.20, 0.25, 0.30, 0.35, 0.40), (0.34, 0.22, 0.29, 0.34, 0.37, 0.48)),
+    "lft": ((0.36, 0.26, 0.31, 0.36, 0.41, 0.46), (0.36, 0.28, 0.31, 0.36, 0.39, 0.46)),
+}
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _hand_std(a: float, b: float) -> float:
+    m = (a + b) / 2
+    return math.sqrt(((a - m) ** 2 + (b - m) ** 2) / (2 - 1))
+
+
+def test_two_seed_table(tmp_path):
+    runs = tmp_path / "runs"
+    for model, rows in RUNS.items():
+        for seed, vals in enumerate(rows):
+            _write_run(runs, model, seed, vals)
+    _write_run(runs, "zeta", 0, (0.1,) * 6)  # an unknown model with a single seed
+    out = tmp_path / "out"
+    assert report.main([str(runs), "--out", str(out)]) == 0
+    for name in ("table2.md", "table2.csv", "table2.png"):
+        assert (out / name).stat().st_size > 0
+    rows = _read_csv(out / "table2.csv")
+    ours = {r["model"]: r for r in rows if r["kind"] == "ours"}
+    assert list(ours) == ["multvae", "lft", "tall", "zeta"]  # paper order, then others alphabetically
+    for model, (a, b) in RUNS.items():
+        assert ours[model]["n_seeds"] == "2"
+        for j, c in enumerate(COLS):
+            assert float(ours[model][c]) == pytest.approx((a[j] + b[j]) / 2, rel=1e-12, abs=1e-15)
+            assert float(ours[model][f"{c}_std"]) == pytest.approx(_hand_std(a[j], b[j]), rel=1e-9, abs=1e-15)
+    assert ours["zeta"]["n_seeds"] == "1" and ours["zeta"]["overall_std"] == ""
+    imp = {r["vs"]: r for r in rows if r["kind"] == "improvement"}
+    assert set(imp) == {"multvae", "lft", "zeta"}
+    for model in ("multvae", "lft"):
+        for j, c in enumerate(COLS):
+            t = (RUNS["tall"][0][j] + RUNS["tall"][1][j]) / 2
+            x = (RUNS[model][0][j] + RUNS[model][1][j]) / 2
+            assert float(imp[model][c]) == pytest.approx((t - x) / x * 100, rel=1e-9)
+    # e.g. overall TALL vs MultVAE: (0.41 - 0.32) / 0.32 = 28.125 %
+    assert float(imp["multvae"]["overall"]) == pytest.approx(28.125, rel=1e-9)
+    # the paper's rows sit beside our rows, with the paper's own improvement rows
+    ref = {r["model"]: r for r in rows if r["kind"] == "paper"}
+    assert float(ref["tall"]["overall"]) == 0.3456 and float(ref["multvae"]["low"]) == 0.2354
+    assert "zeta" not in ref
+    imp_paper = {r["vs"]: r for r in rows if r["kind"] == "improvement_paper"}
+    assert float(imp_paper["multvae"]["overall"]) == pytest.approx((0.3456 - 0.3260) / 0.3260 * 100)
+    md = (out / "table2.md").read_text()
+    assert "0.4100 ± 0.0141" in md and "+28.1" in md and "multvae (paper)" in md
+
+
+def test_other_metric_has_no_paper_rows(tmp_path):
+    for seed, vals in enumerate(RUNS["tall"]):
+        _write_run(tmp_path, "tall", seed, vals)
+    assert report.main([str(tmp_path), "--metric", "recall@20", "--no-plot"]) == 0
+    rows = _read_csv(tmp_path / "table2.csv")
+    assert [r["kind"] for r in rows] == ["ours"] and float(rows[0]["overall"]) == 0.5
+    assert not (tmp_path / "table2.png").exists()
+
+
+def test_errors_name_the_file(tmp_path, capsys):
+    assert report.main([str(tmp_path)]) == 2
+    assert "no results.json found" in capsys.readouterr().err
+    _write_run(tmp_path, "tall", 0, RUNS["tall"][0])
+    bad = tmp_path / "broken" / "results.json"
+    bad.parent.mkdir()
+    bad.write_text('{"dataset": "ml-1m", "model": "tall"')
+    assert report.main([str(tmp_path)]) == 2
+    assert str(bad) in capsys.readouterr().err
+    bad.write_text(json.dumps({"dataset": "ml-1m", "model": "tall", "seed": 1}))
+    assert report.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "test" in err
+    assert report.main([str(tmp_path), "--skip-malformed", "--no-plot"]) == 0
+    assert "skipped" in capsys.readouterr().err
+    assert report.main([str(tmp_path), "--metric", "ndcg@7", "--skip-malformed"]) == 2
+    assert "ndcg@7" in capsys.readouterr().err
+
+
+def test_reads_ranking_result_json(tmp_path):
+    """The tool reads what RankingResult.to_json() writes (nulls for NaN included)."""
+    rng = np.random.default_rng(0)
+    res = RankingResult({"ndcg@20": rng.random(10)}, np.repeat(np.arange(5), 2))
+    for seed in (0, 1):
+        d = tmp_path / f"s{seed}"
+        d.mkdir()
+        (d / "results.json").write_text(json.dumps(
+            {"dataset": "yelp", "model": "tall", "seed": seed, "split": "random", "test": res.to_json()}))
+    runs = report.collect_runs(tmp_path)
+    rows = report.build_rows(runs)
+    assert rows[0].mean[0] == pytest.approx(res.overall()["ndcg@20"]) and rows[0].std[0] == 0.0
+    assert rows[1].kind == "paper" and rows[1].mean[0] == 0.0992
+
+
+def test_paper_transcription_consistent():
+    """The printed improvement rows agree with the table values to rounding; group means ≈ overall."""
+    for ds, by_model in paper.TABLE2_IMPROVEMENT_PRINTED.items():
+        for model, printed in by_model.items():
+            t = np.array(paper.TABLE2[ds]["tall"])
+            x = np.array(paper.TABLE2[ds][model])
+            np.testing.assert_allclose((t - x) / x * 100, printed, atol=0.006, err_msg=f"{ds} {model}")
+    for table in (paper.TABLE2, paper.TABLE3, paper.TABLE4, paper.LFT_REPO):
+        for ds, by_model in table.items():
+            for model, row in by_model.items():
+                assert abs(row[0] - np.mean(row[1:])) < 1e-4, (ds, model)
+    assert paper.paper_row("ml-1m", "lmoe_lc")["low"] == 0.2566
+    assert paper.paper_row("cds", "lmoe") is None
+    assert paper.paper_row("ml-1m", "multvae", "lft_repo")["overall"] == 0.3153
+    with pytest.raises(ValueError, match="unknown reference"):
+        paper.paper_row("ml-1m", "tall", "nope")
