@@ -104,7 +104,8 @@ DATASET_PRESETS: dict[str, dict[str, Any]] = {
     "ml-1m": dict(batch_size=512, reg=1e-3, gap=40, alpha=0.08),
     "yelp": dict(batch_size=256, reg=1e-4, gap=15, alpha=0.6),
     "cds": dict(batch_size=256, reg=1e-4, gap=25, alpha=0.3),
-    "synthetic": dict(batch_size=256, reg=1e-3, gap=10, alpha=0.08, max_epochs=60, patience=10),
+    "synthetic": dict(n_experts=10, batch_size=256, reg=1e-3, gap=10, alpha=0.08, max_epochs=60,
+                      patience=10),
 }
 
 # What each model name means (paper Tables 2-4, spec §5.4 and §6.1).

@@ -1,0 +1,119 @@
+"""Where data lives (data dir, ``$TALL_JAX_DATA``, user cache) and the on-disk split cache.
+
+A processed split is one ``split.npz`` holding the CSR index arrays of train/valid/test (never a
+dense matrix) and the ``info`` dict as JSON, in a folder named by dataset, split, filter, seed and
+format version. Files are written to a temporary name and then ``os.replace``d, so a partly
+written file never looks complete.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import scipy.sparse as sp
+
+log = logging.getLogger("tall_jax.datasets")
+
+FORMAT_VERSION = 1
+ENV_DATA = "TALL_JAX_DATA"
+ENV_CACHE = "TALL_JAX_CACHE"
+
+
+def user_cache_root() -> Path:
+    """``$TALL_JAX_CACHE``, else ``$XDG_CACHE_HOME/tall_jax``, else ``~/.cache/tall_jax``."""
+    env = os.environ.get(ENV_CACHE)
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "tall_jax"
+
+
+def data_roots(data_dir: str | Path | None) -> list[tuple[str, Path]]:
+    """The folders searched for raw files, in order: data_dir, $TALL_JAX_DATA, the user cache."""
+    roots: list[tuple[str, Path]] = []
+    if data_dir is not None:
+        roots.append(("data_dir", Path(data_dir).expanduser()))
+    env = os.environ.get(ENV_DATA)
+    if env:
+        roots.append((ENV_DATA, Path(env).expanduser()))
+    roots.append(("user cache", user_cache_root()))
+    return roots
+
+
+def find_file(rel_paths: list[str], data_dir: str | Path | None) -> tuple[Path | None, list[Path]]:
+    """The first existing ``root/rel`` (or ``root/rel.gz``); also returns every path looked at."""
+    looked: list[Path] = []
+    for _, root in data_roots(data_dir):
+        for rel in rel_paths:
+            for cand in (root / rel, root / (rel + ".gz")):
+                looked.append(cand)
+                if cand.is_file():
+                    return cand, looked
+    return None, looked
+
+
+def atomic_write(dest: Path, write: Callable[[Any], None], mode: str = "wb") -> Path:
+    """Call ``write(f)`` on a temporary file beside ``dest``, then rename it onto ``dest``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache file is ordinary data
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def split_key(name: str, split: str, seed: int | None, filt: tuple | None, extra: str = "") -> str:
+    """Folder name of a processed split; changes whenever its content would."""
+    parts = [name, split]
+    if filt is not None:
+        parts.append("kcore" + "_".join(str(t) for t in filt))
+    if seed is not None:
+        parts.append(f"seed{seed}")
+    if extra:
+        parts.append(extra)
+    parts.append(f"v{FORMAT_VERSION}")
+    return "-".join(parts)
+
+
+def save_split(path: Path, parts: tuple[sp.csr_matrix, ...], info: dict[str, Any]) -> Path:
+    """Store train/valid/test CSR index arrays and ``info`` (JSON) atomically as ``.npz``."""
+    arrays: dict[str, np.ndarray] = {
+        "format_version": np.asarray(FORMAT_VERSION),
+        "shape": np.asarray(parts[0].shape, dtype=np.int64),
+        "info_json": np.asarray(json.dumps(info)),
+    }
+    for name, m in zip(("train", "valid", "test"), parts):
+        arrays[f"{name}_indptr"] = m.indptr.astype(np.int64)
+        arrays[f"{name}_indices"] = m.indices.astype(np.int32)
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def load_split(path: Path) -> tuple[tuple[sp.csr_matrix, ...], dict[str, Any]] | None:
+    """Inverse of :func:`save_split`; None if absent, unreadable or of another format version."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if int(z["format_version"]) != FORMAT_VERSION:
+                return None
+            shape = tuple(int(s) for s in z["shape"])
+            parts = []
+            for name in ("train", "valid", "test"):
+                indptr, indices = z[f"{name}_indptr"], z[f"{name}_indices"]
+                data = np.ones(indices.size, dtype=np.float32)
+                parts.append(sp.csr_matrix((data, indices, indptr), shape=shape))
+            info = json.loads(str(z["info_json"]))
+    except (OSError, KeyError, ValueError) as e:
+        log.warning("ignoring unreadable cached split %s (%s)", path, e)
+        return None
+    return tuple(parts), info

@@ -1,0 +1,144 @@
+"""k-core filter, re-indexing and the seeded 70/10/20 split (spec §1.2-§1.4)."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+log = logging.getLogger("tall_jax.datasets")
+
+# (loop threshold, user threshold, item threshold) per dataset, spec §1.2: keep users with
+# count > user threshold and items with count > item threshold, while the loop condition holds.
+KCORE_THRESHOLDS: dict[str, tuple[int, int, int]] = {
+    "ml-1m": (9, 9, 9),
+    "yelp": (8, 8, 19),
+    "cds": (9, 9, 15),
+}
+
+
+def kcore_filter(
+    users_R: np.ndarray,
+    items_R: np.ndarray,
+    *,
+    loop_threshold: int,
+    user_threshold: int,
+    item_threshold: int,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The authors' iterative filter, spec §1.2; returns ``(keep_R, stats)``.
+
+    While the smallest count among the remaining users is <= ``loop_threshold``: drop users with
+    count <= ``user_threshold``; recompute item counts and drop items with count <= ``item_threshold``;
+    recompute user counts. The test is on the loop condition, so when every user already has more
+    than ``loop_threshold`` interactions nothing (not even an item) is dropped. Where the authors'
+    loop would spin forever (``loop_threshold > user_threshold`` and nothing left to drop) it stops.
+    """
+    _, u = np.unique(users_R, return_inverse=True)
+    _, i = np.unique(items_R, return_inverse=True)
+    u, i = u.ravel(), i.ravel()
+    keep = np.ones(u.size, dtype=bool)
+    n_u, n_i = int(u.max(initial=-1)) + 1, int(i.max(initial=-1)) + 1
+    before = {"users": n_u, "items": n_i, "interactions": int(u.size)}
+    user_cnt = np.bincount(u, minlength=n_u)
+    rounds = 0
+    while keep.any() and user_cnt[user_cnt > 0].min() <= loop_threshold:
+        n_before = int(keep.sum())
+        keep &= user_cnt[u] > user_threshold
+        item_cnt = np.bincount(i[keep], minlength=n_i)
+        keep &= item_cnt[i] > item_threshold
+        user_cnt = np.bincount(u[keep], minlength=n_u)
+        rounds += 1
+        if int(keep.sum()) == n_before:
+            break
+    after = {
+        "users": int(np.unique(u[keep]).size),
+        "items": int(np.unique(i[keep]).size),
+        "interactions": int(keep.sum()),
+    }
+    stats = {
+        "thresholds": [loop_threshold, user_threshold, item_threshold],
+        "rounds": rounds,
+        "before": before,
+        "after": after,
+    }
+    log.info(
+        "k-core filter %s: %d rounds; users %d -> %d, items %d -> %d, interactions %d -> %d",
+        stats["thresholds"], rounds, before["users"], after["users"], before["items"],
+        after["items"], before["interactions"], after["interactions"],
+    )
+    return keep, stats
+
+
+def reindex_first_appearance(ids_R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Contiguous ids 0..K-1 in order of first appearance (spec §1.3); returns (new_R, raw_ids_K)."""
+    uniq, first, inv = np.unique(ids_R, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")  # uniq[order] = raw ids by first appearance
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return rank[inv.ravel()], uniq[order]
+
+
+def to_csr(users_R: np.ndarray, items_R: np.ndarray, n_users: int, n_items: int) -> sp.csr_matrix:
+    """Binary float32 CSR [n_users, n_items] with sorted indices (pairs must be distinct)."""
+    m = sp.csr_matrix(
+        (np.ones(len(users_R), dtype=np.float32), (np.asarray(users_R), np.asarray(items_R))),
+        shape=(n_users, n_items),
+    )
+    m.sum_duplicates()
+    m.sort_indices()
+    m.data[:] = 1.0
+    return m
+
+
+def random_split(
+    users_R: np.ndarray,
+    items_R: np.ndarray,
+    n_users: int,
+    n_items: int,
+    *,
+    seed: int,
+    valid_frac: float = 0.1,
+    test_frac: float = 0.2,
+) -> tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix]:
+    """Global random split over interactions with the per-user repair, spec §1.4.
+
+    Interactions are first put in canonical (user, item) order, so the result depends only on the
+    set of pairs and ``seed``. ``int(valid_frac*R)`` interactions are drawn as validation, then
+    ``int(test_frac*R)`` of the rest as test. Then, visiting users in id order, a user with no
+    validation item gets one uniformly random train item moved to validation, and then a user with
+    no test item gets one random remaining train item moved to test.
+    """
+    users_R = np.asarray(users_R, dtype=np.int64)
+    items_R = np.asarray(items_R, dtype=np.int64)
+    order = np.lexsort((items_R, users_R))
+    u, i = users_R[order], items_R[order]
+    r = u.size
+    rng = np.random.default_rng(seed)
+    part = np.zeros(r, dtype=np.int8)  # 0 train, 1 valid, 2 test
+    valid_idx = rng.choice(r, int(valid_frac * r), replace=False)
+    part[valid_idx] = 1
+    rest = np.flatnonzero(part == 0)
+    test_idx = rng.choice(rest, int(test_frac * r), replace=False)
+    part[test_idx] = 2
+
+    n_valid = np.bincount(u[part == 1], minlength=n_users)
+    n_test = np.bincount(u[part == 2], minlength=n_users)
+    starts = np.searchsorted(u, np.arange(n_users + 1))  # u is sorted: user rows are contiguous
+    short = {"valid": 0, "test": 0}
+    for user in np.flatnonzero((n_valid == 0) | (n_test == 0)):
+        lo, hi = starts[user], starts[user + 1]
+        for kind, code, n_has in (("valid", 1, n_valid), ("test", 2, n_test)):
+            if n_has[user]:
+                continue
+            train_pos = lo + np.flatnonzero(part[lo:hi] == 0)
+            if train_pos.size == 0:
+                short[kind] += 1
+                continue
+            part[train_pos[rng.integers(train_pos.size)]] = code
+    if short["valid"] or short["test"]:
+        log.warning(
+            "split repair: %d users left without a validation item and %d without a test item "
+            "(no train item left to move)", short["valid"], short["test"],
+        )
+    return tuple(to_csr(u[part == k], i[part == k], n_users, n_items) for k in (0, 1, 2))  # type: ignore[return-value]
