@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from tall_jax.configs import DATASET_PRESETS, MODELS, make_config
+from tall_jax.configs import DATASET_PRESETS, MODEL_PRESETS, MODELS, make_config
 from tall_jax.metrics import RankingResult
 from tall_jax.run import run_experiment
 
@@ -63,16 +63,21 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {field: getattr(args, flag) for flag, field in OVERRIDES.items()}
     overrides["gate_stop_gradient"] = args.gate_stop_gradient
     overrides["weight_per_item"] = args.weight_per_item
+    def model_overrides(model: str) -> dict:
+        """--experts applies to the mixtures only; MultVAE and WL are single models."""
+        single = MODEL_PRESETS.get(model, {}).get("n_experts") == 1
+        return {k: v for k, v in overrides.items() if not (single and k == "n_experts")}
+
     try:
         for model in args.model:  # resolve every configuration before the first long run
-            print(f"[{model}] {json.dumps(make_config(args.dataset, model, **overrides).to_dict())}")
+            print(f"[{model}] {json.dumps(make_config(args.dataset, model, **model_overrides(model)).to_dict())}")
         summaries = {}
         for seed in args.seed:
             for model in args.model:
                 out = Path(args.out) / args.dataset / model / f"seed{seed}"
                 res = run_experiment(args.dataset, model, out_dir=out, split=args.split, seed=seed,
                                      data_dir=args.data_dir, progress=not args.no_progress,
-                                     resume=args.resume, overrides=overrides)
+                                     resume=args.resume, overrides=model_overrides(model))
                 summary = RankingResult.from_json(res["test"])
                 summaries[(model, seed)] = summary
                 print(f"\n{model} seed {seed}: best epoch {res['best_epoch']} of {res['epochs_run']}, "

@@ -11,11 +11,12 @@ from tall_jax.batching import Batch, UserData, make_batch
 from tall_jax.configs import TALLConfig, make_config
 from tall_jax.state import TrainState, init, load_state, save_state
 from tall_jax.steps import begin_epoch, end_epoch, eval_step, evaluate, train_epoch, train_step
+from tall_jax.two_tower import two_tower_train_step
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Batch", "TALLConfig", "TrainState", "UserData", "begin_epoch", "end_epoch", "eval_step",
     "evaluate", "init", "load_state", "make_batch", "make_config", "save_state", "train_epoch",
-    "train_step",
+    "train_step", "two_tower_train_step",
 ]

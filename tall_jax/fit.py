@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +28,7 @@ from tall_jax.datasets.base import Dataset
 from tall_jax.metrics import GROUP_NAMES, RankingResult
 from tall_jax.weights import weight_stats
 
+log = logging.getLogger("tall_jax")
 VALID_KEYS = tuple(f"valid/ndcg@{k}" for k in steps.KS)
 
 
@@ -132,6 +134,10 @@ def fit(dataset: Dataset, config: TALLConfig, *, groups_N: np.ndarray | None = N
         bar.set_postfix(loss=f"{record['loss']:.2f}", val=f"{record['valid_score']:.4f}",
                         best=best["epoch"], refresh=False)
         bar.update(1)
+        if not progress:
+            log.info("epoch %d: loss %.3f, valid %.4f (best %.4f at %d), test NDCG@20 %.4f, %.2fs",
+                     epoch, record["loss"], record["valid_score"], best["score"], best["epoch"],
+                     record["test_ndcg@20"], record["seconds"])
         if on_epoch is not None:
             on_epoch(record)
         if out is not None and checkpoint_every and epoch % checkpoint_every == 0:

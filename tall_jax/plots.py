@@ -16,6 +16,9 @@ def plot_group_curves(history: list[dict[str, Any]], key: str, ylabel: str, titl
     """One line per user group of ``history[e][key][group]`` against the epoch; None if no groups."""
     if not history or not history[0].get(key):
         return None
+    values = [v for h in history for v in h[key].values()]
+    if max(values) - min(values) < 1e-12:  # e.g. weights that stay 1 (MultVAE, LMoE)
+        return None
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for group in history[0][key]:

@@ -148,7 +148,7 @@ def end_epoch(state: TrainState, config: TALLConfig) -> TrainState:
     return state.replace(
         window_NxL=jnp.where(has_previous, window, state.window_NxL),
         window_count=jnp.where(has_previous, count, state.window_count),
-        prev_loss_N=state.loss_N,
+        prev_loss_N=jnp.copy(state.loss_N),  # a distinct buffer: train_step donates the state
         epoch=state.epoch + 1,
     )
 

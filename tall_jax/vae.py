@@ -88,7 +88,11 @@ def experts_forward(
 
 def user_embeddings(params: Params, train: sp.csr_matrix, *, expert: int = 0,
                     batch_size: int = 1024) -> np.ndarray:
-    """mu(x_u) of one expert for every user, eval mode: the MultVAE user embedding LOCA uses (§6.2)."""
+    """mu(x_u) of one expert for every user, eval mode: the MultVAE user embedding LOCA uses (§6.2).
+
+    ``params`` is a TrainState's ``params`` ({"experts": ...}) or a (stacked) expert tree.
+    """
+    params = params.get("experts", params)  # a TrainState's params or the expert tree itself
     one = jax.tree.map(lambda a: a[expert], params) if params["dec_b"].ndim == 2 else params
     mu_fn = jax.jit(lambda p, x: encode(p, normalise(x))[0])
     out = []

@@ -35,6 +35,7 @@ def test_loss_gradients_match_finite_differences(tiny):
             params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), state.params)
             w = jnp.linspace(0.5, 1.5, 8)
 
+            @jax.jit
             def f(p):
                 return steps.loss_fn(p, batch, w, jnp.asarray(0.3), jax.random.PRNGKey(5), config)[0]
 
@@ -44,21 +45,20 @@ def test_loss_gradients_match_finite_differences(tiny):
 
 def test_padding_changes_nothing(tiny):
     ds, data = tiny
-    config = small_config("tall")
+    config = small_config("tall", noise_std=0.0)  # padding changes the noise draw's shape only
     state = init(jax.random.PRNGKey(0), config, ds.n_users, ds.n_items)
     state = state.replace(weights_N=jnp.linspace(0.2, 2.0, ds.n_users))
     users = jnp.array([4, 9, 3, 17, 30])  # user 3 has no validation item
     padded = jnp.concatenate([users, jnp.full((3,), ds.n_users)])
     key = jax.random.PRNGKey(2)
 
+    @jax.jit
     def run(u):
         batch = make_batch(data, u)
         w = state.weights_N.at[batch.users].get(mode="fill", fill_value=0.0)
         (loss, aux), grads = jax.value_and_grad(steps.loss_fn, has_aux=True)(
             state.params, batch, w, jnp.asarray(0.2), key, config)
         return loss, aux["recorded_B"], grads
-
-    config = config.replace(noise_std=0.0)  # padding changes the noise draw's shape, not the maths
     l1, r1, g1 = run(users)
     l2, r2, g2 = run(padded)
     np.testing.assert_allclose(l1, l2, rtol=1e-5)
@@ -193,3 +193,18 @@ def test_evaluate_matches_predict_and_rank_metrics(tiny):
         dcg = np.sum(hits / np.log2(np.arange(2, 22)))
         idcg = np.sum(1 / np.log2(np.arange(2, 2 + min(20, ds.test[u].nnz))))
         np.testing.assert_allclose(out["test/ndcg@20"][u], dcg / idcg, rtol=1e-5)
+
+
+def test_hand_written_loop_with_epoch_hooks_runs(tiny):
+    """begin_epoch / end_epoch outside jit must leave no aliased buffers for train_step to donate."""
+    ds, data = tiny
+    config = small_config("tall", gap=1)
+    state = init(jax.random.PRNGKey(0), config, ds.n_users, ds.n_items)
+    n_valid = jnp.asarray(np.diff(ds.valid.indptr), jnp.float32)
+    for _ in range(3):
+        state = tall_jax.begin_epoch(state, config, n_valid)
+        for users in sequential_order(ds.n_users, config.batch_size):
+            state, _ = tall_jax.train_step(state, make_batch(data, users), config)
+        state = tall_jax.end_epoch(state, config)
+    assert int(state.epoch) == 3 and int(state.window_count) == 2
+    assert float(jnp.std(state.weights_N)) > 0  # epoch 3 > gap 1: adaptive weights are active

@@ -1,0 +1,302 @@
+"""Example sets for the two-tower models: pairs, sampled negatives, active-user upsampling (spec §4) and
+the synthetic multi-territory generator (spec §7).
+
+A ``TwoTowerData`` holds user / title feature matrices, each user's territory, each territory's group, the
+training pairs (plain and upsampled) and one pair set per test day (disjoint users), plus per-day positive
+matrices for title-level evaluation.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+
+@dataclasses.dataclass(frozen=True)
+class PairSet:
+    """User-title examples: ``user[N]``, ``item[N]`` int32 indices and ``label[N]`` float32 in {0, 1}."""
+
+    user: np.ndarray
+    item: np.ndarray
+    label: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    @property
+    def n_pos(self) -> int:
+        return int(self.label.sum())
+
+    def concat(self, other: "PairSet") -> "PairSet":
+        return PairSet(*(np.concatenate([a, b]) for a, b in zip(
+            (self.user, self.item, self.label), (other.user, other.item, other.label))))
+
+
+@dataclasses.dataclass
+class TwoTowerData:
+    """Everything an experiment needs (see module docstring). ``U`` users, ``I`` titles, ``T`` territories."""
+
+    name: str
+    user_x: np.ndarray  # [U, F_u] float32 user features
+    item_x: np.ndarray  # [I, F_i] float32 title features
+    user_territory: np.ndarray  # [U] int territory id
+    territory_group: np.ndarray  # [T] int group id
+    territory_names: list[str]
+    group_names: list[str]
+    train_plain: PairSet
+    train_upsampled: PairSet
+    test_days: list[PairSet]
+    test_users: list[np.ndarray]  # per day, the day's (disjoint) user ids
+    day_positives: list[sp.csr_matrix]  # per day, [U, I] positives (for title-level AP over users)
+    exclude: sp.csr_matrix | None  # [U, I] pairs never scored at title level (already seen)
+    case_titles: list[dict[str, Any]]  # [{"title", "territory", "kind": "local"|"global", "name"}]
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def user_group(self) -> np.ndarray:
+        return self.territory_group[self.user_territory]
+
+    @property
+    def n_groups(self) -> int:
+        return int(self.territory_group.max()) + 1
+
+    def gather(self, pairs: PairSet):
+        """``idx -> (user_x, item_x, label, group)`` for ``train_two_tower`` / ``predict_two_tower``."""
+        group_U = self.user_group
+
+        def _gather(idx: np.ndarray):
+            u, t = pairs.user[idx], pairs.item[idx]
+            return self.user_x[u], self.item_x[t], pairs.label[idx], group_U[u]
+
+        return _gather
+
+    def title_pairs(self, title: int, territory: int) -> PairSet:
+        """All test-day users of ``territory`` paired with ``title`` (labels: that day's positive),
+        minus already-seen pairs: the population of the title-level AP and histograms (spec §5)."""
+        users, labels = [], []
+        for day_users, pos in zip(self.test_users, self.day_positives):
+            u = day_users[self.user_territory[day_users] == territory]
+            if self.exclude is not None:
+                u = u[np.asarray(self.exclude[u, title].todense()).ravel() == 0]
+            users.append(u)
+            labels.append(np.asarray(pos[u, title].todense()).ravel())
+        u = np.concatenate(users).astype(np.int32)
+        return PairSet(u, np.full(len(u), title, np.int32), np.concatenate(labels).astype(np.float32))
+
+
+def sample_negatives(
+    users_S: np.ndarray,
+    n_neg: int,
+    candidates_of_user,
+    is_positive,
+    rng: np.random.Generator,
+) -> PairSet:
+    """``n_neg`` negatives: users uniform over ``users_S``, titles uniform over ``candidates_of_user(u)``
+    (``(items_KxA, counts_K, key_S)``: a padded candidate table and each user's row), drawn pairs that are
+    positives (``is_positive(u, t) -> bool[N]``) are dropped, so slightly fewer than ``n_neg`` may remain."""
+    if n_neg <= 0 or len(users_S) == 0:
+        z = np.zeros(0, np.int32)
+        return PairSet(z, z, np.zeros(0, np.float32))
+    items_KxA, counts_K, key_S = candidates_of_user
+    pick = rng.integers(0, len(users_S), n_neg)
+    u, key = users_S[pick], key_S[pick]
+    t = items_KxA[key, (rng.random(n_neg) * counts_K[key]).astype(np.int64)]
+    keep = ~is_positive(u, t)
+    return PairSet(u[keep].astype(np.int32), t[keep].astype(np.int32), np.zeros(int(keep.sum()), np.float32))
+
+
+def upsample_active_users(
+    random_users: np.ndarray, pool: np.ndarray, is_active_U: np.ndarray, n_active: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Spec §4 / paper §3.2: add a disjoint, independently drawn sample of ``n_active`` active users
+    (from ``pool``, not already in ``random_users``) to the random sample, which is kept intact.
+
+    Returns ``(users, added)`` with ``users = concat(random_users, added)``; ``n_active`` is capped at
+    the number of eligible active users.
+    """
+    eligible = np.setdiff1d(pool[is_active_U[pool]], random_users)
+    added = rng.choice(eligible, size=min(n_active, len(eligible)), replace=False)
+    return np.concatenate([random_users, added]), np.sort(added)
+
+
+def positives_of(users_S: np.ndarray, pos_csr: sp.csr_matrix) -> PairSet:
+    """Every positive ``(u, t)`` of the given users in ``pos_csr``."""
+    sub = pos_csr[users_S].tocoo()
+    return PairSet(users_S[sub.row].astype(np.int32), sub.col.astype(np.int32), np.ones(sub.nnz, np.float32))
+
+
+def _csr_lookup(mat: sp.csr_matrix):
+    mat = mat.tocsr()
+    mat.sort_indices()
+
+    def is_in(u: np.ndarray, t: np.ndarray) -> np.ndarray:
+        return np.asarray(mat[u, t]).ravel() > 0
+
+    return is_in
+
+
+# ---------------------------------------------------------------------------------------------- synthetic
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig:
+    """Spec §7 generator. Sizes are chosen so 3 models x 3 seeds train on 2 CPU cores in minutes."""
+
+    n_users: int = 200_000  # user universe (train pool + test pool)
+    group_size_pattern: tuple[float, ...] = (10.0, 3.0, 1.5, 1.0)  # relative territory sizes in a group
+    group_scale: tuple[float, ...] = (1.0, 0.8, 0.9, 0.7)  # relative group sizes; G = len(group_scale)
+    n_global_titles: int = 40  # available in every territory
+    n_local_per_territory: int = 4  # available only in their home territory
+    latent: int = 16  # k, latent taste dimension
+    user_dim: int = 32  # F_u, observed user-feature width
+    item_dim: int = 32  # F_i, observed title-feature width
+    active_frac: float = 0.12  # share of users with a high latent activity
+    active_logit: float = -4.5  # activity offset of active users
+    inactive_logit: float = -11.0  # activity offset of the others
+    history_days: int = 14  # recent window used to call a user "active" (>= 1 positive in it)
+    taste_scale: float = 1.5  # scale of <z_u, M_g v_t> / sqrt(k)
+    group_rotation: float = 0.8  # rho: M_g = (1 - rho) I + rho R_g, the group-specific taste transform
+    group_shift_sd: float = 0.8  # sd of group-level title popularity shifts c[g, t]
+    territory_shift_sd: float = 0.4  # sd of territory-level shifts c[tau, t]
+    local_boost: float = 1.0  # extra logit of a local title in its home territory
+    feature_noise: float = 0.5  # sd of the noise added to the projected features
+    train_pool_frac: float = 0.5  # users eligible for the training day; the rest are test users
+    random_frac: float = 0.4  # share of the train pool in the plain random sample
+    upsample_frac: float = 0.5  # share of the remaining active users added by upsampling
+    n_test_days: int = 3
+    alpha: float = 4.0  # negatives per positive (spec §2)
+
+
+def _synthetic_world(cfg: SyntheticConfig, rng: np.random.Generator) -> dict[str, Any]:
+    g_n = len(cfg.group_scale)
+    per = len(cfg.group_size_pattern)
+    t_n = g_n * per
+    territory_group = np.repeat(np.arange(g_n), per)
+    size_T = np.outer(cfg.group_scale, cfg.group_size_pattern).ravel()
+    user_territory = rng.choice(t_n, size=cfg.n_users, p=size_T / size_T.sum())
+    k = cfg.latent
+    n_loc = cfg.n_local_per_territory * t_n
+    i_n = cfg.n_global_titles + n_loc
+    home_I = np.r_[np.full(cfg.n_global_titles, -1), np.repeat(np.arange(t_n), cfg.n_local_per_territory)]
+    available_TxI = (home_I[None, :] == -1) | (home_I[None, :] == np.arange(t_n)[:, None])
+    terr_emb_TxK = rng.normal(size=(t_n, k)) * 0.7
+    group_emb_GxK = rng.normal(size=(g_n, k))
+    z_UxK = rng.normal(size=(cfg.n_users, k)) + 0.5 * (group_emb_GxK[territory_group] + terr_emb_TxK)[user_territory]
+    v_IxK = rng.normal(size=(i_n, k))
+    v_IxK[cfg.n_global_titles:] += terr_emb_TxK[home_I[cfg.n_global_titles:]]  # local titles match local taste
+    rot_GxKxK = np.stack([(1 - cfg.group_rotation) * np.eye(k) + cfg.group_rotation * rng.normal(size=(k, k)) / np.sqrt(k)
+                          for _ in range(g_n)])
+    b_I = rng.normal(size=i_n) * 0.5 + np.where(home_I >= 0, cfg.local_boost, 0.0)
+    shift_GxI = rng.normal(size=(g_n, i_n)) * cfg.group_shift_sd
+    shift_TxI = rng.normal(size=(t_n, i_n)) * cfg.territory_shift_sd
+    active_U = rng.random(cfg.n_users) < cfg.active_frac
+    act_U = np.where(active_U, cfg.active_logit, cfg.inactive_logit) + rng.normal(size=cfg.n_users) * 0.5
+    return dict(t_n=t_n, g_n=g_n, i_n=i_n, territory_group=territory_group, user_territory=user_territory,
+                home_I=home_I, available_TxI=available_TxI, terr_emb_TxK=terr_emb_TxK, z_UxK=z_UxK, v_IxK=v_IxK,
+                rot_GxKxK=rot_GxKxK, b_I=b_I, shift_GxI=shift_GxI, shift_TxI=shift_TxI, act_U=act_U)
+
+
+def _propensity(w: dict[str, Any], cfg: SyntheticConfig, users: np.ndarray) -> np.ndarray:
+    """``p[u, t] = sigmoid(act_u + s <z_u, M_g v_t>/sqrt(k) + b_t + c[g,t] + c[tau,t])``, 0 if unavailable."""
+    terr = w["user_territory"][users]
+    grp = w["territory_group"][terr]
+    zr_UxK = np.einsum("uk,ukl->ul", w["z_UxK"][users], w["rot_GxKxK"][grp])
+    logit = (w["act_U"][users, None] + cfg.taste_scale * zr_UxK @ w["v_IxK"].T / np.sqrt(cfg.latent)
+             + w["b_I"][None] + w["shift_GxI"][grp] + w["shift_TxI"][terr])
+    return np.where(w["available_TxI"][terr], 1.0 / (1.0 + np.exp(-logit)), 0.0)
+
+
+def _project(raw_NxR: np.ndarray, dim: int, noise: float, rng: np.random.Generator) -> np.ndarray:
+    proj = rng.normal(size=(raw_NxR.shape[1], dim)) / np.sqrt(raw_NxR.shape[1])
+    x = raw_NxR @ proj + noise * rng.normal(size=(raw_NxR.shape[0], dim))
+    return ((x - x.mean(0)) / (x.std(0) + 1e-8)).astype(np.float32)
+
+
+def make_synthetic_two_tower(cfg: SyntheticConfig = SyntheticConfig(), seed: int = 0) -> TwoTowerData:
+    """Spec §7: territories of very different sizes in G groups, global vs local titles, group- and
+    territory-specific taste shifts, a small active fraction; day 0 trains, days 1..D test (disjoint users).
+
+    Labels: each user belongs to exactly one day and gets one Bernoulli draw of its propensity
+    (``_propensity``) for every title. "Active" = at least one positive in a ``history_days`` window
+    (Poisson with the user's daily expected count), so activity is observed, noisily, as in the paper.
+    """
+    rng = np.random.default_rng(seed)
+    w = _synthetic_world(cfg, rng)
+    n_u, i_n = cfg.n_users, w["i_n"]
+    perm = rng.permutation(n_u)
+    n_train = int(cfg.train_pool_frac * n_u)
+    pool, test_pool = np.sort(perm[:n_train]), perm[n_train:]
+    test_users = [np.sort(d) for d in np.array_split(test_pool, cfg.n_test_days)]
+    day_of_user = np.zeros(n_u, np.int64)
+    for d, us in enumerate(test_users):
+        day_of_user[us] = d + 1
+    labels, hist = [], np.zeros(n_u)
+    for start in range(0, n_u, 20_000):
+        users = np.arange(start, min(start + 20_000, n_u))
+        p_UxI = _propensity(w, cfg, users)
+        labels.append(sp.csr_matrix(rng.random(p_UxI.shape) < p_UxI, dtype=np.float32))
+        hist[users] = rng.poisson(cfg.history_days * p_UxI.sum(1))
+    label_csr = sp.vstack(labels).tocsr()
+    active_U = hist >= 1
+    day_pos = [sp.diags((day_of_user == d).astype(np.float32)) @ label_csr for d in range(cfg.n_test_days + 1)]
+    day_pos = [m.tocsr() for m in day_pos]
+    user_x = _project(np.c_[w["z_UxK"], np.log1p(hist), w["terr_emb_TxK"][w["user_territory"]]],
+                      cfg.user_dim, cfg.feature_noise, rng)
+    home_emb = np.where(w["home_I"][:, None] >= 0, w["terr_emb_TxK"][np.maximum(w["home_I"], 0)], 0.0)
+    item_x = _project(np.c_[w["v_IxK"], w["b_I"], w["home_I"] >= 0, home_emb], cfg.item_dim, cfg.feature_noise, rng)
+
+    avail = [np.nonzero(row)[0] for row in w["available_TxI"]]
+    items_TxA = np.zeros((w["t_n"], max(map(len, avail))), np.int64)
+    for t, a in enumerate(avail):
+        items_TxA[t, : len(a)] = a
+    counts_T = np.array([len(a) for a in avail])
+    is_pos = _csr_lookup(label_csr)
+
+    def examples(users: np.ndarray) -> PairSet:
+        pos = positives_of(users, label_csr)
+        neg = sample_negatives(users, int(round(cfg.alpha * pos.n_pos)),
+                               (items_TxA, counts_T, w["user_territory"][users]), is_pos, rng)
+        return pos.concat(neg)
+
+    random_users = rng.choice(pool, size=int(cfg.random_frac * len(pool)), replace=False)
+    n_eligible = int(np.sum(active_U[pool])) - int(np.sum(active_U[random_users]))
+    up_users, added = upsample_active_users(random_users, pool, active_U, int(cfg.upsample_frac * n_eligible), rng)
+    plain = examples(random_users)
+    upsampled = plain.concat(examples(added))
+    tests = [examples(us) for us in test_users]
+    territory_names = [f"T{t + 1}" for t in range(w["t_n"])]
+    case = _synthetic_case_titles(w, label_csr, test_users, territory_names)
+    info = {
+        "generator": dataclasses.asdict(cfg), "seed": seed, "n_titles": i_n,
+        "territory_size_weight": np.outer(cfg.group_scale, cfg.group_size_pattern).ravel().round(3).tolist(),
+        "active_fraction_observed": float(active_U.mean()),
+        "n_users_plain": len(random_users), "n_users_added_active": len(added),
+        "train_plain": {"n": len(plain), "n_pos": plain.n_pos},
+        "train_upsampled": {"n": len(upsampled), "n_pos": upsampled.n_pos},
+        "test_days": [{"n": len(t), "n_pos": t.n_pos} for t in tests],
+    }
+    return TwoTowerData("synthetic", user_x, item_x, w["user_territory"], w["territory_group"], territory_names,
+                        [f"G{g + 1}" for g in range(w["g_n"])], plain, upsampled, tests, test_users, day_pos[1:],
+                        None, case, info)
+
+
+def _synthetic_case_titles(w, label_csr, test_users, territory_names) -> list[dict[str, Any]]:
+    """Paper §4.4: in two minor territories of different groups, the local title with most test
+    positives and the global title whose test-positive count there is closest to it."""
+    users = np.concatenate(test_users)
+    t_n, g_n = w["t_n"], w["g_n"]
+    per = t_n // g_n
+    out = []
+    for terr in (per - 1, 2 * per - 1):  # the smallest territory of groups 1 and 2
+        u = users[w["user_territory"][users] == terr]
+        cnt_I = np.asarray(label_csr[u].sum(0)).ravel()
+        local = np.nonzero(w["home_I"] == terr)[0]
+        lt = int(local[np.argmax(cnt_I[local])])
+        glob = np.nonzero(w["home_I"] == -1)[0]
+        gt = int(glob[np.argmin(np.abs(cnt_I[glob] - cnt_I[lt]))])
+        for kind, title in (("local", lt), ("global", gt)):
+            out.append({"title": title, "territory": terr, "kind": kind,
+                        "name": f"{kind} title in {territory_names[terr]}"})
+    return out

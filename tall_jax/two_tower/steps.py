@@ -1,0 +1,183 @@
+"""Explicit training state, the jitted train / eval steps and a small epoch loop for the two-tower models.
+
+State is a pytree (params, batch-norm statistics, Adam state, RNG, step); steps are pure functions
+``state, batch -> state, metrics`` jitted once per model (static shapes: the last batch is padded and
+carries a validity mask that zeroes its loss and its batch-statistics contribution).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.struct as struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from tall_jax.two_tower.model import TwoTower, masked_bce_loss, own_group_scores
+
+
+@struct.dataclass
+class TwoTowerBatch:
+    """One padded batch: ``user_x[B, U]``, ``item_x[B, I]`` float32, ``label[B]`` in {0,1},
+    ``group[B]`` int32 in 0..G-1, ``valid[B]`` bool (False on padding rows)."""
+
+    user_x: jax.Array
+    item_x: jax.Array
+    label: jax.Array
+    group: jax.Array
+    valid: jax.Array
+
+
+@struct.dataclass
+class TwoTowerState:
+    """Everything a step changes: ``params``, ``batch_stats`` (BatchNorm running mean / var), Adam
+    ``opt_state``, ``rng`` (folded with ``step`` for any stochastic op) and ``step``. ``tx`` is static."""
+
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array
+    step: jax.Array
+    tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+
+def init_two_tower_state(
+    model: TwoTower, rng: jax.Array, user_dim: int, item_dim: int, *, learning_rate: float = 1e-3
+) -> TwoTowerState:
+    """Initialise parameters and BatchNorm statistics; optimiser Adam(lr) as spec §3."""
+    init_rng, state_rng = jax.random.split(rng)
+    variables = model.init(
+        init_rng, jnp.zeros((2, user_dim), jnp.float32), jnp.zeros((2, item_dim), jnp.float32), train=False
+    )
+    tx = optax.adam(learning_rate)
+    params = variables["params"]
+    return TwoTowerState(
+        params=params,
+        batch_stats=variables["batch_stats"],
+        opt_state=tx.init(params),
+        rng=state_rng,
+        step=jnp.zeros((), jnp.int32),
+        tx=tx,
+    )
+
+
+def two_tower_loss(params, batch_stats, batch: TwoTowerBatch, *, model: TwoTower):
+    """Masked per-group BCE (spec §3) in train mode; returns ``(loss, new_batch_stats)``."""
+    scores_BxG, updates = model.apply(
+        {"params": params, "batch_stats": batch_stats},
+        batch.user_x,
+        batch.item_x,
+        train=True,
+        valid_B=batch.valid,
+        mutable=["batch_stats"],
+    )
+    loss = masked_bce_loss(scores_BxG, batch.label, model.group_mask(batch.group), batch.valid)
+    return loss, updates["batch_stats"]
+
+
+@functools.partial(jax.jit, static_argnames=("model",), donate_argnames=("state",))
+def two_tower_train_step(state: TwoTowerState, batch: TwoTowerBatch, *, model: TwoTower):
+    """One Adam step on the masked BCE; batch statistics updated from the real rows only."""
+    grad_fn = jax.value_and_grad(two_tower_loss, has_aux=True)
+    (loss, batch_stats), grads = grad_fn(state.params, state.batch_stats, batch, model=model)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    new_state = state.replace(
+        params=optax.apply_updates(state.params, updates),
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+        step=state.step + 1,
+    )
+    return new_state, {"loss": loss, "n_real": jnp.sum(batch.valid.astype(jnp.int32))}
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def two_tower_eval_step(state: TwoTowerState, batch: TwoTowerBatch, *, model: TwoTower) -> jax.Array:
+    """Propensity ``sigmoid(score)`` of each example's own group head, BatchNorm in eval mode."""
+    scores_BxG = model.apply(
+        {"params": state.params, "batch_stats": state.batch_stats}, batch.user_x, batch.item_x, train=False
+    )
+    return jax.nn.sigmoid(own_group_scores(scores_BxG, batch.group))
+
+
+def make_batch(
+    user_x_NxU: np.ndarray, item_x_NxI: np.ndarray, label_N: np.ndarray, group_N: np.ndarray, batch_size: int
+) -> TwoTowerBatch:
+    """Pad ``N <= batch_size`` rows to ``batch_size`` (zero features, ``valid=False``)."""
+    n = len(label_N)
+    if n == 0 or n > batch_size:
+        raise ValueError(f"make_batch: need 1..{batch_size} rows, got {n}")
+    pad = batch_size - n
+
+    def _pad(a: np.ndarray) -> np.ndarray:
+        return np.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
+
+    return TwoTowerBatch(
+        user_x=_pad(np.asarray(user_x_NxU, np.float32)),
+        item_x=_pad(np.asarray(item_x_NxI, np.float32)),
+        label=_pad(np.asarray(label_N, np.float32)),
+        group=_pad(np.asarray(group_N, np.int32)),
+        valid=_pad(np.ones(n, bool)),
+    )
+
+
+def iterate_batches(n: int, batch_size: int, rng: np.random.Generator | None):
+    """Index arrays of consecutive batches over a permutation (or 0..n-1 when ``rng`` is None)."""
+    order = np.arange(n) if rng is None else rng.permutation(n)
+    for start in range(0, n, batch_size):
+        yield order[start : start + batch_size]
+
+
+def train_two_tower(
+    model: TwoTower,
+    state: TwoTowerState,
+    gather: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+    n_examples: int,
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    desc: str = "train",
+    progress: bool = True,
+) -> tuple[TwoTowerState, list[float]]:
+    """Run ``epochs`` shuffled passes; ``gather(idx) -> (user_x, item_x, label, group)`` builds a batch.
+
+    Returns the final state and the mean training loss per epoch. Per-step metrics are read one step
+    late so host-side batch assembly overlaps device compute. Raises if the loss becomes non-finite.
+    """
+    rng = np.random.default_rng(seed)
+    epoch_losses: list[float] = []
+    n_batches = -(-n_examples // batch_size)
+    for epoch in range(epochs):
+        total, count, pending = 0.0, 0, None
+        bar = tqdm(iterate_batches(n_examples, batch_size, rng), total=n_batches, disable=not progress,
+                   desc=f"{desc} ep{epoch + 1}/{epochs}", leave=False)
+        for idx in bar:
+            state, metrics = two_tower_train_step(state, make_batch(*gather(idx), batch_size), model=model)
+            if pending is not None:
+                total, count = total + float(pending["loss"]) * int(pending["n_real"]), count + int(pending["n_real"])
+            pending = metrics
+        total, count = total + float(pending["loss"]) * int(pending["n_real"]), count + int(pending["n_real"])
+        mean = total / max(count, 1)
+        if not np.isfinite(mean):
+            raise FloatingPointError(f"{desc}: non-finite training loss in epoch {epoch + 1} (step <= {int(state.step)})")
+        epoch_losses.append(mean)
+    return state, epoch_losses
+
+
+def predict_two_tower(
+    model: TwoTower,
+    state: TwoTowerState,
+    gather: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+    n_examples: int,
+    *,
+    batch_size: int,
+) -> np.ndarray:
+    """Eval-mode propensities for examples ``0..n-1`` in order (float32 ``[N]``)."""
+    out = []
+    for idx in iterate_batches(n_examples, batch_size, None):
+        batch = make_batch(*gather(idx), batch_size)
+        out.append(np.asarray(two_tower_eval_step(state, batch, model=model))[: len(idx)])
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
