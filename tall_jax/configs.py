@@ -87,6 +87,11 @@ class TALLConfig:
     def eval_batch(self) -> int:
         return self.eval_batch_size or self.batch_size
 
+    def for_steps(self) -> "TALLConfig":
+        """This config with the loop-only fields (seed, max_epochs, patience) reset: the jitted steps
+        do not read them, so runs that differ only there share one compilation."""
+        return dataclasses.replace(self, seed=0, max_epochs=10_000, patience=15)
+
     def replace(self, **changes: Any) -> "TALLConfig":
         return dataclasses.replace(self, **changes)
 

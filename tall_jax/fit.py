@@ -97,6 +97,7 @@ def fit(dataset: Dataset, config: TALLConfig, *, groups_N: np.ndarray | None = N
     ``resume=True`` continues from that file.
     """
     started = time.perf_counter()
+    step_config = config.for_steps()
     data = UserData.from_dataset(dataset)
     n_valid_N = np.diff(dataset.valid.indptr).astype(np.float32)
     state = state_lib.init(jax.random.PRNGKey(config.seed), config, dataset.n_users,
@@ -117,8 +118,8 @@ def fit(dataset: Dataset, config: TALLConfig, *, groups_N: np.ndarray | None = N
     since_best = int(state.epoch) - best["epoch"]
     while int(state.epoch) < config.max_epochs and since_best < config.patience:
         tick = time.perf_counter()
-        state, train_metrics = steps.train_epoch(state, data, config)
-        evals = jax.device_get(steps.evaluate(state.params, data, config))
+        state, train_metrics = steps.train_epoch(state, data, step_config)
+        evals = jax.device_get(steps.evaluate(state.params, data, step_config))
         train_metrics = jax.device_get(train_metrics)
         epoch = int(state.epoch)
         if not np.isfinite(train_metrics["loss"]).all():
