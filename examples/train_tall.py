@@ -14,6 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
+from tall_jax.baselines import BASELINES, make_baseline_config
 from tall_jax.configs import DATASET_PRESETS, MODEL_PRESETS, MODELS, make_config
 from tall_jax.metrics import RankingResult
 from tall_jax.run import run_experiment
@@ -25,13 +26,17 @@ OVERRIDES = {
     "kkt_mode": "kkt_mode", "gate_temperature": "gate_temperature", "kl_reduction": "kl_reduction",
     "wl_gamma": "wl_gamma", "dropout": "dropout",
 }
+# CLI flag -> BaselineConfig field for --model loca / lft / enlft (spec §6.2-6.4).
+BASELINE_OVERRIDES = {"local_models": "n_local", "anchors": "n_anchors", "users": "users",
+                      "epochs": "max_epochs", "train_h": "train_h", "test_h": "test_h",
+                      "chunk": "chunk", "patience": "patience"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="synthetic", choices=sorted(DATASET_PRESETS))
-    p.add_argument("--model", nargs="+", default=["tall"], choices=MODELS, metavar="MODEL",
-                   help=f"one or more of: {', '.join(MODELS)}")
+    p.add_argument("--model", nargs="+", default=["tall"], choices=MODELS + BASELINES, metavar="MODEL",
+                   help=f"one or more of: {', '.join(MODELS + BASELINES)}")
     p.add_argument("--split", default=None, help="ml-1m: 'authors' (default) or 'random'")
     p.add_argument("--seed", type=int, nargs="+", default=[0])
     p.add_argument("--data-dir", default=None, help="folder laid out like shared/data (or $TALL_JAX_DATA)")
@@ -52,6 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="adaptive-weight signal l_u/|V_u| instead of l_u (spec §5.8)")
     p.add_argument("--wl-gamma", type=float)
     p.add_argument("--dropout", type=float)
+    p.add_argument("--local-models", type=int, help="LOCA: number of local models (default 100)")
+    p.add_argument("--anchors", type=int, help="EnLFT: number of anchors (default 100)")
+    p.add_argument("--users", type=int, help="LFT: fine-tune a seeded random subset of this many users")
+    p.add_argument("--train-h", type=float, help="LOCA training bandwidth (default 1.0; original LOCA 0.8)")
+    p.add_argument("--test-h", type=float, help="LOCA test bandwidth (default 0.8; original LOCA 0.4)")
+    p.add_argument("--chunk", type=int, help="LOCA/LFT/EnLFT: local models trained per call (0: by memory)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/.../last_state.msgpack")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
@@ -63,14 +74,20 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {field: getattr(args, flag) for flag, field in OVERRIDES.items()}
     overrides["gate_stop_gradient"] = args.gate_stop_gradient
     overrides["weight_per_item"] = args.weight_per_item
+    base_overrides = {field: getattr(args, flag) for flag, field in BASELINE_OVERRIDES.items()}
+
     def model_overrides(model: str) -> dict:
         """--experts applies to the mixtures only; MultVAE and WL are single models."""
+        if model in BASELINES:
+            return base_overrides
         single = MODEL_PRESETS.get(model, {}).get("n_experts") == 1
         return {k: v for k, v in overrides.items() if not (single and k == "n_experts")}
 
     try:
         for model in args.model:  # resolve every configuration before the first long run
-            print(f"[{model}] {json.dumps(make_config(args.dataset, model, **model_overrides(model)).to_dict())}")
+            cfg = (make_baseline_config(model, **base_overrides) if model in BASELINES
+                   else make_config(args.dataset, model, **model_overrides(model)))
+            print(f"[{model}] {json.dumps(cfg.to_dict())}")
         summaries = {}
         for seed in args.seed:
             for model in args.model:
@@ -80,8 +97,12 @@ def main(argv: list[str] | None = None) -> int:
                                      resume=args.resume, overrides=model_overrides(model))
                 summary = RankingResult.from_json(res["test"])
                 summaries[(model, seed)] = summary
-                print(f"\n{model} seed {seed}: best epoch {res['best_epoch']} of {res['epochs_run']}, "
-                      f"{res['wall_time_s']:.0f}s ({res['seconds_per_epoch']:.2f}s/epoch) -> {out}")
+                if model in BASELINES:
+                    print(f"\n{model} seed {seed}: {res['wall_time_s']:.0f}s; evaluated users: "
+                          f"{res['evaluated_users']} -> {out}")
+                else:
+                    print(f"\n{model} seed {seed}: best epoch {res['best_epoch']} of {res['epochs_run']}, "
+                          f"{res['wall_time_s']:.0f}s ({res['seconds_per_epoch']:.2f}s/epoch) -> {out}")
                 print(summary.table(("ndcg@20", "recall@20"), reference=res["paper"]))
     except (ValueError, FileNotFoundError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -53,6 +53,11 @@ class TALLConfig:
     seed: int = 0
     # --- execution (no effect on the maths) ---
     eval_batch_size: int = 0  # users per evaluation call (0: same as batch_size)
+    # experts per chunk of the training/eval forward (0: all E at once, the default). With c > 0 the
+    # [E, B, M] logits are never materialised: the gate pass and the mixture pass each run over E / c
+    # chunks under jax.checkpoint, so peak activation memory is about c/E of the default (logits are
+    # recomputed: ~2x decoder FLOPs). Same maths; must divide n_experts.
+    expert_chunk: int = 0
 
     def __post_init__(self) -> None:
         _check_choice("model", self.model, MODELS)
@@ -73,6 +78,9 @@ class TALLConfig:
             raise ValueError(f"config field 'gap' must be >= 0, got {self.gap}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"config field 'dropout' must be in [0, 1), got {self.dropout}")
+        if self.expert_chunk < 0 or (self.expert_chunk and self.n_experts % self.expert_chunk):
+            raise ValueError(f"config field 'expert_chunk' must be 0 or a divisor of n_experts="
+                             f"{self.n_experts}, got {self.expert_chunk}")
         if self.gate == "none" and self.n_experts != 1:
             raise ValueError(f"gate='none' needs n_experts=1, got {self.n_experts}")
 

@@ -18,6 +18,8 @@ def masked_validation_loss(logits_BxM: jax.Array, x_BxM: jax.Array, v_BxM: jax.A
     removed; the loss is a sum over validation items, not a mean. Users with no validation item get 0.
     Works on any leading axes (e.g. [E, B, M] logits with [B, M] masks).
     """
+    x_BxM = jnp.broadcast_to(x_BxM, logits_BxM.shape)
+    v_BxM = jnp.broadcast_to(v_BxM, logits_BxM.shape)
     n_valid = jnp.sum(v_BxM, axis=-1)
     log_denominator = jax.nn.logsumexp(logits_BxM * (1.0 - x_BxM), axis=-1)
     return n_valid * log_denominator - jnp.sum(logits_BxM * v_BxM, axis=-1)
@@ -51,8 +53,8 @@ def init_mlp_gate(key: jax.Array, n_items: int, hidden: int, n_experts: int) -> 
 
 def mlp_gate(params: Params, x_BxM: jax.Array) -> jax.Array:
     """Softmax gate of a standard MoE applied to the raw (unnormalised) train row, [B, E]."""
-    hidden = jax.nn.relu(x_BxM @ params["w1"] + params["b1"])
-    return jax.nn.softmax(hidden @ params["w2"] + params["b2"], axis=-1)
+    hidden = jax.nn.relu(x_BxM @ params["w1"] + params["b1"][None, :])
+    return jax.nn.softmax(hidden @ params["w2"] + params["b2"][None, :], axis=-1)
 
 
 def mix_logits(gate_BxE: jax.Array, logits_ExBxM: jax.Array) -> jax.Array:

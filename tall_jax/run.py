@@ -29,9 +29,15 @@ def run_experiment(dataset: str, model: str, *, out_dir: str | Path, split: str 
                    resume: bool = False, checkpoint_every: int = 10,
                    overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ``model`` on ``dataset`` and write results.json, per_user_test.npz and PNG curves into
-    ``out_dir``. Returns the results dict (also written as JSON)."""
+    ``out_dir``. Returns the results dict (also written as JSON). The local-learning baselines
+    (``loca``, ``lft``, ``enlft``) go to :func:`tall_jax.baselines.run_baseline`, with ``overrides``
+    as :class:`tall_jax.baselines.BaselineConfig` fields."""
+    from tall_jax.baselines import BASELINES, run_baseline
+    if model in BASELINES:
+        return run_baseline(dataset, model, out_dir=out_dir, split=split, seed=seed, data_dir=data_dir,
+                            progress=progress, overrides=overrides)
     if model not in MODELS:
-        raise ValueError(f"unknown model {model!r}; known: {', '.join(MODELS)}")
+        raise ValueError(f"unknown model {model!r}; known: {', '.join(MODELS + BASELINES)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = make_config(dataset, model, seed=seed, **(overrides or {}))

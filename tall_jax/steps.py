@@ -40,6 +40,9 @@ def forward(params: Params, x_BxM: jax.Array, v_BxM: jax.Array, key: jax.Array,
     if train and config.dropout > 0:
         keep = jax.random.bernoulli(jax.random.fold_in(key, _DROPOUT), 1 - config.dropout, xn.shape)
         xn = jnp.where(keep, xn / (1 - config.dropout), 0.0)
+    n_experts = params["experts"]["dec_b"].shape[0]
+    if 0 < config.expert_chunk < n_experts:
+        return _forward_chunked(params, xn, x_BxM, v_BxM, key, config, train=train)
     logits_ExBxM, kl_ExB = vae.experts_forward(
         params["experts"], xn, jax.random.fold_in(key, _NOISE), train=train,
         noise_std=config.noise_std)
@@ -57,6 +60,54 @@ def forward(params: Params, x_BxM: jax.Array, v_BxM: jax.Array, key: jax.Array,
         gate_BxE = jnp.full((batch, n_experts), 1.0 / n_experts, jnp.float32)
     mix_BxM = logits_ExBxM[0] if n_experts == 1 else gate_lib.mix_logits(gate_BxE, logits_ExBxM)
     return dict(logits_ExBxM=logits_ExBxM, kl_ExB=kl_ExB, gate_BxE=gate_BxE, mix_BxM=mix_BxM)
+
+
+def _forward_chunked(params: Params, xn_BxM: jax.Array, x_BxM: jax.Array, v_BxM: jax.Array,
+                     key: jax.Array, config: TALLConfig, *, train: bool) -> dict[str, jax.Array]:
+    """:func:`forward` with ``config.expert_chunk`` experts at a time (memory option; same maths).
+
+    Pass 1 (loss gate only) computes L_uk chunk by chunk, the gate follows, and pass 2 recomputes each
+    chunk's logits and accumulates the mixture. Both passes are ``jax.checkpoint``-ed scans, so no
+    [E, B, M] array exists in the forward or the backward pass. Expert k draws the same noise key as
+    in :func:`tall_jax.vae.experts_forward`. The returned dict has no ``logits_ExBxM``.
+    """
+    experts = params["experts"]
+    n_experts, batch = experts["dec_b"].shape[0], x_BxM.shape[0]
+    n_chunks = n_experts // config.expert_chunk
+    keys = jax.random.split(jax.random.fold_in(key, _NOISE), n_experts)
+    chunk = lambda a: a.reshape((n_chunks, config.expert_chunk) + a.shape[1:])  # noqa: E731
+    params_C, keys_C = jax.tree.map(chunk, experts), chunk(keys)
+
+    def run(p, k):
+        return jax.vmap(lambda pe, ke: vae.expert_forward(
+            pe, xn_BxM, ke, train=train, noise_std=config.noise_std))(p, k)
+
+    if config.gate == "loss":
+        @jax.checkpoint
+        def val_loss(pk):
+            logits_cxBxM, _ = run(*pk)
+            return gate_lib.masked_validation_loss(logits_cxBxM, x_BxM, v_BxM)
+
+        loss_BxE = jax.lax.map(val_loss, (params_C, keys_C)).reshape(n_experts, batch).T
+        has_valid = jnp.sum(v_BxM, axis=-1) > 0
+        gate_BxE = gate_lib.loss_gate(loss_BxE, has_valid, temperature=config.gate_temperature,
+                                      stop_gradient=config.gate_stop_gradient)
+    elif config.gate == "mlp":
+        gate_BxE = gate_lib.mlp_gate(params["gate"], x_BxM)
+        if config.gate_stop_gradient:
+            gate_BxE = jax.lax.stop_gradient(gate_BxE)
+    else:
+        gate_BxE = jnp.full((batch, n_experts), 1.0 / n_experts, jnp.float32)
+
+    @jax.checkpoint
+    def mix_step(mix_BxM, pkg):
+        p, k, gate_cxB = pkg
+        logits_cxBxM, kl_cxB = run(p, k)
+        return mix_BxM + gate_lib.mix_logits(gate_cxB.T, logits_cxBxM), kl_cxB
+
+    mix_BxM, kl_CxcxB = jax.lax.scan(mix_step, jnp.zeros(x_BxM.shape, jnp.float32),
+                                     (params_C, keys_C, chunk(gate_BxE.T)))
+    return dict(kl_ExB=kl_CxcxB.reshape(n_experts, batch), gate_BxE=gate_BxE, mix_BxM=mix_BxM)
 
 
 def loss_fn(params: Params, batch: Batch, w_B: jax.Array, beta: jax.Array, key: jax.Array,
@@ -80,7 +131,7 @@ def loss_fn(params: Params, batch: Batch, w_B: jax.Array, beta: jax.Array, key: 
     if config.kl_reduction == "per_user":
         kl = jnp.sum(mask_B * jnp.sum(gate_BxE * kl_ExB.T, axis=-1)) / n_real
     else:
-        kl_bar_E = jnp.sum(kl_ExB * mask_B, axis=-1) / n_real
+        kl_bar_E = jnp.sum(kl_ExB * mask_B[None, :], axis=-1) / n_real
         kl_sum = jnp.sum(mask_B * (gate_BxE @ kl_bar_E))
         kl = kl_sum if config.kl_reduction == "sum_users" else kl_sum / n_real
     recorded_B = jax.lax.stop_gradient(

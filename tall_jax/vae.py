@@ -43,14 +43,14 @@ def normalise(x_BxM: jax.Array) -> jax.Array:
 
 def encode(params: Params, xn_BxM: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(mu, log sigma^2), each [B, d], from the normalised input."""
-    h = xn_BxM @ params["enc_w"] + params["enc_b"]
+    h = xn_BxM @ params["enc_w"] + params["enc_b"][None, :]
     latent = h.shape[-1] // 2
     return h[..., :latent], h[..., latent:]
 
 
 def decode(params: Params, z_BxD: jax.Array) -> jax.Array:
     """Item logits [B, M]."""
-    return z_BxD @ params["dec_w"] + params["dec_b"]
+    return z_BxD @ params["dec_w"] + params["dec_b"][None, :]
 
 
 def kl_per_user(mu_BxD: jax.Array, logvar_BxD: jax.Array) -> jax.Array:

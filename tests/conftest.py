@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import jax
 import pytest
+
+# Silent broadcasting between arrays of different ranks is an error in every test (design.md).
+jax.config.update("jax_numpy_rank_promotion", "raise")
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,0 +1,128 @@
+"""One baseline experiment end to end (LOCA, LFT, EnLFT): load the split and its groups, train (or
+reload) the global model, run the baseline, write results.json like every other model."""
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from tall_jax import paper
+from tall_jax import state as state_lib
+from tall_jax.baselines.config import BASELINES, global_config, make_baseline_config
+from tall_jax.baselines.enlft import run_enlft
+from tall_jax.baselines.lft import run_lft
+from tall_jax.baselines.loca import run_loca
+from tall_jax.batching import UserData
+from tall_jax.datasets import load_dataset
+from tall_jax.fit import fit
+from tall_jax.metrics import RankingResult
+from tall_jax.protocol import dataset_groups
+
+log = logging.getLogger("tall_jax.baselines")
+
+
+def global_model(ds, gcfg, ms_N, groups_N, folder: Path, which: str, progress: bool,
+                 reuse: Path | None = None):
+    """The global MultVAE/WL parameters (one expert, ``which`` = "final" or "best" state), trained
+    with :func:`tall_jax.fit.fit` into ``folder`` or reloaded from it when its config matches.
+
+    ``reuse``: a finished ``run_experiment`` folder of the same model (results.json, last_state and
+    best_params); it is used instead of training when its settings equal the global config."""
+    meta_path = folder / "global_config.json"
+    template = state_lib.init(jax.random.PRNGKey(gcfg.seed), gcfg, ds.n_users, ds.n_items, ms_N=ms_N)
+    meta: dict[str, Any] = {}
+    if reuse is not None and (Path(reuse) / "global_config.json").exists():
+        folder, meta_path = Path(reuse), Path(reuse) / "global_config.json"
+        if json.loads(meta_path.read_text()).get("config") != gcfg.to_dict():
+            raise ValueError(f"{meta_path}: its config differs from the global {gcfg.model} config "
+                             f"this baseline needs ({gcfg.to_dict()})")
+        reuse = None
+    if reuse is not None:
+        res_path = Path(reuse) / "results.json"
+        if not res_path.exists():
+            raise FileNotFoundError(f"--global-from {reuse}: no results.json there")
+        prev = json.loads(res_path.read_text())
+        if prev.get("settings") != gcfg.to_dict():
+            raise ValueError(f"{res_path}: its settings differ from the global {gcfg.model} config "
+                             f"this baseline needs ({gcfg.to_dict()})")
+        folder = Path(reuse)
+        meta = {"config": gcfg.to_dict(), "reused_from": str(folder), "best_epoch": prev["best_epoch"],
+                "epochs_run": prev["epochs_run"], "wall_time_s": prev["wall_time_s"], "test": prev["test"]}
+        final = state_lib.load_state(folder / "last_state.msgpack", template)
+        best = state_lib.load_params(folder / "best_params.msgpack", template.params)
+    elif meta_path.exists() and json.loads(meta_path.read_text()).get("config") == gcfg.to_dict():
+        log.info("reusing the global %s in %s", gcfg.model, folder)
+        meta = json.loads(meta_path.read_text())
+        final = state_lib.load_state(folder / "last_state.msgpack", template)
+        best = state_lib.load_params(folder / "best_params.msgpack", template.params)
+    else:
+        res = fit(ds, gcfg, groups_N=groups_N, ms_N=ms_N, out_dir=folder, progress=progress)
+        final, best = res.state, res.best_params
+        meta = {"config": gcfg.to_dict(), "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
+                "wall_time_s": res.wall_time_s, "test": res.test.to_json()}
+        meta_path.write_text(json.dumps(meta, default=float))
+    params = final.params if which == "final" else best
+    return jax.tree.map(lambda a: jax.numpy.asarray(a)[0], params["experts"]), meta
+
+
+def run_baseline(dataset: str, model: str, *, out_dir: str | Path, split: str | None = None,
+                 seed: int = 0, data_dir: str | Path | None = None, progress: bool = True,
+                 overrides: dict[str, Any] | None = None,
+                 global_from: str | Path | None = None) -> dict[str, Any]:
+    """Run LOCA / LFT / EnLFT on ``dataset`` and write results.json and per_user_test.npz.
+
+    ``global_from``: reuse a finished MultVAE (LOCA) or WL (LFT, EnLFT) run folder as the global
+    model instead of training one (its settings must equal the baseline's global config)."""
+    if model not in BASELINES:
+        raise ValueError(f"unknown baseline {model!r}; known: {', '.join(BASELINES)}")
+    config = make_baseline_config(model, seed=seed, **(overrides or {}))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    ds = load_dataset(dataset, split=split, seed=seed, data_dir=data_dir)
+    ms_N, groups_N = dataset_groups(ds)
+    gcfg = global_config(dataset, config)
+    which = config.loca_global_state if model == "loca" else "best"
+    t_global = time.perf_counter()
+    gparams, gmeta = global_model(ds, gcfg, ms_N, groups_N, out / f"global_{gcfg.model}", which, progress,
+                                 None if global_from is None else Path(global_from))
+    t_global = time.perf_counter() - t_global
+    data = UserData.from_dataset(ds)
+    t_model = time.perf_counter()
+    users = np.arange(ds.n_users)
+    if model == "loca":
+        evals, info = run_loca(data, ds.train, gparams, config, progress=progress)
+    elif model == "enlft":
+        evals, info = run_enlft(data, ds.train, gparams, config, progress=progress)
+    else:
+        evals, users, info = run_lft(data, ds.train, gparams, config, progress=progress)
+    t_model = time.perf_counter() - t_model
+    test = RankingResult({k[5:]: v for k, v in evals.items() if k.startswith("test/")}, groups_N[users])
+    valid = RankingResult({k[6:]: v for k, v in evals.items() if k.startswith("valid/")}, groups_N[users])
+    test.save_per_user(out / "per_user_test.npz")
+    np.save(out / "evaluated_users.npy", users)
+    subset = len(users) < ds.n_users
+    results = {
+        "dataset": dataset, "model": model, "seed": seed, "split": ds.split,
+        "test": test.to_json(), "valid": valid.to_json(),
+        "evaluated_users": ("all" if not subset else
+                            f"seeded random subset of {len(users)} of {ds.n_users} users (seed {seed}); "
+                            "metrics are means over these users only; ids in evaluated_users.npy"),
+        "wall_time_s": time.perf_counter() - t0, "global_model_seconds": t_global,
+        "model_seconds": t_model, "settings": config.to_dict(), "global_model": gmeta,
+        "global_state_used": which, "dataset_counts": ds.counts(), "paper": paper.paper_row(dataset, model),
+        "lft_repo": paper.paper_row(dataset, model, "lft_repo"),
+        "model_selection": ("LOCA: each local model keeps its best-validation state (patience on its "
+                            "candidates); LFT/EnLFT: no validation selection (final fine-tuned state)"),
+        "diagnostics": info,
+        "environment": {"jax": jax.__version__, "backend": jax.default_backend(),
+                        "devices": [str(d) for d in jax.devices()], "python": platform.python_version()},
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
+    return results
