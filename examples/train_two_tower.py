@@ -1,6 +1,6 @@
 """Train the baseline, baseline + upsampling and MTL two-tower models (spec ../shared/spec/two_tower_spec.md)
 on synthetic multi-territory data or the ML-1M zip-region adaptation, for several seeds; print the per-group
-AP table and relative gains; write results.json and PNG plots into --out.
+AP table and relative gains; write two_tower_results.json and PNG plots into --out.
 
     python examples/train_two_tower.py --dataset synthetic --seeds 0 1 2 --out runs/two_tower_synth
     python examples/train_two_tower.py --dataset ml-1m --data-dir ../shared/data --seeds 0 1 2 --out runs/tt_ml1m
@@ -29,7 +29,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="ml-1m user features: MultVAE mu on the train split (falls back to svd if unavailable)")
     p.add_argument("--vae-epochs", type=int, default=50, help="max MultVAE epochs for the user embedding")
     p.add_argument("--control", action="store_true", help="also train MTL with one shared head (depth control)")
-    p.add_argument("--out", required=True, help="output folder for results.json and PNGs")
+    p.add_argument("--out", default=None,
+                   help="output folder for two_tower_results.json and PNGs (default runs/two_tower/<dataset>)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if min(args.seeds) < 0 or args.width < 1 or args.batch_size < 1 or args.alpha <= 0:
@@ -63,7 +64,7 @@ def main(argv=None) -> int:
     from tall_jax.two_tower.plots import plot_gains, plot_title_histograms
     from tall_jax.two_tower.report import summarise, text_report, to_jsonable
 
-    out = Path(args.out)
+    out = Path(args.out) if args.out else Path("runs") / "two_tower" / args.dataset
     out.mkdir(parents=True, exist_ok=True)
     cfg = TrainConfig(width=args.width, batch_size=args.batch_size, learning_rate=args.lr,
                       epochs=args.epochs or (8 if args.dataset == "synthetic" else 3))
@@ -87,8 +88,8 @@ def main(argv=None) -> int:
               "args": vars(args), "data_info": infos, "seconds": time.perf_counter() - started,
               "note": "AP per cell is averaged over test days; gains are per-day gains averaged over days, "
                       "then mean and sample std over seeds", **summary}
-    (out / "results.json").write_text(json.dumps(to_jsonable(record), indent=1))
-    print(f"wrote {out / 'results.json'} and PNGs", file=sys.stderr)
+    (out / "two_tower_results.json").write_text(json.dumps(to_jsonable(record), indent=1))
+    print(f"wrote {out / 'two_tower_results.json'} and PNGs", file=sys.stderr)
     return 0
 
 

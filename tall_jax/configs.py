@@ -107,6 +107,13 @@ class TALLConfig:
         return dataclasses.asdict(self)
 
 
+def variant(config: Any, faithful: Any, ignore: tuple[str, ...] = ("seed",)) -> str:
+    """"field=value, ..." for every field of the dataclass ``config`` that differs from ``faithful``
+    (the paper configuration), so result tables never pass a reduced run off as the paper's."""
+    ours, ref = dataclasses.asdict(config), dataclasses.asdict(faithful)
+    return ", ".join(f"{k}={v}" for k, v in ours.items() if k not in ignore and ref.get(k) != v)
+
+
 def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"config field {field!r} is {value!r}; choose one of {', '.join(choices)}")

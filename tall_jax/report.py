@@ -39,6 +39,12 @@ class Run:
     seed: int
     split: str
     test: RankingSummary
+    variant: str = ""  # how the run departs from the faithful configuration, e.g. "n_experts=10"
+
+    @property
+    def name(self) -> str:
+        """The table's row name: the model, with its variant in brackets when it has one."""
+        return f"{self.model} [{self.variant}]" if self.variant else self.model
 
     def value(self, metric: str, column: str) -> float:
         """The run's mean ``metric`` over all users (``column="overall"``) or over one group."""
@@ -86,7 +92,8 @@ def load_run(path: Path) -> Run:
         seed = int(d["seed"])
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: 'seed' must be an integer, got {d['seed']!r}") from e
-    return Run(path, str(d["dataset"]), str(d["model"]), seed, str(d.get("split", "?")), test)
+    return Run(path, str(d["dataset"]), str(d["model"]), seed, str(d.get("split", "?")), test,
+               str(d.get("variant", "") or ""))
 
 
 def collect_runs(root: Path, skip_malformed: bool = False) -> list[Run]:
@@ -107,7 +114,7 @@ def collect_runs(root: Path, skip_malformed: bool = False) -> list[Run]:
             print(f"warning: skipped {e}", file=sys.stderr)
     seen: dict[tuple, Path] = {}
     for r in runs:
-        key = (r.dataset, r.model, r.seed, r.split)
+        key = (r.dataset, r.name, r.seed, r.split)
         if key in seen:
             print(f"warning: {r.path} repeats dataset/model/seed/split of {seen[key]}; both are counted",
                   file=sys.stderr)
@@ -125,35 +132,37 @@ def build_rows(runs: Sequence[Run], metric: str = "ndcg@20", reference: str | No
     with_ref = reference is not None and metric == paper.PAPER_METRIC
     rows: list[Row] = []
     for ds in _order({r.dataset for r in runs}, DATASET_ORDER):
-        by_model: dict[str, list[Run]] = {}
+        by_name: dict[str, list[Run]] = {}
         for r in runs:
             if r.dataset == ds:
-                by_model.setdefault(r.model, []).append(r)
+                by_name.setdefault(r.name, []).append(r)
+        base = {name: group[0].model for name, group in by_name.items()}
         means: dict[str, tuple[float, ...]] = {}
         refs: dict[str, tuple[float, ...]] = {}
-        for model in _order(list(by_model), MODEL_ORDER):
-            vals = np.array([[r.value(metric, c) for c in COLUMNS] for r in by_model[model]], np.float64)
-            means[model] = tuple(vals.mean(0))
+        order = {m: i for i, m in enumerate(MODEL_ORDER)}
+        for name in sorted(by_name, key=lambda n: (order.get(base[n], len(order)), base[n], n)):
+            vals = np.array([[r.value(metric, c) for c in COLUMNS] for r in by_name[name]], np.float64)
+            means[name] = tuple(vals.mean(0))
             std = tuple(vals.std(0, ddof=1)) if len(vals) >= 2 else None
-            rows.append(Row(ds, "ours", model, "", len(vals), means[model], std))
-            ref = paper.paper_row(ds, model, reference) if with_ref else None
-            if ref is not None:
-                refs[model] = tuple(ref[c] for c in COLUMNS)
-                rows.append(Row(ds, "paper", model, "", 0, refs[model], None))
-        if "tall" in means:
-            for model in means:
-                if model == "tall":
+            rows.append(Row(ds, "ours", name, "", len(vals), means[name], std))
+            ref = paper.paper_row(ds, base[name], reference) if with_ref else None
+            if ref is not None and base[name] not in refs:
+                refs[base[name]] = tuple(ref[c] for c in COLUMNS)
+                rows.append(Row(ds, "paper", base[name], "", 0, refs[base[name]], None))
+        for tall in [n for n in means if base[n] == "tall"]:
+            for name in means:
+                if base[name] == "tall":
                     continue
-                rows.append(Row(ds, "improvement", "tall", model, 0, _improvement(means["tall"], means[model]),
+                rows.append(Row(ds, "improvement", tall, name, 0, _improvement(means[tall], means[name]),
                                 None))
-                if "tall" in refs and model in refs:
-                    rows.append(Row(ds, "improvement_paper", "tall", model, 0,
-                                    _improvement(refs["tall"], refs[model]), None))
+                if "tall" in refs and base[name] in refs and tall == "tall":
+                    rows.append(Row(ds, "improvement_paper", "tall", base[name], 0,
+                                    _improvement(refs["tall"], refs[base[name]]), None))
     return rows
 
 
 def _label(row: Row, reference: str | None) -> str:
-    return {"ours": row.model, "paper": f"{row.model} ({reference})", "improvement": f"TALL vs {row.vs} (%)",
+    return {"ours": row.model, "paper": f"{row.model} ({reference})", "improvement": f"TALL{row.model[4:]} vs {row.vs} (%)",
             "improvement_paper": f"TALL vs {row.vs} (%, {reference})"}[row.kind]
 
 

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from tall_jax import paper, plots
-from tall_jax.configs import MODELS, make_config
+from tall_jax.configs import MODELS, make_config, variant
 from tall_jax.datasets import load_dataset
 from tall_jax.fit import fit
 from tall_jax.protocol import dataset_groups
@@ -52,6 +52,8 @@ def run_experiment(dataset: str, model: str, *, out_dir: str | Path, split: str 
     figures = plots.plot_run(result.history, out, f"{model} on {dataset}", result.best_epoch)
     results = {
         "dataset": dataset, "model": model, "seed": seed, "split": ds.split,
+        "variant": variant(config, make_config(dataset, model, seed=seed),
+                           ignore=("seed", "eval_batch_size")),
         "test": result.test.to_json(), "valid": result.valid.to_json(),
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
         "wall_time_s": result.wall_time_s,

@@ -145,3 +145,29 @@ def test_paper_transcription_consistent():
     assert paper.paper_row("ml-1m", "multvae", "lft_repo")["overall"] == 0.3153
     with pytest.raises(ValueError, match="unknown reference"):
         paper.paper_row("ml-1m", "tall", "nope")
+
+
+def test_variants_get_their_own_rows_and_tall_variants_are_compared(tmp_path):
+    import json
+    from tall_jax.report import build_rows, collect_runs
+
+    def write(model, variant, value):
+        d = tmp_path / f"{model}{variant}"
+        d.mkdir()
+        groups = {g: {"ndcg@20": value} for g in ("low", "med-low", "medium", "med-high", "high")}
+        test = {"overall": {"ndcg@20": value}, "groups": groups,
+                "group_sizes": {g: 1 for g in groups}, "n_users": 5, "n_undefined": 0}
+        (d / "results.json").write_text(json.dumps(
+            {"dataset": "ml-1m", "model": model, "seed": 0, "split": "authors", "test": test,
+             "variant": variant}))
+
+    write("multvae", "", 0.30)
+    write("tall", "n_experts=10", 0.33)
+    rows = build_rows(collect_runs(tmp_path))
+    ours = {r.model: r.mean[0] for r in rows if r.kind == "ours"}
+    assert ours == {"multvae": 0.30, "tall [n_experts=10]": 0.33}
+    assert {r.model for r in rows if r.kind == "paper"} == {"multvae", "tall"}
+    (imp,) = [r for r in rows if r.kind == "improvement"]
+    assert imp.model == "tall [n_experts=10]" and imp.vs == "multvae"
+    assert abs(imp.mean[0] - 10.0) < 1e-9
+    assert not [r for r in rows if r.kind == "improvement_paper"]  # a reduced TALL is not the paper's

@@ -15,6 +15,7 @@ import numpy as np
 from tall_jax import paper
 from tall_jax import state as state_lib
 from tall_jax.baselines.config import BASELINES, global_config, make_baseline_config
+from tall_jax.configs import variant
 from tall_jax.baselines.enlft import run_enlft
 from tall_jax.baselines.lft import run_lft
 from tall_jax.baselines.loca import run_loca
@@ -110,6 +111,8 @@ def run_baseline(dataset: str, model: str, *, out_dir: str | Path, split: str | 
     subset = len(users) < ds.n_users
     results = {
         "dataset": dataset, "model": model, "seed": seed, "split": ds.split,
+        "variant": variant(config, make_baseline_config(model, seed=seed),
+                           ignore=("seed", "chunk", "memory_budget_gb", "eval_batch")),
         "test": test.to_json(), "valid": valid.to_json(),
         "evaluated_users": ("all" if not subset else
                             f"seeded random subset of {len(users)} of {ds.n_users} users (seed {seed}); "
