@@ -24,7 +24,7 @@ OVERRIDES = {
     "experts": "n_experts", "epochs": "max_epochs", "batch_size": "batch_size", "lr": "lr",
     "reg": "reg", "gap": "gap", "alpha": "alpha", "patience": "patience",
     "kkt_mode": "kkt_mode", "gate_temperature": "gate_temperature", "kl_reduction": "kl_reduction",
-    "wl_gamma": "wl_gamma", "dropout": "dropout",
+    "wl_gamma": "wl_gamma", "dropout": "dropout", "expert_chunk": "expert_chunk",
 }
 # CLI flag -> BaselineConfig field for --model loca / lft / enlft (spec §6.2-6.4).
 BASELINE_OVERRIDES = {"local_models": "n_local", "anchors": "n_anchors", "users": "users",
@@ -57,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="adaptive-weight signal l_u/|V_u| instead of l_u (spec §5.8)")
     p.add_argument("--wl-gamma", type=float)
     p.add_argument("--dropout", type=float)
+    p.add_argument("--expert-chunk", type=int,
+                   help="memory option: run experts in chunks of this size (bounds the [E,B,M] logits)")
     p.add_argument("--local-models", type=int, help="LOCA: number of local models (default 100)")
     p.add_argument("--anchors", type=int, help="EnLFT: number of anchors (default 100)")
     p.add_argument("--users", type=int, help="LFT: fine-tune a seeded random subset of this many users")

@@ -46,20 +46,25 @@ def forward(params: Params, x_BxM: jax.Array, v_BxM: jax.Array, key: jax.Array,
     logits_ExBxM, kl_ExB = vae.experts_forward(
         params["experts"], xn, jax.random.fold_in(key, _NOISE), train=train,
         noise_std=config.noise_std)
-    n_experts, batch = kl_ExB.shape
-    if config.gate == "loss":
-        loss_BxE = gate_lib.masked_validation_loss(logits_ExBxM, x_BxM, v_BxM).T
-        has_valid = jnp.sum(v_BxM, axis=-1) > 0
-        gate_BxE = gate_lib.loss_gate(loss_BxE, has_valid, temperature=config.gate_temperature,
-                                      stop_gradient=config.gate_stop_gradient)
-    elif config.gate == "mlp":
-        gate_BxE = gate_lib.mlp_gate(params["gate"], x_BxM)
-        if config.gate_stop_gradient:
-            gate_BxE = jax.lax.stop_gradient(gate_BxE)
-    else:  # "uniform", or "none" with a single expert
-        gate_BxE = jnp.full((batch, n_experts), 1.0 / n_experts, jnp.float32)
+    gate_BxE = _gate(params, x_BxM, v_BxM, config, n_experts,
+                     lambda: gate_lib.masked_validation_loss(logits_ExBxM, x_BxM, v_BxM).T)
     mix_BxM = logits_ExBxM[0] if n_experts == 1 else gate_lib.mix_logits(gate_BxE, logits_ExBxM)
     return dict(logits_ExBxM=logits_ExBxM, kl_ExB=kl_ExB, gate_BxE=gate_BxE, mix_BxM=mix_BxM)
+
+
+def _gate(params: Params, x_BxM: jax.Array, v_BxM: jax.Array, config: TALLConfig, n_experts: int,
+          validation_loss_BxE) -> jax.Array:
+    """g [B, E] of the configured gate; ``validation_loss_BxE()`` gives L_uk for the loss gate."""
+    if config.gate == "loss":
+        has_valid = jnp.sum(v_BxM, axis=-1) > 0
+        return gate_lib.loss_gate(validation_loss_BxE(), has_valid,
+                                  temperature=config.gate_temperature,
+                                  stop_gradient=config.gate_stop_gradient)
+    if config.gate == "mlp":
+        gate_BxE = gate_lib.mlp_gate(params["gate"], x_BxM)
+        return jax.lax.stop_gradient(gate_BxE) if config.gate_stop_gradient else gate_BxE
+    # "uniform", or "none" with a single expert
+    return jnp.full((x_BxM.shape[0], n_experts), 1.0 / n_experts, jnp.float32)
 
 
 def _forward_chunked(params: Params, xn_BxM: jax.Array, x_BxM: jax.Array, v_BxM: jax.Array,
@@ -82,22 +87,13 @@ def _forward_chunked(params: Params, xn_BxM: jax.Array, x_BxM: jax.Array, v_BxM:
         return jax.vmap(lambda pe, ke: vae.expert_forward(
             pe, xn_BxM, ke, train=train, noise_std=config.noise_std))(p, k)
 
-    if config.gate == "loss":
-        @jax.checkpoint
-        def val_loss(pk):
-            logits_cxBxM, _ = run(*pk)
-            return gate_lib.masked_validation_loss(logits_cxBxM, x_BxM, v_BxM)
+    @jax.checkpoint
+    def val_loss(pk):
+        logits_cxBxM, _ = run(*pk)
+        return gate_lib.masked_validation_loss(logits_cxBxM, x_BxM, v_BxM)
 
-        loss_BxE = jax.lax.map(val_loss, (params_C, keys_C)).reshape(n_experts, batch).T
-        has_valid = jnp.sum(v_BxM, axis=-1) > 0
-        gate_BxE = gate_lib.loss_gate(loss_BxE, has_valid, temperature=config.gate_temperature,
-                                      stop_gradient=config.gate_stop_gradient)
-    elif config.gate == "mlp":
-        gate_BxE = gate_lib.mlp_gate(params["gate"], x_BxM)
-        if config.gate_stop_gradient:
-            gate_BxE = jax.lax.stop_gradient(gate_BxE)
-    else:
-        gate_BxE = jnp.full((batch, n_experts), 1.0 / n_experts, jnp.float32)
+    gate_BxE = _gate(params, x_BxM, v_BxM, config, n_experts, lambda: jax.lax.map(
+        val_loss, (params_C, keys_C)).reshape(n_experts, batch).T)
 
     @jax.checkpoint
     def mix_step(mix_BxM, pkg):
