@@ -53,7 +53,7 @@ def run_experiment(dataset: str, model: str, *, out_dir: str | Path, split: str 
     results = {
         "dataset": dataset, "model": model, "seed": seed, "split": ds.split,
         "variant": variant(config, make_config(dataset, model, seed=seed),
-                           ignore=("seed", "eval_batch_size")),
+                           ignore=("seed", "eval_batch_size", "expert_chunk")),
         "test": result.test.to_json(), "valid": result.valid.to_json(),
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
         "wall_time_s": result.wall_time_s,
