@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
 
+from tall_jax.batching import dense_rows
+
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10, 20)
 GROUP_NAMES: tuple[str, ...] = ("low", "med-low", "medium", "med-high", "high")
 METRIC_DEFINITIONS: dict[str, str] = {
@@ -82,9 +84,7 @@ def rank_metrics(
 
 def dense_mask_from_padded(idx_BxP: jax.Array, n_items: int) -> jax.Array:
     """bool[B, n_items] with True at each listed index; the pad value ``n_items`` is dropped."""
-    b = idx_BxP.shape[0]
-    rows_BxP = jnp.broadcast_to(jnp.arange(b)[:, None], idx_BxP.shape)
-    return jnp.zeros((b, n_items), bool).at[rows_BxP, idx_BxP].set(True, mode="drop")
+    return dense_rows(idx_BxP, n_items) > 0
 
 
 @functools.partial(jax.jit, static_argnames=("ks",))
