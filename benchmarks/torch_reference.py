@@ -83,7 +83,7 @@ class TorchTALL:
         for name, shape in want.items():
             if np.shape(got[name]) != shape:
                 raise ValueError(f"TorchTALL.load_params: {name} has shape {np.shape(got[name])}, expected {shape}")
-        as_t = lambda a: torch.as_tensor(np.asarray(a, np.float32), device=self.device)  # noqa: E731
+        as_t = lambda a: torch.as_tensor(np.array(a, np.float32), device=self.device)  # noqa: E731
         with torch.no_grad():
             for k, ex in enumerate(self.experts):
                 ex.enc.weight.copy_(as_t(got["enc_w_ExMx2d"][k]).T)  # torch stores W as [out, in]
