@@ -82,6 +82,16 @@ def rank_metrics(
     return out
 
 
+def valid_test_metrics(scores_BxM: jax.Array, train_BxM: jax.Array, valid_BxM: jax.Array,
+                       test_BxM: jax.Array, ks: tuple[int, ...] = DEFAULT_KS) -> dict[str, jax.Array]:
+    """``{"valid/ndcg@K": .., "test/recall@K": .., ...}`` per user (spec §3): train items are excluded
+    from both rankings; validation items stay candidates in the test ranking."""
+    excluded = train_BxM > 0
+    valid = rank_metrics(scores_BxM, excluded, valid_BxM > 0, ks)
+    test = rank_metrics(scores_BxM, excluded, test_BxM > 0, ks)
+    return {**{f"valid/{k}": v for k, v in valid.items()}, **{f"test/{k}": v for k, v in test.items()}}
+
+
 def dense_mask_from_padded(idx_BxP: jax.Array, n_items: int) -> jax.Array:
     """bool[B, n_items] with True at each listed index; the pad value ``n_items`` is dropped."""
     return dense_rows(idx_BxP, n_items) > 0

@@ -17,11 +17,11 @@ from tall_jax import gate as gate_lib
 from tall_jax import vae, weights
 from tall_jax.batching import Batch, UserData, dense_rows, epoch_order, make_batch, sequential_order
 from tall_jax.configs import TALLConfig
-from tall_jax.metrics import rank_metrics
+from tall_jax.metrics import DEFAULT_KS, valid_test_metrics
 from tall_jax.state import TrainState, make_optimizer
 from tall_jax.vae import Params
 
-KS = (1, 5, 10, 20)
+KS = DEFAULT_KS  # the spec §3 cut-offs
 _NOISE, _SHUFFLE, _DROPOUT = 0, 1, 2
 
 
@@ -232,12 +232,8 @@ def eval_step(params: Params, batch: Batch, test_idx_BxP: jax.Array,
     """Per-user validation and test NDCG/Recall@{1,5,10,20} for one batch (spec §3): train items are
     excluded from both rankings; validation items stay candidates in the test ranking."""
     mix_BxM, gate_BxE, x_BxM, v_BxM = predict(params, batch, config)
-    excluded = x_BxM > 0
-    valid = rank_metrics(mix_BxM, excluded, v_BxM > 0, KS)
-    test = rank_metrics(mix_BxM, excluded, dense_rows(test_idx_BxP, batch.n_items) > 0, KS)
+    out = valid_test_metrics(mix_BxM, x_BxM, v_BxM, dense_rows(test_idx_BxP, batch.n_items), KS)
     entropy_B, ratio_B = gate_lib.gate_diagnostics(gate_BxE)
-    out = {f"valid/{k}": v for k, v in valid.items()}
-    out.update({f"test/{k}": v for k, v in test.items()})
     out.update({"gate/entropy": entropy_B, "gate/max_min_ratio": ratio_B})
     return out
 

@@ -23,11 +23,11 @@ from tqdm.auto import tqdm
 
 from tall_jax import vae
 from tall_jax.batching import UserData, dense_rows
-from tall_jax.metrics import rank_metrics
+from tall_jax.metrics import DEFAULT_KS, rank_metrics, valid_test_metrics
 from tall_jax.state import make_optimizer
 from tall_jax.vae import Params
 
-KS = (1, 5, 10, 20)
+KS = DEFAULT_KS  # the spec §3 cut-offs
 _SHUFFLE, _NOISE, _DROPOUT = 0, 1, 2
 
 
@@ -270,12 +270,7 @@ def own_user_logits(params_K: Params, x_KxM: jax.Array) -> jax.Array:
     return jax.vmap(lambda p, x: _eval_logits(p, x[None])[0])(params_K, x_KxM)
 
 
-@jax.jit
-def _metrics(scores_BxM, x_BxM, v_BxM, t_BxM):
-    excl = x_BxM > 0
-    valid = rank_metrics(scores_BxM, excl, v_BxM > 0, KS)
-    test = rank_metrics(scores_BxM, excl, t_BxM > 0, KS)
-    return {**{f"valid/{k}": v for k, v in valid.items()}, **{f"test/{k}": v for k, v in test.items()}}
+_metrics = jax.jit(valid_test_metrics, static_argnames=("ks",))
 
 
 def evaluate_rows(score_fn, users: np.ndarray, data: UserData, batch: int = 256) -> dict[str, np.ndarray]:

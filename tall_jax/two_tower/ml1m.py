@@ -111,9 +111,7 @@ def multvae_user_embedding(dataset, *, max_epochs: int = 50, progress: bool = Tr
     from tall_jax.vae import user_embeddings
 
     result = fit(dataset, make_config("ml-1m", "multvae", max_epochs=max_epochs), progress=progress)
-    params = result.best_params
-    # fit's params are {"experts": stacked [E, ...] MultVAE params, ...}; user_embeddings takes the experts
-    return user_embeddings(params.get("experts", params) if isinstance(params, dict) else params, dataset.train)
+    return user_embeddings(result.best_params, dataset.train)
 
 
 def make_ml1m_two_tower(
