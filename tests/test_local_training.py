@@ -98,3 +98,37 @@ def test_mixture_logits_is_weighted_logit_average():
     want = sum(w[:, k:k + 1] * per[k] for k in range(3)) / w.sum(1, keepdims=True)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     del data
+
+
+def test_train_models_resumes_from_chunk_checkpoints(tmp_path, caplog):
+    from tall_jax.baselines.loca import train_models
+    data = tiny_data()
+    rng = np.random.default_rng(7)
+    lists = [np.sort(rng.choice(N, s, replace=False)) for s in (9, 17, 30, 12)]
+    weights = [rng.uniform(0.1, 0.75, len(ell)).astype(np.float32) for ell in lists]
+    cands = [np.sort(rng.choice(N, 15, replace=False)) for _ in lists]
+    cfg = local.LocalTrainConfig(batch_size=4, lr=0.05, patience=2, max_epochs=12, eval_batch=8)
+    params = vae.init_experts(jax.random.PRNGKey(0), 4, M, D)
+    rng_K = jax.random.split(jax.random.PRNGKey(1), 4)
+    run = lambda c, **kw: train_models(data, params, rng_K, lists, weights, c, cfg, 2, progress=False,
+                                       desc="t", **kw)
+    ref = run(cands)
+    first = run(cands, checkpoint_dir=tmp_path)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["chunk0000.npz", "chunk0002.npz"]
+    (tmp_path / "chunk0002.npz").unlink()  # a run killed during its second chunk
+    with caplog.at_level("INFO", logger="tall_jax.baselines"):
+        resumed = run(cands, checkpoint_dir=tmp_path)
+    assert "loaded from" in caplog.text
+    for got in (first, resumed):
+        for a, b in zip(jax.tree.leaves(ref[0]), jax.tree.leaves(got[0])):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(ref[1], got[1])
+        np.testing.assert_array_equal(ref[2], got[2])
+    # other inputs (one model's candidates changed) retrain instead of reusing a stale chunk
+    cands2 = [c.copy() for c in cands]
+    cands2[int(np.argmax([len(ell) for ell in lists]))] = np.arange(10)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="tall_jax.baselines"):
+        run(cands2, checkpoint_dir=tmp_path)
+    assert "other inputs" in caplog.text

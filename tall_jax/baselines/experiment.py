@@ -98,7 +98,8 @@ def run_baseline(dataset: str, model: str, *, out_dir: str | Path, split: str | 
     t_model = time.perf_counter()
     users = np.arange(ds.n_users)
     if model == "loca":
-        evals, info = run_loca(data, ds.train, gparams, config, progress=progress)
+        evals, info = run_loca(data, ds.train, gparams, config, progress=progress,
+                               checkpoint_dir=out / "local_models")
     elif model == "enlft":
         evals, info = run_enlft(data, ds.train, gparams, config, progress=progress)
     else:
