@@ -65,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-h", type=float, help="LOCA training bandwidth (default 1.0; original LOCA 0.8)")
     p.add_argument("--test-h", type=float, help="LOCA test bandwidth (default 0.8; original LOCA 0.4)")
     p.add_argument("--chunk", type=int, help="LOCA/LFT/EnLFT: local models trained per call (0: by memory)")
+    p.add_argument("--global-from", default=None, metavar="RUN_DIR",
+                   help="LOCA/LFT/EnLFT: reuse a finished run folder as the global model (a multvae run "
+                        "for LOCA, a wl run with the LFT-repo settings for LFT/EnLFT) instead of training one")
     p.add_argument("--resume", action="store_true", help="continue from <out>/.../last_state.msgpack")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
@@ -86,6 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         return {k: v for k, v in overrides.items() if not (single and k == "n_experts")}
 
     try:
+        if args.global_from is not None:
+            if not any(m in BASELINES for m in args.model):
+                raise ValueError(f"--global-from applies to {', '.join(BASELINES)} only; --model is "
+                                 f"{' '.join(args.model)}")
+            if not Path(args.global_from).is_dir():
+                raise FileNotFoundError(f"--global-from {args.global_from}: no such run folder")
         for model in args.model:  # resolve every configuration before the first long run
             cfg = (make_baseline_config(model, **base_overrides) if model in BASELINES
                    else make_config(args.dataset, model, **model_overrides(model)))
@@ -96,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                 out = Path(args.out) / args.dataset / model / f"seed{seed}"
                 res = run_experiment(args.dataset, model, out_dir=out, split=args.split, seed=seed,
                                      data_dir=args.data_dir, progress=not args.no_progress,
-                                     resume=args.resume, overrides=model_overrides(model))
+                                     resume=args.resume, overrides=model_overrides(model),
+                                     global_from=args.global_from if model in BASELINES else None)
                 summary = RankingResult.from_json(res["test"])
                 summaries[(model, seed)] = summary
                 if model in BASELINES:

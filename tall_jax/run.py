@@ -27,15 +27,19 @@ log = logging.getLogger("tall_jax")
 def run_experiment(dataset: str, model: str, *, out_dir: str | Path, split: str | None = None,
                    seed: int = 0, data_dir: str | Path | None = None, progress: bool = True,
                    resume: bool = False, checkpoint_every: int = 10,
-                   overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+                   overrides: dict[str, Any] | None = None,
+                   global_from: str | Path | None = None) -> dict[str, Any]:
     """Train ``model`` on ``dataset`` and write results.json, per_user_test.npz and PNG curves into
     ``out_dir``. Returns the results dict (also written as JSON). The local-learning baselines
     (``loca``, ``lft``, ``enlft``) go to :func:`tall_jax.baselines.run_baseline`, with ``overrides``
-    as :class:`tall_jax.baselines.BaselineConfig` fields."""
+    as :class:`tall_jax.baselines.BaselineConfig` fields and ``global_from`` as their reusable global
+    model run."""
     from tall_jax.baselines import BASELINES, run_baseline
     if model in BASELINES:
         return run_baseline(dataset, model, out_dir=out_dir, split=split, seed=seed, data_dir=data_dir,
-                            progress=progress, overrides=overrides)
+                            progress=progress, overrides=overrides, global_from=global_from)
+    if global_from is not None:
+        raise ValueError(f"global_from applies to the baselines {', '.join(BASELINES)} only, not {model!r}")
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; known: {', '.join(MODELS + BASELINES)}")
     out = Path(out_dir)

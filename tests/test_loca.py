@@ -70,3 +70,16 @@ def test_loca_kernel_and_zero_anchor_guard():
     lists, weights = loca_sets(k)
     np.testing.assert_array_equal(lists[0], np.flatnonzero(k[:, 0] > 0))
     np.testing.assert_allclose(weights[2], k[lists[2], 2])
+
+
+def test_a_saved_global_run_matches_across_execution_fields_and_newer_defaults():
+    from tall_jax.baselines.experiment import same_model
+    from tall_jax.configs import make_config
+    gcfg = make_config("ml-1m", "multvae")
+    saved = gcfg.to_dict()
+    assert same_model(saved, gcfg)
+    older = {k: v for k, v in saved.items() if k != "expert_chunk"}  # written before the field existed
+    assert same_model(older, gcfg)
+    assert same_model({**saved, "eval_batch_size": 64}, gcfg)  # execution only
+    assert not same_model({**saved, "lr": 0.01}, gcfg)
+    assert not same_model({**older, "latent": 200}, gcfg)

@@ -2,6 +2,7 @@
 reload) the global model, run the baseline, write results.json like every other model."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import platform
@@ -27,6 +28,17 @@ from tall_jax.protocol import dataset_groups
 
 log = logging.getLogger("tall_jax.baselines")
 
+# TALLConfig fields that change how a run executes, not what it computes.
+_EXECUTION_FIELDS = ("eval_batch_size", "expert_chunk")
+
+
+def same_model(saved: dict[str, Any], gcfg) -> bool:
+    """Whether a saved run's settings describe the model ``gcfg`` asks for: execution-only fields are
+    ignored and a field the saved run predates counts as its default value."""
+    defaults = {f.name: f.default for f in dataclasses.fields(gcfg)}
+    want = gcfg.to_dict()
+    return all(saved.get(k, defaults.get(k)) == v for k, v in want.items() if k not in _EXECUTION_FIELDS)
+
 
 def global_model(ds, gcfg, ms_N, groups_N, folder: Path, which: str, progress: bool,
                  reuse: Path | None = None):
@@ -40,7 +52,7 @@ def global_model(ds, gcfg, ms_N, groups_N, folder: Path, which: str, progress: b
     meta: dict[str, Any] = {}
     if reuse is not None and (Path(reuse) / "global_config.json").exists():
         folder, meta_path = Path(reuse), Path(reuse) / "global_config.json"
-        if json.loads(meta_path.read_text()).get("config") != gcfg.to_dict():
+        if not same_model(json.loads(meta_path.read_text()).get("config") or {}, gcfg):
             raise ValueError(f"{meta_path}: its config differs from the global {gcfg.model} config "
                              f"this baseline needs ({gcfg.to_dict()})")
         reuse = None
@@ -49,7 +61,7 @@ def global_model(ds, gcfg, ms_N, groups_N, folder: Path, which: str, progress: b
         if not res_path.exists():
             raise FileNotFoundError(f"--global-from {reuse}: no results.json there")
         prev = json.loads(res_path.read_text())
-        if prev.get("settings") != gcfg.to_dict():
+        if not same_model(prev.get("settings") or {}, gcfg):
             raise ValueError(f"{res_path}: its settings differ from the global {gcfg.model} config "
                              f"this baseline needs ({gcfg.to_dict()})")
         folder = Path(reuse)
@@ -57,7 +69,7 @@ def global_model(ds, gcfg, ms_N, groups_N, folder: Path, which: str, progress: b
                 "epochs_run": prev["epochs_run"], "wall_time_s": prev["wall_time_s"], "test": prev["test"]}
         final = state_lib.load_state(folder / "last_state.msgpack", template)
         best = state_lib.load_params(folder / "best_params.msgpack", template.params)
-    elif meta_path.exists() and json.loads(meta_path.read_text()).get("config") == gcfg.to_dict():
+    elif meta_path.exists() and same_model(json.loads(meta_path.read_text()).get("config") or {}, gcfg):
         log.info("reusing the global %s in %s", gcfg.model, folder)
         meta = json.loads(meta_path.read_text())
         final = state_lib.load_state(folder / "last_state.msgpack", template)
