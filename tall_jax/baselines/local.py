@@ -231,7 +231,8 @@ def train_local(state: LocalState, data: UserData, sets: LocalSets, config: Loca
     With ``config.patience == 0`` there is no validation: ``best_params`` is the final state.
     """
     limit = min(config.max_epochs, max_epochs or config.max_epochs)
-    bar = tqdm(total=limit, desc=desc, unit="epoch", disable=not progress, dynamic_ncols=True,
+    # with early stopping the number of epochs is unknown: count them instead of a meaningless ETA
+    bar = tqdm(total=None if config.patience else limit, desc=desc, unit="epoch", disable=not progress, dynamic_ncols=True,
                leave=False)
     while int(state.epoch) < limit and bool(jnp.any(state.active_K)):
         state, loss_K = train_epoch(state, data, sets, config)
