@@ -100,35 +100,72 @@ def test_mixture_logits_is_weighted_logit_average():
     del data
 
 
-def test_train_models_resumes_from_chunk_checkpoints(tmp_path, caplog):
-    from tall_jax.baselines.loca import train_models
+def _queue_problem(n_models: int, seed: int = 7):
     data = tiny_data()
-    rng = np.random.default_rng(7)
-    lists = [np.sort(rng.choice(N, s, replace=False)) for s in (9, 17, 30, 12)]
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(5, 35, n_models)
+    lists = [np.sort(rng.choice(N, s, replace=False)) for s in sizes]
     weights = [rng.uniform(0.1, 0.75, len(ell)).astype(np.float32) for ell in lists]
-    cands = [np.sort(rng.choice(N, 15, replace=False)) for _ in lists]
+    cands = [np.sort(rng.choice(N, rng.integers(6, 30), replace=False)) for _ in lists]
+    params = vae.init_experts(jax.random.PRNGKey(0), n_models, M, D)
+    rng_K = jax.random.split(jax.random.PRNGKey(1), n_models)
+    return data, lists, weights, cands, params, rng_K
+
+
+def test_slot_queue_refills_stopped_slots_and_each_model_equals_training_alone():
+    data, lists, weights, cands, params, rng_K = _queue_problem(5)
+    cfg = local.LocalTrainConfig(batch_size=4, lr=0.05, patience=2, max_epochs=14, eval_batch=8)
+    finished = []
+    got = local.train_queue(data, params, rng_K, lists, weights, cands, cfg, 2, order=[3, 0, 4, 1, 2],
+                            on_done=lambda k, *rest: finished.append(k))
+    assert sorted(got) == [0, 1, 2, 3, 4] and sorted(finished) == [0, 1, 2, 3, 4]
+    runs = [got[k][2] for k in range(5)]
+    assert len(set(runs)) > 1, f"models should stop at different epochs, got {runs}"
+    for k in range(5):
+        one = jax.tree.map(lambda a: a[k:k + 1], params)
+        alone = _train(data, one, rng_K[k:k + 1], lists[k:k + 1], weights[k:k + 1], cands[k:k + 1], cfg)
+        assert got[k][1] == int(alone.best_epoch_K[0]) and got[k][2] == int(alone.epochs_run_K[0])
+        for a, b in zip(jax.tree.leaves(got[k][0]), jax.tree.leaves(alone.best_params)):
+            np.testing.assert_allclose(a, b[0], rtol=1e-4, atol=1e-5)
+
+
+def test_slot_queue_without_patience_runs_every_model_for_max_epochs_with_shuffles():
+    data, lists, weights, _, params, rng_K = _queue_problem(3, seed=3)
+    cfg = local.LocalTrainConfig(batch_size=4, lr=0.05, patience=0, max_epochs=3, shuffle=True,
+                                 dropout=0.2, beta=0.2)
+    got = local.train_queue(data, params, rng_K, lists, None, None, cfg, 2)
+    for k in range(3):
+        assert got[k][1:] == (3, 3)
+        one = jax.tree.map(lambda a: a[k:k + 1], params)
+        sets = local.LocalSets.from_lists(lists[k:k + 1], N, multiple=4)
+        alone = local.train_local(local.init_local(one, rng_K[k:k + 1], cfg), data, sets, cfg)
+        for a, b in zip(jax.tree.leaves(got[k][0]), jax.tree.leaves(alone.params)):
+            np.testing.assert_allclose(a, b[0], rtol=1e-4, atol=1e-5)
+
+
+def test_train_models_resumes_from_model_checkpoints(tmp_path, caplog):
+    from tall_jax.baselines.loca import train_models
+    data, lists, weights, cands, params, rng_K = _queue_problem(4)
     cfg = local.LocalTrainConfig(batch_size=4, lr=0.05, patience=2, max_epochs=12, eval_batch=8)
-    params = vae.init_experts(jax.random.PRNGKey(0), 4, M, D)
-    rng_K = jax.random.split(jax.random.PRNGKey(1), 4)
     run = lambda c, **kw: train_models(data, params, rng_K, lists, weights, c, cfg, 2, progress=False,
                                        desc="t", **kw)
     ref = run(cands)
     first = run(cands, checkpoint_dir=tmp_path)
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == ["chunk0000.npz", "chunk0002.npz"]
-    (tmp_path / "chunk0002.npz").unlink()  # a run killed during its second chunk
+    assert files == [f"model{k:04d}.npz" for k in range(4)]
+    (tmp_path / "model0002.npz").unlink()  # a run killed before model 2 finished
     with caplog.at_level("INFO", logger="tall_jax.baselines"):
         resumed = run(cands, checkpoint_dir=tmp_path)
-    assert "loaded from" in caplog.text
+    assert "3 of 4 models loaded" in caplog.text
     for got in (first, resumed):
         for a, b in zip(jax.tree.leaves(ref[0]), jax.tree.leaves(got[0])):
-            np.testing.assert_array_equal(a, b)
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(ref[1], got[1])
         np.testing.assert_array_equal(ref[2], got[2])
-    # other inputs (one model's candidates changed) retrain instead of reusing a stale chunk
+    # other inputs (model 1's candidates changed) retrain that model instead of reusing a stale file
     cands2 = [c.copy() for c in cands]
-    cands2[int(np.argmax([len(ell) for ell in lists]))] = np.arange(10)
+    cands2[1] = np.arange(10)
     caplog.clear()
     with caplog.at_level("INFO", logger="tall_jax.baselines"):
         run(cands2, checkpoint_dir=tmp_path)
-    assert "other inputs" in caplog.text
+    assert "other inputs" in caplog.text and "3 of 4 models loaded" in caplog.text

@@ -1,5 +1,5 @@
 """LOCA (spec §6.2): kernel-weighted local MultVAEs around coverage anchors in the MultVAE embedding
-space, all trained together (``local.train_local``), mixed by a kernel-weighted logit average with
+space, all trained together (``local.train_queue``), mixed by a kernel-weighted logit average with
 the global MultVAE as fallback for uncovered users."""
 from __future__ import annotations
 
@@ -40,106 +40,89 @@ def loca_sets(kernel_NxA: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray
 
 
 def chunk_size(config: BaselineConfig, n_items: int, batch: int, n_models: int) -> int:
+    """Local models trained side by side: ``config.chunk``, else as many as fit the memory budget."""
     if config.chunk:
         return min(config.chunk, n_models)
     per = local.copy_bytes(n_items, config.latent, batch)
-    cap = int(max(1, min(n_models, config.memory_budget_gb * 2**30 // per)))
-    return -(-n_models // -(-n_models // cap))  # equal chunks: little padding in the last one
+    return int(max(1, min(n_models, config.memory_budget_gb * 2**30 // per)))
 
 
-def _chunk_key(lcfg: local.LocalTrainConfig, ids, init_params: Params, rng: np.ndarray, lists, weights,
+def _model_key(lcfg: local.LocalTrainConfig, k: int, init_params: Params, rng: np.ndarray, lists, weights,
                cand_lists) -> str:
-    """A digest of everything that determines a chunk's trained models (config, initial parameters,
-    keys, user lists, weights, candidates): a checkpoint is reused only when it matches."""
+    """A digest of everything that determines local model ``k`` once trained (config, initial
+    parameters, key, user list, weights, candidates): a checkpoint is reused only when it matches."""
     h = hashlib.sha256(json.dumps(dataclasses.asdict(lcfg), sort_keys=True).encode())
-    for k in ids:
-        for a in jax.tree.leaves(init_params):
-            h.update(np.ascontiguousarray(a[k]).tobytes())
-        h.update(np.ascontiguousarray(rng[k]).tobytes())
-        h.update(np.asarray(lists[k], np.int64).tobytes())
-        if weights is not None:
-            h.update(np.asarray(weights[k], np.float32).tobytes())
-        if cand_lists is not None:
-            h.update(np.asarray(cand_lists[k], np.int64).tobytes())
+    for a in jax.tree.leaves(init_params):
+        h.update(np.ascontiguousarray(a[k]).tobytes())
+    h.update(np.ascontiguousarray(rng[k]).tobytes())
+    h.update(np.asarray(lists[k], np.int64).tobytes())
+    if weights is not None:
+        h.update(np.asarray(weights[k], np.float32).tobytes())
+    if cand_lists is not None:
+        h.update(np.asarray(cand_lists[k], np.int64).tobytes())
     return h.hexdigest()
 
 
-def _save_chunk(path: Path, key: str, params: Params, best_epoch: np.ndarray, epochs_run: np.ndarray) -> None:
-    leaves, _ = jax.tree.flatten(params)
+def _save_model(path: Path, key: str, params: Params, best_epoch: int, epochs_run: int) -> None:
+    leaves = jax.tree.leaves(params)
     tmp = path.with_suffix(".part.npz")
     np.savez(tmp, key=np.array(key), best_epoch=best_epoch, epochs_run=epochs_run,
              **{f"leaf{i}": np.asarray(a) for i, a in enumerate(leaves)})
-    tmp.replace(path)  # atomic: a killed run never leaves a half-written chunk
+    tmp.replace(path)  # atomic: a killed run never leaves a half-written file
 
 
-def _load_chunk(path: Path, key: str, template: Params):
-    """(params, best_epoch, epochs_run) of a finished chunk, or None if absent or from other inputs."""
+def _load_model(path: Path, key: str, template: Params):
+    """(params, best_epoch, epochs_run) of a finished model, or None if absent or from other inputs."""
     if not path.exists():
         return None
     with np.load(path) as z:
         if str(z["key"]) != key:
-            log.warning("%s was written for other inputs; retraining that chunk", path)
+            log.warning("%s was written for other inputs; retraining that model", path)
             return None
         leaves = [z[f"leaf{i}"] for i in range(len(jax.tree.leaves(template)))]
-        return jax.tree.unflatten(jax.tree.structure(template), leaves), z["best_epoch"], z["epochs_run"]
+        return jax.tree.unflatten(jax.tree.structure(template), leaves), int(z["best_epoch"]), int(z["epochs_run"])
 
 
 def train_models(data: UserData, init_params_K: Params, rng_K: jax.Array, lists, weights, cand_lists,
                  lcfg: local.LocalTrainConfig, chunk: int, *, progress: bool, desc: str,
                  checkpoint_dir: str | Path | None = None):
-    """Train K local models in chunks of ``chunk`` (models sorted by list size to limit padding).
+    """Train K local models through ``chunk`` vmapped slots (:func:`local.train_queue`; largest user
+    lists first), each slot refilled as soon as its model stops.
 
-    ``checkpoint_dir``: each finished chunk's best parameters are written there, and a chunk whose
-    file matches its inputs is loaded instead of trained, so a killed run resumes where it stopped.
+    ``checkpoint_dir``: each finished model's parameters are written there as it finishes, and a
+    model whose file matches its inputs is loaded instead of trained, so a killed run resumes.
 
     Returns the best (or final, without patience) parameters stacked in the original order, and per
     model (best epoch, epochs run)."""
     n_models = len(lists)
-    order = np.argsort([-len(ell) for ell in lists], kind="stable")
-    best: list[Params] = [None] * n_models
-    best_epoch = np.zeros(n_models, np.int32)
-    epochs_run = np.zeros(n_models, np.int32)
+    host_init = jax.device_get(init_params_K)
+    host_rng = np.asarray(jax.random.key_data(rng_K) if jax.dtypes.issubdtype(rng_K.dtype, jax.dtypes.prng_key)
+                          else rng_K)
+    results: dict[int, tuple] = {}
+    on_done = None
     if checkpoint_dir is not None:
-        host_init = jax.device_get(init_params_K)
-        host_rng = np.asarray(jax.random.key_data(rng_K) if jax.dtypes.issubdtype(rng_K.dtype, jax.dtypes.prng_key)
-                              else rng_K)
-    for start in range(0, n_models, chunk):
-        ids = order[start:start + chunk]
-        path = key = None
-        if checkpoint_dir is not None:
-            path = Path(checkpoint_dir) / f"chunk{start:04d}.npz"
-            key = _chunk_key(lcfg, ids, host_init, host_rng, lists, weights, cand_lists)
-            template = jax.tree.map(lambda a: a[:len(ids)], host_init)
-            done = _load_chunk(path, key, template)
-            if done is not None:
-                for j, k in enumerate(ids):
-                    best[k] = jax.tree.map(lambda a: a[j], done[0])
-                best_epoch[ids], epochs_run[ids] = done[1], done[2]
-                log.info("%s: models %d/%d loaded from %s", desc, start + len(ids), n_models, path)
-                continue
-        pad = chunk - len(ids)  # pad with copies of the first model so the call compiles once
-        ids_p = np.concatenate([ids, np.repeat(ids[:1], pad)])
-        sets = local.LocalSets.from_lists([lists[k] for k in ids_p], data.n_users,
-                                          None if weights is None else [weights[k] for k in ids_p],
-                                          multiple=lcfg.batch_size)
-        cands = (None if cand_lists is None else
-                 local.LocalSets.from_lists([cand_lists[k] for k in ids_p], data.n_users,
-                                            multiple=lcfg.eval_batch))
-        params = jax.tree.map(lambda a: a[jnp.asarray(ids_p)], init_params_K)
-        state = local.init_local(params, rng_K[jnp.asarray(ids_p)], lcfg)
-        state = local.train_local(state, data, sets, lcfg, cands, progress=progress,
-                                  desc=f"{desc} {start + len(ids)}/{n_models}")
-        host = jax.device_get(state.best_params)
-        for j, k in enumerate(ids):
-            best[k] = jax.tree.map(lambda a: a[j], host)
-        best_epoch[ids] = np.asarray(state.best_epoch_K)[:len(ids)]
-        epochs_run[ids] = np.asarray(state.epochs_run_K)[:len(ids)]
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _save_chunk(path, key, jax.tree.map(lambda a: a[:len(ids)], host), best_epoch[ids], epochs_run[ids])
-        log.info("%s: models %d/%d trained (epochs run %s)", desc, start + len(ids), n_models,
-                 np.asarray(state.epochs_run_K)[:len(ids)].tolist())
-    stacked = jax.tree.map(lambda *a: np.stack(a), *best)
+        folder = Path(checkpoint_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        keys = {k: _model_key(lcfg, k, host_init, host_rng, lists, weights, cand_lists) for k in range(n_models)}
+        template = jax.tree.map(lambda a: a[0], host_init)
+        for k in range(n_models):
+            got = _load_model(folder / f"model{k:04d}.npz", keys[k], template)
+            if got is not None:
+                results[k] = got
+        if results:
+            log.info("%s: %d of %d models loaded from %s", desc, len(results), n_models, folder)
+
+        def on_done(k, params, best_epoch, epochs_run):
+            _save_model(folder / f"model{k:04d}.npz", keys[k], params, best_epoch, epochs_run)
+
+    order = [int(k) for k in np.argsort([-len(ell) for ell in lists], kind="stable") if k not in results]
+    results.update(local.train_queue(data, host_init, host_rng, lists, weights, cand_lists, lcfg, chunk,
+                                     order=order, on_done=on_done, progress=progress, desc=desc))
+    stacked = jax.tree.map(lambda *a: np.stack(a), *[results[k][0] for k in range(n_models)])
+    best_epoch = np.array([results[k][1] for k in range(n_models)], np.int32)
+    epochs_run = np.array([results[k][2] for k in range(n_models)], np.int32)
+    log.info("%s: %d models trained; epochs run min/median/max %d/%d/%d", desc, n_models, epochs_run.min(),
+             int(np.median(epochs_run)), epochs_run.max())
     return stacked, best_epoch, epochs_run
 
 

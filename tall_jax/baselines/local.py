@@ -63,10 +63,13 @@ class LocalSets:
 
     @classmethod
     def from_lists(cls, lists: list[np.ndarray], n_users: int, weights: list[np.ndarray] | None = None,
-                   multiple: int = 1) -> "LocalSets":
-        """Pad the lists to a common width (a multiple of ``multiple``); weights default to 1."""
-        width = max(max((len(ell) for ell in lists), default=1), 1)
-        width = -(-width // multiple) * multiple
+                   multiple: int = 1, width: int | None = None) -> "LocalSets":
+        """Pad the lists to a common width (the longest list, or ``width``, rounded up to a multiple
+        of ``multiple``); weights default to 1."""
+        longest = max(max((len(ell) for ell in lists), default=1), 1)
+        if width is not None and width < longest:
+            raise ValueError(f"width {width} is shorter than the longest list ({longest})")
+        width = -(-(width or longest) // multiple) * multiple
         users = np.full((len(lists), width), n_users, np.int32)
         w = np.zeros((len(lists), width), np.float32)
         for k, ell in enumerate(lists):
@@ -137,21 +140,22 @@ def _one_step(params: Params, opt_state, users_S, w_S, key, do, data: UserData,
     return keep(new_params, params), keep(new_opt, opt_state), jnp.where(do, loss, jnp.nan)
 
 
-def epoch_order(sets: LocalSets, rng_K: jax.Array, epoch: jax.Array, n_users: int,
+def epoch_order(sets: LocalSets, rng_K: jax.Array, epoch_K: jax.Array, n_users: int,
                 config: LocalTrainConfig):
     """This epoch's per-model batches: (users [nb, K, S], weights [nb, K, S]).
 
-    Shuffling sorts each model's real positions by a uniform draw keyed on (model key, epoch,
-    position), so a model's permutation does not depend on how wide the padded lists are.
+    Shuffling sorts each model's real positions by a uniform draw keyed on (model key, the model's
+    own epoch, position), so a model's permutation depends neither on how wide the padded lists are
+    nor on when its slot started it.
     """
     users, w = sets.users_KxU, sets.w_KxU
     n_models, width = users.shape
     if config.shuffle:
-        def sort_keys(key, real_U):
+        def sort_keys(key, real_U, epoch):
             key = jax.random.fold_in(jax.random.fold_in(key, _SHUFFLE), epoch)
             r = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i)))(jnp.arange(width))
             return jnp.where(real_U, r, 2.0)
-        perm = jnp.argsort(jax.vmap(sort_keys)(rng_K, users < n_users), axis=1)
+        perm = jnp.argsort(jax.vmap(sort_keys)(rng_K, users < n_users, epoch_K), axis=1)
         users = jnp.take_along_axis(users, perm, axis=1)
         w = jnp.take_along_axis(w, perm, axis=1)
     s = config.batch_size
@@ -169,13 +173,14 @@ def train_epoch(state: LocalState, data: UserData, sets: LocalSets, config: Loca
 
     Returns the new state and the mean training loss per model (NaN for a model that did not train).
     """
-    users_BxKxS, w_BxKxS = epoch_order(sets, state.rng_K, state.epoch, data.n_users, config)
+    users_BxKxS, w_BxKxS = epoch_order(sets, state.rng_K, state.epochs_run_K, data.n_users, config)
     step = jax.vmap(functools.partial(_one_step, data=data, config=config))
 
     def body(carry, inp):
         params, opt_state = carry
         b, users_KxS, w_KxS = inp
-        keys = jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, state.epoch), b))(state.rng_K)
+        keys = jax.vmap(lambda k, e: jax.random.fold_in(jax.random.fold_in(k, e), b))(
+            state.rng_K, state.epochs_run_K)
         params, opt_state, loss_K = step(params, opt_state, users_KxS, w_KxS, keys, state.active_K)
         return (params, opt_state), loss_K
 
@@ -216,8 +221,8 @@ def validate(state: LocalState, data: UserData, cands: LocalSets, config: LocalT
     improvement. Returns the new state and the scores [K]."""
     score_K = _valid_scores(state.params, data, cands, config.eval_batch)
     improved = state.active_K & ((state.best_epoch_K == 0) | (score_K > state.best_score_K))
-    best_epoch = jnp.where(improved, state.epoch, state.best_epoch_K)
-    active = state.active_K & (state.epoch - best_epoch < config.patience)
+    best_epoch = jnp.where(improved, state.epochs_run_K, state.best_epoch_K)
+    active = state.active_K & (state.epochs_run_K - best_epoch < config.patience)
     return state.replace(best_params=_where_K(improved, state.params, state.best_params),
                          best_score_K=jnp.where(improved, score_K, state.best_score_K),
                          best_epoch_K=best_epoch, active_K=active), score_K
@@ -232,20 +237,122 @@ def train_local(state: LocalState, data: UserData, sets: LocalSets, config: Loca
     """
     limit = min(config.max_epochs, max_epochs or config.max_epochs)
     # with early stopping the number of epochs is unknown: count them instead of a meaningless ETA
-    bar = tqdm(total=None if config.patience else limit, desc=desc, unit="epoch", disable=not progress, dynamic_ncols=True,
-               leave=False)
-    while int(state.epoch) < limit and bool(jnp.any(state.active_K)):
-        state, loss_K = train_epoch(state, data, sets, config)
-        if config.patience:
-            if cands is None:
-                raise ValueError("early stopping (patience > 0) needs candidate users")
-            state, _ = validate(state, data, cands, config)
-            bar.set_postfix(active=int(jnp.sum(state.active_K)), refresh=False)
+    bar = tqdm(total=None if config.patience else limit, desc=desc, unit="epoch", disable=not progress,
+               dynamic_ncols=True, leave=False)
+    state = _cap(state, limit)
+    while bool(jnp.any(state.active_K)):
+        state = _epoch_and_stop(state, data, sets, cands, config, limit)
+        bar.set_postfix(active=int(jnp.sum(state.active_K)), refresh=False)
         bar.update(1)
     bar.close()
     if not config.patience:
         state = state.replace(best_params=state.params, best_epoch_K=state.epochs_run_K)
     return state
+
+
+def _cap(state: LocalState, limit: int) -> LocalState:
+    """A model stops once it has trained ``limit`` epochs of its own."""
+    return state.replace(active_K=state.active_K & (state.epochs_run_K < limit))
+
+
+def _epoch_and_stop(state, data, sets, cands, config, limit):
+    """One epoch of every active model, then each model's stopping rule (patience, epoch cap)."""
+    state, _ = train_epoch(state, data, sets, config)
+    if config.patience:
+        if cands is None:
+            raise ValueError("early stopping (patience > 0) needs candidate users")
+        state, _ = validate(state, data, cands, config)
+    return _cap(state, limit)
+
+
+def train_queue(data: UserData, init_params: Params, rng: jax.Array, lists: list[np.ndarray],
+                weights: list[np.ndarray] | None, cand_lists: list[np.ndarray] | None,
+                config: LocalTrainConfig, slots: int, *, order=None, on_done=None,
+                progress: bool = False, desc: str = "local"):
+    """Train many local models through ``slots`` vmapped slots: when a model stops (patience or epoch
+    cap) its slot is refilled at once with the next model of ``order``, so no slot computes for a
+    stopped model while others still have work queued.
+
+    ``init_params`` / ``rng`` / ``lists`` / ``weights`` / ``cand_lists``: one entry per model (the
+    parameter tree with a leading model axis). Every model evolves exactly as if trained alone: its
+    Adam state is fresh, its keys and shuffles fold in its own epoch count, padding batches are
+    no-ops. ``on_done(k, params, best_epoch, epochs_run)`` is called as each model finishes, with its
+    best (or, without patience, final) parameters on the host.
+
+    Returns {model: (params, best_epoch, epochs_run)} for the models in ``order``.
+    """
+    order = list(range(len(lists)) if order is None else order)
+    done: dict[int, tuple] = {}
+    if not order:
+        return done
+    n_slots = min(slots, len(order))
+    width = max(len(lists[k]) for k in order)
+    cwidth = None if cand_lists is None else max(len(cand_lists[k]) for k in order)
+    host_init = jax.device_get(init_params)
+    queue, first = order[n_slots:], order[:n_slots]
+    occupant = np.array(first)
+    sets = LocalSets.from_lists([lists[k] for k in first], data.n_users,
+                                None if weights is None else [weights[k] for k in first],
+                                multiple=config.batch_size, width=width)
+    cands = (None if cand_lists is None else
+             LocalSets.from_lists([cand_lists[k] for k in first], data.n_users, multiple=config.eval_batch,
+                                  width=cwidth))
+    state = init_local(jax.tree.map(lambda a: jnp.asarray(a[np.array(first)]), host_init),
+                       jnp.asarray(rng)[np.array(first)], config)
+    state = _cap(state, config.max_epochs)
+    opt_init = make_optimizer(config).init
+    bar = tqdm(total=len(order), desc=desc, unit="model", disable=not progress, dynamic_ncols=True)
+    while (occupant >= 0).any():
+        state = _epoch_and_stop(state, data, sets, cands, config, config.max_epochs)
+        stopped = np.flatnonzero(~np.asarray(state.active_K) & (occupant >= 0))
+        if not stopped.size:
+            bar.set_postfix(epoch=int(state.epoch), refresh=False)
+            continue
+        result = state.best_params if config.patience else state.params
+        best_epoch = np.asarray(state.best_epoch_K if config.patience else state.epochs_run_K)
+        epochs_run = np.asarray(state.epochs_run_K)
+        for slot in stopped:
+            k = int(occupant[slot])
+            params_k = jax.device_get(jax.tree.map(lambda a: a[slot], result))
+            done[k] = (params_k, int(best_epoch[slot]), int(epochs_run[slot]))
+            if on_done is not None:
+                on_done(k, *done[k])
+            occupant[slot] = -1
+            if queue:
+                nxt = queue.pop(0)
+                occupant[slot] = nxt
+                state, sets, cands = _fill_slot(state, sets, cands, int(slot), host_init, rng, nxt, lists,
+                                                weights, cand_lists, opt_init, data.n_users)
+        bar.update(len(stopped))
+        bar.set_postfix(epoch=int(state.epoch), refresh=False)
+    bar.close()
+    return done
+
+
+def _fill_slot(state: LocalState, sets: LocalSets, cands: LocalSets | None, slot: int, host_init, rng,
+               k: int, lists, weights, cand_lists, opt_init, n_users: int):
+    """Put model ``k`` (fresh Adam state, epoch 0, its user lists) into ``slot``."""
+    params = jax.tree.map(lambda a: jnp.asarray(a[k]), host_init)
+    put = lambda tree, new: jax.tree.map(lambda a, b: a.at[slot].set(b), tree, new)
+    state = state.replace(
+        params=put(state.params, params), opt_state=put(state.opt_state, opt_init(params)),
+        rng_K=state.rng_K.at[slot].set(jnp.asarray(rng)[k]), best_params=put(state.best_params, params),
+        best_score_K=state.best_score_K.at[slot].set(-jnp.inf), best_epoch_K=state.best_epoch_K.at[slot].set(0),
+        epochs_run_K=state.epochs_run_K.at[slot].set(0), active_K=state.active_K.at[slot].set(True))
+
+    def row(ell, w, width):
+        u = np.full(width, n_users, np.int32)
+        v = np.zeros(width, np.float32)
+        u[:len(ell)] = ell
+        v[:len(ell)] = 1.0 if w is None else w
+        return u, v
+
+    u, v = row(lists[k], None if weights is None else weights[k], sets.users_KxU.shape[1])
+    sets = LocalSets(sets.users_KxU.at[slot].set(u), sets.w_KxU.at[slot].set(v))
+    if cands is not None:
+        u, v = row(cand_lists[k], None, cands.users_KxU.shape[1])
+        cands = LocalSets(cands.users_KxU.at[slot].set(u), cands.w_KxU.at[slot].set(v))
+    return state, sets, cands
 
 
 def _eval_logits(params: Params, x_BxM: jax.Array) -> jax.Array:
