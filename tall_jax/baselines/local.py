@@ -305,8 +305,8 @@ def train_queue(data: UserData, init_params: Params, rng: jax.Array, lists: list
     while (occupant >= 0).any():
         state = _epoch_and_stop(state, data, sets, cands, config, config.max_epochs)
         stopped = np.flatnonzero(~np.asarray(state.active_K) & (occupant >= 0))
-        if not stopped.size:
-            bar.set_postfix(epoch=int(state.epoch), refresh=False)
+        if not stopped.size:  # redraw every epoch: models can take minutes to finish
+            bar.set_postfix(epoch=int(state.epoch), training=int((occupant >= 0).sum()))
             continue
         result = state.best_params if config.patience else state.params
         best_epoch = np.asarray(state.best_epoch_K if config.patience else state.epochs_run_K)
@@ -324,7 +324,6 @@ def train_queue(data: UserData, init_params: Params, rng: jax.Array, lists: list
                 state, sets, cands = _fill_slot(state, sets, cands, int(slot), host_init, rng, nxt, lists,
                                                 weights, cand_lists, opt_init, data.n_users)
         bar.update(len(stopped))
-        bar.set_postfix(epoch=int(state.epoch), refresh=False)
     bar.close()
     return done
 
