@@ -4,7 +4,9 @@ Reads every ``results.json`` below the folder (written by the training CLI: ``da
 ``split``, ``test`` = ``RankingSummary.to_json()``), groups runs by (dataset, model), and writes
 ``table2.md``, ``table2.csv`` and ``table2.png``: per model the mean ± std (ddof=1) over seeds of the test
 metric overall and per mainstream group (spec §2), the paper's row beside it (spec §7), and "TALL vs X"
-improvement rows (tall − x)/x·100 in %.
+improvement rows (tall − x)/x·100 in %. A baseline evaluated on a user subset (LFT ``--users``; its
+``evaluated_users.npy``) is compared with TALL's per-user results (``per_user_test.npz``) on the same
+users, so both sides of that row average over one user set.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from tall_jax import paper
-from tall_jax.metrics import RankingSummary
+from tall_jax.metrics import RankingResult, RankingSummary
 
 COLUMNS = paper.COLUMNS
 MODEL_ORDER = ("multvae", "wl", "enlft", "loca", "lft", "moe", "lmoe", "lmoe_lc", "lmoe_gap_l", "tall")
@@ -40,11 +42,29 @@ class Run:
     split: str
     test: RankingSummary
     variant: str = ""  # how the run departs from the faithful configuration, e.g. "n_experts=10"
+    users: tuple[int, ...] | None = None  # the evaluated users when the run covered only a subset
 
     @property
     def name(self) -> str:
         """The table's row name: the model, with its variant in brackets when it has one."""
         return f"{self.model} [{self.variant}]" if self.variant else self.model
+
+    def value_on(self, users: Sequence[int], metric: str, column: str) -> float:
+        """The run's mean ``metric`` over ``users`` only (all of them or one group's share), from its
+        per-user file."""
+        path = self.path.parent / "per_user_test.npz"
+        if not path.exists():
+            raise ValueError(f"{path}: needed to compare with a user-subset run, but missing")
+        res = RankingResult.load_per_user(path)
+        idx = np.asarray(users)
+        if idx.size and idx.max() >= res.n_users:
+            raise ValueError(f"{path}: has {res.n_users} users; the subset needs user {idx.max()}")
+        sub = RankingResult({k: v[idx] for k, v in res.per_user.items()},
+                            None if res.groups is None else res.groups[idx])
+        src = sub.overall() if column == "overall" else sub.by_group().get(column, {})
+        if metric not in src:
+            raise ValueError(f"{path}: no per-user {metric!r} for column {column!r}")
+        return src[metric]
 
     def value(self, metric: str, column: str) -> float:
         """The run's mean ``metric`` over all users (``column="overall"``) or over one group."""
@@ -66,6 +86,7 @@ class Row:
     n_seeds: int
     mean: tuple[float, ...]
     std: tuple[float, ...] | None
+    note: str = ""  # reference rows: their source; improvement rows: how they were computed
 
 
 def _order(names: Sequence[str], preferred: Sequence[str]) -> list[str]:
@@ -92,8 +113,14 @@ def load_run(path: Path) -> Run:
         seed = int(d["seed"])
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: 'seed' must be an integer, got {d['seed']!r}") from e
+    users = None
+    if d.get("evaluated_users", "all") != "all":
+        users_path = path.parent / "evaluated_users.npy"
+        if not users_path.exists():
+            raise ValueError(f"{path}: evaluated a user subset but {users_path.name} is missing beside it")
+        users = tuple(int(u) for u in np.load(users_path))
     return Run(path, str(d["dataset"]), str(d["model"]), seed, str(d.get("split", "?")), test,
-               str(d.get("variant", "") or ""))
+               str(d.get("variant", "") or ""), users)
 
 
 def collect_runs(root: Path, skip_malformed: bool = False) -> list[Run]:
@@ -126,10 +153,20 @@ def _improvement(tall: Sequence[float], x: Sequence[float]) -> tuple[float, ...]
     return tuple((t - v) / v * 100.0 if v != 0 else math.nan for t, v in zip(tall, x))
 
 
-def build_rows(runs: Sequence[Run], metric: str = "ndcg@20", reference: str | None = "paper") -> list[Row]:
-    """Table 2 rows per dataset: each model's mean ± std over seeds, its reference row (only for the
-    paper's metric, NDCG@20), then "TALL vs X" improvement rows when "tall" is present."""
-    with_ref = reference is not None and metric == paper.PAPER_METRIC
+def _tall_on_subsets(tall_runs: Sequence[Run], x_runs: Sequence[Run], metric: str) -> tuple[float, ...]:
+    """TALL's mean over each subset run's own users, averaged over TALL's seeds and the subset runs."""
+    return tuple(float(np.mean([[t.value_on(x.users, metric, c) for t in tall_runs] for x in x_runs]))
+                 for c in COLUMNS)
+
+
+def build_rows(runs: Sequence[Run], metric: str = "ndcg@20",
+               reference: str | Sequence[str] | None = "paper") -> list[Row]:
+    """Table 2 rows per dataset: each model's mean ± std over seeds, its reference rows (only for the
+    paper's metric, NDCG@20; ``reference``: one or several of "paper", "lft_repo"), then "TALL vs X"
+    improvement rows when "tall" is present (X on a user subset: TALL over the same users)."""
+    references = [] if reference is None else [reference] if isinstance(reference, str) else list(reference)
+    if metric != paper.PAPER_METRIC:
+        references = []
     rows: list[Row] = []
     for ds in _order({r.dataset for r in runs}, DATASET_ORDER):
         by_name: dict[str, list[Run]] = {}
@@ -138,32 +175,45 @@ def build_rows(runs: Sequence[Run], metric: str = "ndcg@20", reference: str | No
                 by_name.setdefault(r.name, []).append(r)
         base = {name: group[0].model for name, group in by_name.items()}
         means: dict[str, tuple[float, ...]] = {}
-        refs: dict[str, tuple[float, ...]] = {}
+        refs: dict[tuple[str, str], tuple[float, ...]] = {}  # (source, model) -> values
         order = {m: i for i, m in enumerate(MODEL_ORDER)}
         for name in sorted(by_name, key=lambda n: (order.get(base[n], len(order)), base[n], n)):
             vals = np.array([[r.value(metric, c) for c in COLUMNS] for r in by_name[name]], np.float64)
             means[name] = tuple(vals.mean(0))
             std = tuple(vals.std(0, ddof=1)) if len(vals) >= 2 else None
             rows.append(Row(ds, "ours", name, "", len(vals), means[name], std))
-            ref = paper.paper_row(ds, base[name], reference) if with_ref else None
-            if ref is not None and base[name] not in refs:
-                refs[base[name]] = tuple(ref[c] for c in COLUMNS)
-                rows.append(Row(ds, "paper", base[name], "", 0, refs[base[name]], None))
+            for source in references:
+                ref = paper.paper_row(ds, base[name], source)
+                if ref is not None and (source, base[name]) not in refs:
+                    refs[source, base[name]] = tuple(ref[c] for c in COLUMNS)
+                    rows.append(Row(ds, "paper", base[name], "", 0, refs[source, base[name]], None, source))
         for tall in [n for n in means if base[n] == "tall"]:
             for name in means:
                 if base[name] == "tall":
                     continue
-                rows.append(Row(ds, "improvement", tall, name, 0, _improvement(means[tall], means[name]),
-                                None))
-                if "tall" in refs and base[name] in refs and tall == "tall":
-                    rows.append(Row(ds, "improvement_paper", "tall", base[name], 0,
-                                    _improvement(refs["tall"], refs[base[name]]), None))
+                subset = [r for r in by_name[name] if r.users is not None]
+                if subset:
+                    n_users = sorted({len(r.users) for r in subset})
+                    ref_tall = _tall_on_subsets(by_name[tall], subset, metric)
+                    rows.append(Row(ds, "improvement", tall, name, 0, _improvement(ref_tall, means[name]), None,
+                                    f"same {'/'.join(map(str, n_users))} users"))
+                else:
+                    rows.append(Row(ds, "improvement", tall, name, 0, _improvement(means[tall], means[name]),
+                                    None))
+                for source in references:
+                    if ("tall", "tall") == (tall, base[tall]) and (source, "tall") in refs \
+                            and (source, base[name]) in refs:
+                        rows.append(Row(ds, "improvement_paper", "tall", base[name], 0,
+                                        _improvement(refs[source, "tall"], refs[source, base[name]]), None,
+                                        source))
     return rows
 
 
-def _label(row: Row, reference: str | None) -> str:
-    return {"ours": row.model, "paper": f"{row.model} ({reference})", "improvement": f"TALL{row.model[4:]} vs {row.vs} (%)",
-            "improvement_paper": f"TALL vs {row.vs} (%, {reference})"}[row.kind]
+def _label(row: Row) -> str:
+    note = f", {row.note}" if row.note else ""
+    return {"ours": row.model, "paper": f"{row.model} ({row.note})",
+            "improvement": f"TALL{row.model[4:]} vs {row.vs} (%{note})",
+            "improvement_paper": f"TALL vs {row.vs} (%{note})"}[row.kind]
 
 
 def _cell(row: Row, j: int) -> str:
@@ -175,7 +225,7 @@ def _cell(row: Row, j: int) -> str:
     return f"{m:.4f} ± {row.std[j]:.4f}"
 
 
-def to_markdown(rows: Sequence[Row], metric: str, runs: Sequence[Run], reference: str | None) -> str:
+def to_markdown(rows: Sequence[Row], metric: str, runs: Sequence[Run]) -> str:
     out = [f"# Table 2: test {metric}, mean ± std over seeds (ddof=1)", ""]
     for ds in dict.fromkeys(r.dataset for r in rows):
         splits = sorted({r.split for r in runs if r.dataset == ds})
@@ -185,21 +235,21 @@ def to_markdown(rows: Sequence[Row], metric: str, runs: Sequence[Run], reference
             if row.dataset == ds:
                 seeds = str(row.n_seeds) if row.kind == "ours" else ""
                 cells = [_cell(row, j) for j in range(len(COLUMNS))]
-                out.append(f"| {_label(row, reference)} | {seeds} | " + " | ".join(cells) + " |")
+                out.append(f"| {_label(row)} | {seeds} | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
 
 
 def write_csv(rows: Sequence[Row], path: Path, metric: str) -> None:
     """One line per row; numbers at full precision; std columns empty when there is no std."""
-    header = ["dataset", "kind", "model", "vs", "metric", "n_seeds"]
+    header = ["dataset", "kind", "model", "vs", "note", "metric", "n_seeds"]
     for c in COLUMNS:
         header += [c, f"{c}_std"]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
         for r in rows:
-            line: list[Any] = [r.dataset, r.kind, r.model, r.vs, metric, r.n_seeds if r.kind == "ours" else ""]
+            line: list[Any] = [r.dataset, r.kind, r.model, r.vs, r.note, metric, r.n_seeds if r.kind == "ours" else ""]
             for j in range(len(COLUMNS)):
                 line += [repr(float(r.mean[j])), "" if r.std is None else repr(float(r.std[j]))]
             w.writerow(line)
@@ -219,7 +269,8 @@ def plot(rows: Sequence[Row], path: Path, metric: str) -> None:
     width = 0.8 / len(groups)
     for ax, ds in zip(axes[:, 0], datasets):
         ours = [r for r in rows if r.dataset == ds and r.kind == "ours"]
-        ref = {r.model: r.mean for r in rows if r.dataset == ds and r.kind == "paper"}
+        ref = {r.model: r.mean for r in rows if r.dataset == ds and r.kind == "paper"
+               and r.note == next((q.note for q in rows if q.kind == "paper"), "")}  # the first source
         x = np.arange(len(ours))
         for j, g in enumerate(groups, start=1):
             pos = x + (j - 1 - (len(groups) - 1) / 2) * width
@@ -243,12 +294,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("runs", type=Path, help="folder searched recursively for results.json")
     ap.add_argument("--metric", default="ndcg@20", help="test metric to tabulate (default ndcg@20)")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default: the runs folder)")
-    ap.add_argument("--reference", choices=["paper", "lft_repo", "none"], default="paper",
-                    help="reference rows: the TALL paper (spec §7), the LFT repo (spec §6.5) or none")
+    ap.add_argument("--reference", nargs="+", choices=["paper", "lft_repo", "none"], default=["paper"],
+                    help="reference rows, one or more: the TALL paper (spec §7), the LFT repo (spec §6.5), "
+                         "or none (the plot's ticks show the first)")
     ap.add_argument("--skip-malformed", action="store_true", help="warn about bad results.json and go on")
     ap.add_argument("--no-plot", action="store_true", help="skip table2.png")
     args = ap.parse_args(argv)
-    reference = None if args.reference == "none" else args.reference
+    reference = [r for r in dict.fromkeys(args.reference) if r != "none"] or None
     try:
         runs = collect_runs(args.runs, args.skip_malformed)
         if not runs:
@@ -259,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     out = args.out or args.runs
     out.mkdir(parents=True, exist_ok=True)
-    md = to_markdown(rows, args.metric, runs, reference)
+    md = to_markdown(rows, args.metric, runs)
     (out / "table2.md").write_text(md)
     write_csv(rows, out / "table2.csv", args.metric)
     if not args.no_plot:

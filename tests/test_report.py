@@ -171,3 +171,36 @@ def test_variants_get_their_own_rows_and_tall_variants_are_compared(tmp_path):
     assert imp.model == "tall [n_experts=10]" and imp.vs == "multvae"
     assert abs(imp.mean[0] - 10.0) < 1e-9
     assert not [r for r in rows if r.kind == "improvement_paper"]  # a reduced TALL is not the paper's
+
+
+def test_subset_run_is_compared_with_tall_on_the_same_users_and_two_reference_sources(tmp_path):
+    runs = tmp_path / "runs"
+    groups = np.repeat(np.arange(5), 2)  # 10 users, two per group
+    tall_ndcg = np.array([.1, .3, .2, .4, .3, .5, .4, .6, .5, .9])
+    _write_run(runs, "tall", 0, (tall_ndcg.mean(), .2, .3, .4, .5, .7))
+    RankingResult({"ndcg@20": tall_ndcg}, groups).save_per_user(runs / "ml-1m_tall_s0" / "per_user_test.npz")
+    subset = np.array([1, 2, 5, 6, 9])  # one user of each group
+    _write_run(runs, "lft", 0, (0.4, 0.2, 0.2, 0.5, 0.4, 0.5))
+    d = runs / "ml-1m_lft_s0"
+    res = json.loads((d / "results.json").read_text())
+    res["evaluated_users"] = "seeded random subset of 5 of 10 users"
+    (d / "results.json").write_text(json.dumps(res))
+    np.save(d / "evaluated_users.npy", subset)
+    assert report.main([str(runs), "--no-plot", "--reference", "paper", "lft_repo"]) == 0
+    rows = _read_csv(runs / "table2.csv")
+    imp = next(r for r in rows if r["kind"] == "improvement" and r["vs"] == "lft")
+    assert imp["note"] == "same 5 users"
+    # TALL over users 1, 2, 5, 6, 9: overall mean .46; groups low..high = .3 .2 .5 .4 .9
+    want = {"overall": .46, "low": .3, "med-low": .2, "medium": .5, "med-high": .4, "high": .9}
+    lft = dict(zip(COLS, (0.4, 0.2, 0.2, 0.5, 0.4, 0.5)))
+    for c in COLS:
+        assert float(imp[c]) == pytest.approx((want[c] - lft[c]) / lft[c] * 100, rel=1e-9)
+    refs = {(r["model"], r["note"]): r for r in rows if r["kind"] == "paper"}
+    assert float(refs["lft", "paper"]["overall"]) == 0.3416
+    assert float(refs["lft", "lft_repo"]["overall"]) == 0.3372
+    assert ("tall", "lft_repo") not in refs  # the LFT repo has no TALL row
+    md = (runs / "table2.md").read_text()
+    assert "lft (lft_repo)" in md and "TALL vs lft (%, same 5 users)" in md
+    # a subset run without its user list is an error that names the file
+    (d / "evaluated_users.npy").unlink()
+    assert report.main([str(runs), "--no-plot"]) == 2
