@@ -44,7 +44,8 @@ def chunk_size(config: BaselineConfig, n_items: int, batch: int, n_models: int) 
     if config.chunk:
         return min(config.chunk, n_models)
     per = local.copy_bytes(n_items, config.latent, batch)
-    return int(max(1, min(n_models, config.memory_budget_gb * 2**30 // per)))
+    cap = int(max(1, min(n_models, config.memory_budget_gb * 2**30 // per)))
+    return -(-n_models // -(-n_models // cap))  # equal rounds: no idle slots in the last one
 
 
 def _model_key(lcfg: local.LocalTrainConfig, k: int, init_params: Params, rng: np.ndarray, lists, weights,
