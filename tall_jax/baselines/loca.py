@@ -39,6 +39,18 @@ def loca_sets(kernel_NxA: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray
     return lists, [kernel_NxA[ell, a] for a, ell in enumerate(lists)]
 
 
+def loca_batch_rows(kernel_NxA: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per anchor, the training order of spec §6.2.4: every user id 0..N-1, with users outside the
+    neighbourhood replaced by the padding id N (weight 0). Cut into batches of 512 consecutive ids,
+    each batch keeps only its neighbourhood members, so batches vary in size and a batch without
+    members is skipped, as in the original code (which filters each batch, not the user list)."""
+    n = kernel_NxA.shape[0]
+    ids = np.arange(n, dtype=np.int32)
+    rows = [np.where(kernel_NxA[:, a] > 0, ids, n).astype(np.int32) for a in range(kernel_NxA.shape[1])]
+    return rows, [np.where(kernel_NxA[:, a] > 0, kernel_NxA[:, a], 0).astype(np.float32)
+                  for a in range(kernel_NxA.shape[1])]
+
+
 def chunk_size(config: BaselineConfig, n_items: int, batch: int, n_models: int) -> int:
     """Local models trained side by side: ``config.chunk``, else as many as fit the memory budget."""
     if config.chunk:
@@ -116,7 +128,8 @@ def train_models(data: UserData, init_params_K: Params, rng_K: jax.Array, lists,
         def on_done(k, params, best_epoch, epochs_run):
             _save_model(folder / f"model{k:04d}.npz", keys[k], params, best_epoch, epochs_run)
 
-    order = [int(k) for k in np.argsort([-len(ell) for ell in lists], kind="stable") if k not in results]
+    sizes = [int(np.sum(np.asarray(ell) < data.n_users)) for ell in lists]
+    order = [int(k) for k in np.argsort([-n for n in sizes], kind="stable") if k not in results]
     results.update(local.train_queue(data, host_init, host_rng, lists, weights, cand_lists, lcfg, chunk,
                                      order=order, on_done=on_done, progress=progress, desc=desc))
     stacked = jax.tree.map(lambda *a: np.stack(a), *[results[k][0] for k in range(n_models)])
@@ -136,7 +149,8 @@ def run_loca(data: UserData, train, global_params: Params, config: BaselineConfi
     anchors = np.asarray(loca_anchors(emb, config.test_h, config.n_local, config.anchor_stride))
     k_train = np.asarray(loca_kernel(emb, anchors, config.train_h))
     k_test = np.asarray(loca_kernel(emb, anchors, config.test_h))
-    lists, weights = loca_sets(k_train)
+    lists, _ = loca_sets(k_train)
+    rows, weights = loca_batch_rows(k_train)
     cand_lists, _ = loca_sets(k_test)
     key = jax.random.PRNGKey(config.seed)
     k_init, k_run = jax.random.split(key)
@@ -145,7 +159,7 @@ def run_loca(data: UserData, train, global_params: Params, config: BaselineConfi
     lcfg = local_config(config)
     chunk = chunk_size(config, data.n_items, config.loca_batch, config.n_local)
     params_K, best_epoch, epochs_run = train_models(
-        data, init, rng_K, lists, weights, cand_lists, lcfg, chunk, progress=progress, desc="LOCA",
+        data, init, rng_K, rows, weights, cand_lists, lcfg, chunk, progress=progress, desc="LOCA",
         checkpoint_dir=checkpoint_dir)
     params_K = jax.device_put(params_K)
     k_test_j = jnp.asarray(k_test)
