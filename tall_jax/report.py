@@ -49,9 +49,9 @@ class Run:
         """The table's row name: the model, with its variant in brackets when it has one."""
         return f"{self.model} [{self.variant}]" if self.variant else self.model
 
-    def value_on(self, users: Sequence[int], metric: str, column: str) -> float:
-        """The run's mean ``metric`` over ``users`` only (all of them or one group's share), from its
-        per-user file."""
+    def values_on(self, users: Sequence[int], metric: str) -> tuple[float, ...]:
+        """The run's mean ``metric`` over ``users`` only, per column (overall, then each group's share
+        of them), from its per-user file."""
         path = self.path.parent / "per_user_test.npz"
         if not path.exists():
             raise ValueError(f"{path}: needed to compare with a user-subset run, but missing")
@@ -61,10 +61,14 @@ class Run:
             raise ValueError(f"{path}: has {res.n_users} users; the subset needs user {idx.max()}")
         sub = RankingResult({k: v[idx] for k, v in res.per_user.items()},
                             None if res.groups is None else res.groups[idx])
-        src = sub.overall() if column == "overall" else sub.by_group().get(column, {})
-        if metric not in src:
-            raise ValueError(f"{path}: no per-user {metric!r} for column {column!r}")
-        return src[metric]
+        by_group = sub.by_group()
+        values = []
+        for column in COLUMNS:
+            src = sub.overall() if column == "overall" else by_group.get(column, {})
+            if metric not in src:
+                raise ValueError(f"{path}: no per-user {metric!r} for column {column!r}")
+            values.append(src[metric])
+        return tuple(values)
 
     def value(self, metric: str, column: str) -> float:
         """The run's mean ``metric`` over all users (``column="overall"``) or over one group."""
@@ -155,8 +159,8 @@ def _improvement(tall: Sequence[float], x: Sequence[float]) -> tuple[float, ...]
 
 def _tall_on_subsets(tall_runs: Sequence[Run], x_runs: Sequence[Run], metric: str) -> tuple[float, ...]:
     """TALL's mean over each subset run's own users, averaged over TALL's seeds and the subset runs."""
-    return tuple(float(np.mean([[t.value_on(x.users, metric, c) for t in tall_runs] for x in x_runs]))
-                 for c in COLUMNS)
+    per_pair = np.array([[t.values_on(x.users, metric) for t in tall_runs] for x in x_runs])
+    return tuple(float(v) for v in per_pair.mean(axis=(0, 1)))
 
 
 def build_rows(runs: Sequence[Run], metric: str = "ndcg@20",

@@ -46,9 +46,9 @@ def loca_batch_rows(kernel_NxA: np.ndarray) -> tuple[list[np.ndarray], list[np.n
     members is skipped, as in the original code (which filters each batch, not the user list)."""
     n = kernel_NxA.shape[0]
     ids = np.arange(n, dtype=np.int32)
-    rows = [np.where(kernel_NxA[:, a] > 0, ids, n).astype(np.int32) for a in range(kernel_NxA.shape[1])]
-    return rows, [np.where(kernel_NxA[:, a] > 0, kernel_NxA[:, a], 0).astype(np.float32)
-                  for a in range(kernel_NxA.shape[1])]
+    # the kernel is >= 0, so non-members already carry weight 0
+    return ([np.where(kernel_NxA[:, a] > 0, ids, n) for a in range(kernel_NxA.shape[1])],
+            [kernel_NxA[:, a].astype(np.float32) for a in range(kernel_NxA.shape[1])])
 
 
 def chunk_size(config: BaselineConfig, n_items: int, batch: int, n_models: int) -> int:

@@ -1,7 +1,8 @@
 """K local MultVAEs trained together: stacked parameters, stacked Adam states, one compiled call per
 epoch (spec §6.2.4, §6.3.4, §6.4.2).
 
-Model k trains on its own user list ``users_KxU[k]`` (real users first, padded with the dummy user N)
+Model k trains on its own user list ``users_KxU[k]`` (the dummy user N pads the end, or marks a hole:
+LOCA keeps every id's position so its batches are windows of consecutive ids)
 with its own per-user weights ``w_KxU[k]`` (LOCA's kernel values; 1 for LFT). An epoch cuts every
 list into batches of ``batch_size`` (the last one partial, as a PyTorch loop does); a model whose
 list is exhausted, or which has early-stopped, skips the update (params and Adam state kept by a
@@ -56,7 +57,7 @@ class LocalTrainConfig:
 
 @struct.dataclass
 class LocalSets:
-    """Per-model user lists with static shapes: real users first, then the dummy user N."""
+    """Per-model user lists with static shapes; the dummy user N is padding (at the end, or a hole)."""
 
     users_KxU: jax.Array  # int32, pad N
     w_KxU: jax.Array  # f32, 0 on padding
@@ -339,18 +340,13 @@ def _fill_slot(state: LocalState, sets: LocalSets, cands: LocalSets | None, slot
         best_score_K=state.best_score_K.at[slot].set(-jnp.inf), best_epoch_K=state.best_epoch_K.at[slot].set(0),
         epochs_run_K=state.epochs_run_K.at[slot].set(0), active_K=state.active_K.at[slot].set(True))
 
-    def row(ell, w, width):
-        u = np.full(width, n_users, np.int32)
-        v = np.zeros(width, np.float32)
-        u[:len(ell)] = ell
-        v[:len(ell)] = 1.0 if w is None else w
-        return u, v
+    def put_row(target: LocalSets, ell, w) -> LocalSets:
+        row = LocalSets.from_lists([ell], n_users, None if w is None else [w], width=target.users_KxU.shape[1])
+        return LocalSets(target.users_KxU.at[slot].set(row.users_KxU[0]), target.w_KxU.at[slot].set(row.w_KxU[0]))
 
-    u, v = row(lists[k], None if weights is None else weights[k], sets.users_KxU.shape[1])
-    sets = LocalSets(sets.users_KxU.at[slot].set(u), sets.w_KxU.at[slot].set(v))
+    sets = put_row(sets, lists[k], None if weights is None else weights[k])
     if cands is not None:
-        u, v = row(cand_lists[k], None, cands.users_KxU.shape[1])
-        cands = LocalSets(cands.users_KxU.at[slot].set(u), cands.w_KxU.at[slot].set(v))
+        cands = put_row(cands, cand_lists[k], None)
     return state, sets, cands
 
 
