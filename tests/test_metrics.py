@@ -1,4 +1,5 @@
-"""rank_metrics against a brute-force Python ranking, hand-worked cases, and RankingResult bookkeeping."""
+"""rank_metrics against a brute-force Python ranking, hand-worked cases, the group-fairness summary, and
+RankingResult bookkeeping."""
 from __future__ import annotations
 
 import json
@@ -17,14 +18,22 @@ from tall_jax.metrics import (
     METRIC_DEFINITIONS,
     RankingResult,
     RankingSummary,
+    coverage,
     dense_mask_from_padded,
     evaluate_scores,
+    group_fairness,
+    item_popularity,
     metric_names,
+    normalise_ks,
+    popularity_per_user,
     rank_metrics,
     rank_metrics_padded,
+    results_fairness,
+    valid_test_metrics,
 )
 
 KS = (1, 5, 10, 20)
+valid_test_jit = jax.jit(valid_test_metrics, static_argnames=("ks", "return_items"))  # eager is slow
 
 
 @pytest.fixture(autouse=True)
@@ -33,23 +42,66 @@ def _strict_rank_promotion():
         yield
 
 
-def brute_force(scores, exclude, target, ks):
+def brute_force(scores, exclude, target, ks, popularity=None):
     """Independent per-user loop: stable sort on -score (lowest index first among ties), skip excluded."""
-    out = {f"{m}@{k}": [] for k in ks for m in ("ndcg", "recall")}
+    names = ("ndcg", "recall", "precision", "hr", "mrr", "map") + (("popularity",) if popularity is not None else ())
+    out = {f"{m}@{k}": [] for k in ks for m in names}
     for s, ex, tg in zip(scores, exclude, target):
         order = [i for i in sorted(range(len(s)), key=lambda i: -float(s[i])) if not ex[i]]
         g = {i for i in range(len(s)) if tg[i]}
         for k in ks:
+            if popularity is not None:
+                top = order[:k]
+                out[f"popularity@{k}"].append(np.mean([popularity[i] for i in top]) if top else math.nan)
             if not g:
-                out[f"ndcg@{k}"].append(math.nan)
-                out[f"recall@{k}"].append(math.nan)
+                for m in ("ndcg", "recall", "precision", "hr", "mrr", "map"):
+                    out[f"{m}@{k}"].append(math.nan)
                 continue
             hits = [p for p, i in enumerate(order[:k], start=1) if i in g]
             dcg = sum(1 / math.log2(p + 1) for p in hits)
             idcg = sum(1 / math.log2(p + 1) for p in range(1, min(len(g), k) + 1))
             out[f"ndcg@{k}"].append(dcg / idcg)
             out[f"recall@{k}"].append(len(hits) / len(g))
+            out[f"precision@{k}"].append(len(hits) / k)
+            out[f"hr@{k}"].append(1.0 if hits else 0.0)
+            out[f"mrr@{k}"].append(1 / hits[0] if hits else 0.0)
+            out[f"map@{k}"].append(sum((j + 1) / p for j, p in enumerate(hits)) / min(k, len(g)))
     return {k: np.array(v) for k, v in out.items()}
+
+
+def brute_force_items(scores, exclude, kmax):
+    """The ranked candidate items per user, -1 where a user has fewer than kmax candidates."""
+    out = np.full((len(scores), kmax), -1)
+    for u, (s, ex) in enumerate(zip(scores, exclude)):
+        order = [i for i in sorted(range(len(s)), key=lambda i: -float(s[i])) if not ex[i]][:kmax]
+        out[u, : len(order)] = order
+    return out
+
+
+def old_rank_metrics(scores_BxM, exclude_BxM, target_BxM, ks):
+    """The NDCG/Recall kernel as it was before Precision/HR/MRR/MAP were added (verbatim maths): the new
+    kernel must reproduce it bit for bit."""
+    n_items = scores_BxM.shape[-1]
+    exclude_BxM = exclude_BxM.astype(bool)
+    target_BxM = target_BxM.astype(bool)
+    kmax = min(max(ks), n_items)
+    scores_BxM = jnp.where(exclude_BxM, -jnp.inf, scores_BxM.astype(jnp.float32))
+    _, top_BxK = jax.lax.top_k(scores_BxM, kmax)
+    hit_BxK = jnp.take_along_axis(target_BxM & ~exclude_BxM, top_BxK, axis=-1).astype(jnp.float32)
+    discount_K = 1.0 / jnp.log2(jnp.arange(2, kmax + 2, dtype=jnp.float32))
+    dcg_BxK = jnp.cumsum(hit_BxK * discount_K[None, :], axis=-1)
+    nhit_BxK = jnp.cumsum(hit_BxK, axis=-1)
+    idcg_table = jnp.concatenate([jnp.zeros(1, jnp.float32), jnp.cumsum(discount_K)])
+    n_target_B = target_BxM.sum(-1)
+    defined_B = n_target_B > 0
+    safe_n_B = jnp.where(defined_B, n_target_B, 1).astype(jnp.float32)
+    out = {}
+    for k in ks:
+        kk = min(k, kmax)
+        idcg_B = idcg_table[jnp.clip(jnp.minimum(n_target_B, kk), 1, kmax)]
+        out[f"ndcg@{k}"] = jnp.where(defined_B, dcg_BxK[:, kk - 1] / idcg_B, jnp.nan)
+        out[f"recall@{k}"] = jnp.where(defined_B, nhit_BxK[:, kk - 1] / safe_n_B, jnp.nan)
+    return out
 
 
 def _random_case(seed, b=16, m=40, ties=False):
@@ -66,14 +118,162 @@ def _random_case(seed, b=16, m=40, ties=False):
 
 
 @pytest.mark.parametrize("ties", [False, True])
-def test_matches_brute_force(ties):
+@pytest.mark.parametrize("ks", [KS, (3, 10, 50)])
+def test_matches_brute_force(ties, ks):
     scores, exclude, target = _random_case(0 if not ties else 1, ties=ties)
-    got = rank_metrics(jnp.asarray(scores), jnp.asarray(exclude), jnp.asarray(target), KS)
-    want = brute_force(scores, exclude, target, KS)
-    assert set(got) == set(metric_names(KS))
+    pop = np.random.default_rng(5).random(scores.shape[1]).astype(np.float32)
+    got = rank_metrics(jnp.asarray(scores), jnp.asarray(exclude), jnp.asarray(target), ks,
+                       jnp.asarray(pop), return_items=True)
+    want = brute_force(scores, exclude, target, ks, pop)
+    kmax = min(max(ks), scores.shape[1])  # K = 50 > M = 40: every candidate is ranked
+    items = [f"item@{r}" for r in range(1, kmax + 1)]
+    assert set(got) == set(metric_names(ks, popularity=True)) | set(items)
     for k in want:
         chex.assert_shape(got[k], (scores.shape[0],))
         np.testing.assert_allclose(np.asarray(got[k]), want[k], rtol=1e-6, atol=1e-7, err_msg=k)
+    np.testing.assert_array_equal(np.stack([np.asarray(got[i]) for i in items], 1),
+                                  brute_force_items(scores, exclude, kmax))
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_ndcg_recall_bit_identical_to_previous_kernel(ties):
+    scores, exclude, target = _random_case(4, b=32, m=60, ties=ties)
+    args = (jnp.asarray(scores), jnp.asarray(exclude), jnp.asarray(target))
+    old = jax.jit(old_rank_metrics, static_argnames=("ks",))(*args, ks=KS)
+    new = rank_metrics(*args, KS, jnp.ones(60), return_items=True)
+    both = valid_test_jit(args[0], args[1], jnp.zeros_like(args[2]), args[2], KS)
+    for k in old:
+        np.testing.assert_array_equal(np.asarray(new[k]), np.asarray(old[k]), err_msg=k)
+        np.testing.assert_array_equal(np.asarray(both[f"test/{k}"]), np.asarray(old[k]), err_msg=k)
+
+
+def test_valid_test_metrics_one_ranking_for_both():
+    scores, exclude, target = _random_case(6, b=12, m=30)
+    rng = np.random.default_rng(6)
+    valid = (rng.random(target.shape) < 0.1) & ~exclude & ~target
+    args = [jnp.asarray(a) for a in (scores, exclude.astype(np.float32), valid.astype(np.float32),
+                                     target.astype(np.float32))]
+    got = valid_test_jit(*args, ks=(20, 5, 5, 1))  # normalised to (1, 5, 20)
+    for prefix, tgt in (("valid", valid), ("test", target)):
+        want = rank_metrics(jnp.asarray(scores), jnp.asarray(exclude), jnp.asarray(tgt), (1, 5, 20),
+                            return_items=True)
+        assert {k[len(prefix) + 1:] for k in got if k.startswith(prefix + "/")} == set(want)
+        for k, v in want.items():
+            np.testing.assert_array_equal(np.asarray(got[f"{prefix}/{k}"]), np.asarray(v), err_msg=k)
+    assert not any(k.startswith(("valid/item", "test/item"))
+                   for k in valid_test_jit(*args, ks=(5,), return_items=False))
+    assert normalise_ks([20, 10, 50, 10]) == (10, 20, 50)
+    with pytest.raises(ValueError, match="positive"):
+        normalise_ks((0, 5))
+
+
+def test_new_metrics_hand_worked():
+    # ranking 0 > 1 > ... > 7; targets {1, 3, 7}: hits at ranks 2 and 4 within the top 5
+    scores = jnp.array([[9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0]])
+    tgt = jnp.zeros((1, 8), bool).at[0, jnp.array([1, 3, 7])].set(True)
+    pop = jnp.arange(8, dtype=jnp.float32) / 10
+    got = {k: float(v[0]) for k, v in rank_metrics(scores, jnp.zeros((1, 8), bool), tgt, (1, 2, 5),
+                                                   pop).items()}
+    assert got["precision@1"] == 0.0 and got["hr@1"] == 0.0 and got["mrr@1"] == 0.0 and got["map@1"] == 0.0
+    np.testing.assert_allclose([got["precision@2"], got["hr@2"], got["mrr@2"], got["map@2"]],
+                               [0.5, 1.0, 0.5, (1 / 2) / 2], rtol=1e-6)
+    # @5: P = 2/5; MRR = 1/2; AP = (1/2 + 2/4) / min(5, 3) = 1/3
+    np.testing.assert_allclose([got["precision@5"], got["hr@5"], got["mrr@5"], got["map@5"]],
+                               [0.4, 1.0, 0.5, 1 / 3], rtol=1e-6)
+    # popularity@5 = mean(0, .1, .2, .3, .4) = .2
+    np.testing.assert_allclose([got["popularity@1"], got["popularity@5"]], [0.0, 0.2], atol=1e-7)
+
+
+def test_catalogue_metrics_vs_numpy():
+    scores, exclude, target = _random_case(7, b=10, m=30)
+    exclude[9, :] = True  # a user without any candidate: no item, popularity NaN
+    exclude[9, :2] = False  # ... except two: only two slots filled
+    target &= ~exclude
+    train = exclude.astype(np.float32)
+    pop = item_popularity(sp.csr_matrix(train))
+    np.testing.assert_allclose(pop, train.sum(0) / 10, rtol=1e-6)
+    np.testing.assert_allclose(item_popularity(train), pop)
+    groups = np.array([0, 0, 1, 1, 2, 2, 3, 3, 4, 4])
+    res = evaluate_scores(lambda u: jnp.asarray(scores)[u], 10, train, target, (1, 5, 10), batch_size=4,
+                          groups=groups, popularity=pop)
+    top = brute_force_items(scores, exclude, 10)
+    np.testing.assert_array_equal(res.top_items, top)
+    assert res.n_items == 30
+    ov, bg = res.overall(), res.by_group()
+    for k in (1, 5, 10):
+        rec = {i for row in top[:, :k] for i in row if i >= 0}
+        assert ov[f"coverage@{k}"] == pytest.approx(len(rec) / 30)
+        for g, name in enumerate(GROUP_NAMES):
+            rec_g = {i for row in top[groups == g, :k] for i in row if i >= 0}
+            assert bg[name][f"coverage@{k}"] == pytest.approx(len(rec_g) / 30)
+        # average popularity@K: mean over users of the mean popularity of their top K
+        want = [np.mean(pop[[i for i in row[:k] if i >= 0]]) for row in top]
+        np.testing.assert_allclose(res.per_user[f"popularity@{k}"], want, rtol=1e-6)
+        assert ov[f"popularity@{k}"] == pytest.approx(np.mean(want), rel=1e-6)
+    assert res.per_user["popularity@10"][9] == pytest.approx(np.mean(pop[:2]))
+    # the host path (ranked items from a path without the popularity vector) agrees with the kernel
+    plain = RankingResult({k: v for k, v in res.per_user.items() if not k.startswith("popularity")},
+                          groups, top_items=res.top_items)
+    assert "coverage@5" not in plain.overall()  # n_items unknown
+    cat = plain.with_catalogue(sp.csr_matrix(train))
+    for k in (1, 5, 10):
+        np.testing.assert_allclose(cat.per_user[f"popularity@{k}"], res.per_user[f"popularity@{k}"], rtol=1e-6)
+    assert cat.overall() == pytest.approx(res.overall(), nan_ok=True)
+    assert coverage(np.array([[0, 1], [1, -1]]), 4, (1, 2)) == {"coverage@1": 0.5, "coverage@2": 0.5}
+    np.testing.assert_allclose(popularity_per_user(np.array([[0, 1], [-1, -1]]), np.array([0.2, 0.4]),
+                                                   (2,))["popularity@2"], [0.3, np.nan])
+
+
+def test_item_columns_become_top_items(tmp_path):
+    per_user = {"ndcg@2": np.array([0.5, np.nan, 1.0]), "item@1": np.array([3, 1, 0], np.int32),
+                "item@2": np.array([0, -1, 2.0], np.float32)}  # float: as reloaded from an npz
+    res = RankingResult(per_user, np.array([0, 1, 4]), n_items=4)
+    assert set(res.per_user) == {"ndcg@2"} and res.ks == (2,)
+    np.testing.assert_array_equal(res.top_items, [[3, 0], [1, -1], [0, 2]])
+    assert res.overall()["coverage@2"] == 1.0 and res.by_group()["med-low"]["coverage@2"] == 0.25
+    assert math.isnan(res.by_group()["medium"]["coverage@2"])  # an empty group
+    res.save_per_user(tmp_path / "u.npz")
+    back = RankingResult.load_per_user(tmp_path / "u.npz")
+    np.testing.assert_array_equal(back.top_items, res.top_items)
+    assert back.n_items == 4 and back.overall() == pytest.approx(res.overall(), nan_ok=True)
+    with pytest.raises(ValueError, match="ranks 1..R"):
+        RankingResult({"item@2": np.zeros(3)})
+
+
+def test_group_fairness_hand_worked():
+    groups = {"low": {"ndcg@20": 0.2, "recall@20": 0.0, "hr@20": np.nan},
+              "med": {"ndcg@20": 0.3, "recall@20": 0.5, "hr@20": 0.5},
+              "high": {"ndcg@20": 0.4, "recall@20": 0.0, "hr@20": 0.7}}
+    f = group_fairness(groups)
+    # ndcg: max - min = 0.4 - 0.2; low/high = 0.5; std (ddof 0) of (.2, .3, .4) = sqrt(2/3) * 0.1
+    assert f["ndcg@20"]["max_minus_min"] == pytest.approx(0.2)
+    assert f["ndcg@20"]["low_over_high"] == pytest.approx(0.5)
+    assert f["ndcg@20"]["std"] == pytest.approx(math.sqrt(((0.1) ** 2 + 0 + 0.1 ** 2) / 3))
+    assert math.isnan(f["recall@20"]["low_over_high"])  # high = 0
+    assert f["recall@20"]["max_minus_min"] == 0.5
+    # a NaN group is left out of the spread; low/high needs the low group
+    assert f["hr@20"]["max_minus_min"] == pytest.approx(0.2) and f["hr@20"]["std"] == pytest.approx(0.1)
+    assert math.isnan(f["hr@20"]["low_over_high"])
+    assert group_fairness({}) == {}
+    # on a RankingResult: per-user values -> group means -> spread
+    res = RankingResult({"ndcg@20": np.array([0.1, 0.3, 0.4, 0.6, 0.2, 0.2, 1.0, 1.0, 0.0, 0.8])},
+                        np.repeat(np.arange(5), 2))
+    # group means .2, .5, .2, 1.0, .4
+    fr = res.fairness()["ndcg@20"]
+    assert fr["max_minus_min"] == pytest.approx(0.8) and fr["low_over_high"] == pytest.approx(0.5)
+    assert fr["std"] == pytest.approx(np.std([0.2, 0.5, 0.2, 1.0, 0.4]))
+    d = json.loads(json.dumps(res.to_json(), allow_nan=False))
+    assert d["fairness"]["ndcg@20"]["max_minus_min"] == pytest.approx(0.8)
+    entry = results_fairness(("test", res), ("valid", res.summary()))
+    assert entry["test"] == entry["valid"] == d["fairness"] and "ddof=0" in entry["definition"]
+    text = res.table(("ndcg@20",), reference={"overall": 0.5, "low": 0.2, "med-low": 0.4, "medium": 0.4,
+                                              "med-high": 0.4, "high": 0.4})
+    header, ours, paper = (line.split() for line in text.splitlines()[:3])
+    assert header[-3:] == ["max-min", "low/high", "std"]
+    assert ours[-3:] == ["0.8000", "0.500", f"{fr['std']:.4f}"]
+    assert paper[-3:-1] == ["0.2000", "0.500"]  # the reference's own spread
+    assert "max-min" not in res.table(fairness=False)
+    assert "max-min" not in RankingResult({"ndcg@20": np.ones(2)}).table()  # no groups, no spread
 
 
 def test_tie_rule_lowest_index_first():
@@ -124,7 +324,9 @@ def test_empty_targets_nan_without_warning():
         got = rank_metrics(scores, jnp.zeros((2, 6), bool), target, KS)  # K = 20 > M = 6 too
     for k in metric_names(KS):
         assert math.isnan(float(got[k][0])), k
-        assert float(got[k][1]) == 1.0, k
+        # one target at rank 1 of 6 ranked items: every metric is 1 but precision@K = 1/K
+        want = 1.0 / int(k.split("@")[1]) if k.startswith("precision") else 1.0
+        assert float(got[k][1]) == pytest.approx(want), k
 
 
 def test_padded_targets_and_dense_mask():
@@ -195,7 +397,7 @@ def test_json_round_trip(tmp_path):
     d = json.loads((tmp_path / "r.json").read_text())  # strict JSON: no NaN tokens
     assert d["n_undefined"] == 2 and d["definitions"] == METRIC_DEFINITIONS
     back = RankingSummary.from_json(d)
-    assert back.to_json() == res.to_json()
+    assert back.to_json() == res.to_json()  # the fairness entry is recomputed from the group means
     assert back.overall == res.overall() and back.groups == res.by_group()
     res.save_per_user(tmp_path / "r.npz")
     again = RankingResult.load_per_user(tmp_path / "r.npz")
@@ -224,6 +426,7 @@ def test_evaluate_scores_batches():
 
     res = evaluate_scores(score_fn, 11, sp.csr_matrix(exclude.astype(np.float32)), target, KS, batch_size=4)
     assert calls == [(4,)] * 3  # fixed batch shape, last batch padded
+    assert set(res.per_user) == set(metric_names(KS)) and res.top_items.shape == (11, 20)
     want = brute_force(scores, exclude, target, KS)
     for k in want:
         np.testing.assert_allclose(res.per_user[k], want[k], rtol=1e-6, atol=1e-7)
