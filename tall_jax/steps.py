@@ -21,7 +21,8 @@ from tall_jax.metrics import DEFAULT_KS, valid_test_metrics
 from tall_jax.state import TrainState, make_optimizer
 from tall_jax.vae import Params
 
-KS = DEFAULT_KS  # the spec §3 cut-offs
+KS = DEFAULT_KS  # early-stopping cut-offs of the faithful default (docs/fidelity.md#metrics); eval_step
+# also ranks at the cut-offs of a config that has a ``ks`` field (valid_test_metrics sorts the union)
 _NOISE, _SHUFFLE, _DROPOUT = 0, 1, 2
 
 
@@ -232,7 +233,8 @@ def eval_step(params: Params, batch: Batch, test_idx_BxP: jax.Array,
     """Per-user validation and test NDCG/Recall@{1,5,10,20} for one batch (spec §3): train items are
     excluded from both rankings; validation items stay candidates in the test ranking."""
     mix_BxM, gate_BxE, x_BxM, v_BxM = predict(params, batch, config)
-    out = valid_test_metrics(mix_BxM, x_BxM, v_BxM, dense_rows(test_idx_BxP, batch.n_items), KS)
+    out = valid_test_metrics(mix_BxM, x_BxM, v_BxM, dense_rows(test_idx_BxP, batch.n_items),
+                             (*KS, *getattr(config, "ks", ())))
     entropy_B, ratio_B = gate_lib.gate_diagnostics(gate_BxE)
     out.update({"gate/entropy": entropy_B, "gate/max_min_ratio": ratio_B})
     return out

@@ -431,3 +431,34 @@ def test_evaluate_scores_batches():
     for k in want:
         np.testing.assert_allclose(res.per_user[k], want[k], rtol=1e-6, atol=1e-7)
     assert res.n_undefined == int((target.sum(1) == 0).sum()) >= 1
+
+
+def test_eval_step_ranks_at_config_ks_and_keeps_early_stopping_cutoffs():
+    """steps.evaluate ranks at the faithful cut-offs plus a config's ``ks``; the ranked items come out
+    per user and become ``top_items``."""
+    import dataclasses
+    import sys
+    from pathlib import Path
+
+    from tall_jax import steps
+    from tall_jax.batching import UserData
+    from tall_jax.configs import TALLConfig, make_config
+    from tall_jax.state import init
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from helpers import tiny_dataset
+
+    @dataclasses.dataclass(frozen=True)
+    class WithKs(TALLConfig):
+        ks: tuple[int, ...] = (3, 10)
+
+    ds = tiny_dataset(n_users=12, n_items=30)
+    base = make_config("synthetic", "multvae", latent=4, batch_size=8)
+    config = WithKs(**dataclasses.asdict(base))
+    state = init(jax.random.PRNGKey(0), config, ds.n_users, ds.n_items)
+    out = jax.device_get(steps.evaluate(state.params, UserData.from_dataset(ds), config))
+    assert steps.KS == (1, 5, 10, 20)  # early stopping: mean validation NDCG at these
+    for k in (1, 3, 5, 10, 20):
+        assert f"valid/ndcg@{k}" in out and f"test/map@{k}" in out
+    res = RankingResult({k[5:]: v for k, v in out.items() if k.startswith("test/")})
+    assert res.top_items.shape == (12, 20) and res.ks == (1, 3, 5, 10, 20)
