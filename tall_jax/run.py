@@ -1,7 +1,8 @@
 """One experiment end to end: load a dataset, its mainstream groups, train a model, write the results.
 
 This is the library behind ``examples/train_tall.py``; every model writes the same ``results.json``
-(per-group NDCG@{1,5,10,20} and Recall, settings, wall time), the per-user arrays and the plots.
+(per-group NDCG, Recall, Precision, HR, MRR, MAP, coverage and popularity @K, their spread over the groups,
+settings, wall time), the per-user arrays and the plots.
 """
 from __future__ import annotations
 
@@ -52,13 +53,14 @@ def run_experiment(dataset: str, model: str, *, out_dir: str | Path, split: str 
              ds.split, ds.n_users, ds.n_items, ds.n_interactions, time.perf_counter() - t0)
     result = fit(ds, config, groups_N=groups_N, ms_N=ms_N, out_dir=out, progress=progress,
                  resume=resume, checkpoint_every=checkpoint_every)
-    result.test.save_per_user(out / "per_user_test.npz")
+    test, valid = result.test.with_catalogue(ds.train), result.valid.with_catalogue(ds.train)
+    test.save_per_user(out / "per_user_test.npz")
     figures = plots.plot_run(result.history, out, f"{model} on {dataset}", result.best_epoch)
     results = {
         "dataset": dataset, "model": model, "seed": seed, "split": ds.split,
         "variant": variant(config, make_config(dataset, model, seed=seed),
                            ignore=("seed", "eval_batch_size", "expert_chunk")),
-        "test": result.test.to_json(), "valid": result.valid.to_json(),
+        "test": test.to_json(), "valid": valid.to_json(),  # each with its "fairness" over the groups
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
         "wall_time_s": result.wall_time_s,
         "seconds_per_epoch": float(np.median([h["seconds"] for h in result.history])),
