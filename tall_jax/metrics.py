@@ -396,17 +396,6 @@ def fairness_json(fairness: Mapping[str, Mapping[str, float]]) -> dict[str, dict
     return {m: {k: _json_float(v) for k, v in stats.items()} for m, stats in fairness.items()}
 
 
-def results_fairness(*summaries: tuple[str, RankingSummary | RankingResult]) -> dict[str, Any]:
-    """The ``"fairness"`` entry of a run's results.json: for each named summary (e.g. ``("test",
-    result.test)``) the spread of every metric over the mainstream groups (:func:`group_fairness`),
-    with the definition."""
-    out: dict[str, Any] = {"definition": METRIC_DEFINITIONS["fairness"]}
-    for name, s in summaries:
-        summary = s.summary() if isinstance(s, RankingResult) else s
-        out[name] = fairness_json(summary.fairness())
-    return out
-
-
 @dataclasses.dataclass(frozen=True)
 class RankingResult:
     """Per-user metric arrays (``{"ndcg@20": f[N], ...}``, NaN for users with no target) and the users'
