@@ -1,14 +1,23 @@
 """PNG figures of a training run: the paper's Fig. 1 (validation NDCG@20 per group over epochs) and
-Fig. 3 (mean adaptive weight per group over epochs)."""
+Fig. 3 (mean adaptive weight per group over epochs).
+
+Figures are drawn on a bare ``matplotlib.figure.Figure`` with its own Agg canvas, never through pyplot,
+so importing or calling this module leaves matplotlib's backend (and any interactive session) alone.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+def new_figure(figsize: tuple[float, float]):
+    """A pyplot-free figure that renders with Agg (PNG) whatever backend the process uses."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def plot_group_curves(history: list[dict[str, Any]], key: str, ylabel: str, title: str,
@@ -20,7 +29,8 @@ def plot_group_curves(history: list[dict[str, Any]], key: str, ylabel: str, titl
     if max(values) - min(values) < 1e-12:  # e.g. weights that stay 1 (MultVAE, LMoE)
         return None
     epochs = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig = new_figure((6.4, 4.0))
+    ax = fig.subplots()
     for group in history[0][key]:
         ax.plot(epochs, [h[key].get(group, float("nan")) for h in history], label=group)
     if best_epoch:
@@ -32,7 +42,6 @@ def plot_group_curves(history: list[dict[str, Any]], key: str, ylabel: str, titl
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return Path(path)
 
 

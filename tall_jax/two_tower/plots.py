@@ -1,26 +1,23 @@
-"""Score histograms per case title (paper Fig. 2) and a per-territory gain bar chart, as PNG (Agg)."""
+"""Score histograms per case title (paper Fig. 2) and a per-territory gain bar chart, as PNG.
+
+Drawn on pyplot-free figures with their own Agg canvas (:func:`tall_jax.plots.new_figure`): matplotlib's
+backend is never changed.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from tall_jax.plots import new_figure
 
 
 def plot_title_histograms(hist_by_model: dict[str, np.ndarray], titles: list[str], path: str | Path) -> Path:
     """One panel per case title: the normalised user histogram of predicted propensities per model
     (``hist_by_model[model] [C, bins]``, bins evenly over [0, 1], averaged over seeds by the caller)."""
-    plt = _plt()
     n = len(titles)
-    fig, axes = plt.subplots(1, max(n, 1), figsize=(4 * max(n, 1), 3.2), squeeze=False)
+    fig = new_figure((4 * max(n, 1), 3.2))
+    axes = fig.subplots(1, max(n, 1), squeeze=False)
     for c, ax in enumerate(axes[0][:n]):
         for name, hist in hist_by_model.items():
             bins = hist.shape[1]
@@ -33,14 +30,13 @@ def plot_title_histograms(hist_by_model: dict[str, np.ndarray], titles: list[str
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
 def plot_gains(cells: list[str], table: dict[str, dict], path: str | Path) -> Path:
     """Bars of the relative PR-AUC gain (mean ± std over seeds) per territory for each comparison."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(cells) * len(table)), 3.5))
+    fig = new_figure((max(6, 0.6 * len(cells) * len(table)), 3.5))
+    ax = fig.subplots()
     width = 0.8 / max(len(table), 1)
     x = np.arange(len(cells))
     for j, (name, row) in enumerate(table.items()):
@@ -52,5 +48,4 @@ def plot_gains(cells: list[str], table: dict[str, dict], path: str | Path) -> Pa
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
