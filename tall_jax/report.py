@@ -7,6 +7,10 @@ metric overall and per mainstream group (spec §2), the paper's row beside it (s
 improvement rows (tall − x)/x·100 in %. A baseline evaluated on a user subset (LFT ``--users``; its
 ``evaluated_users.npy``) is compared with TALL's per-user results (``per_user_test.npz``) on the same
 users, so both sides of that row average over one user set.
+
+Below each dataset's table, the spread of the metric over the five groups (``fairness.csv`` too): per
+run max − min, low / high and the std over the groups (:func:`tall_jax.metrics.group_fairness`), then
+mean ± std over seeds; the reference rows get the spread of the reference's own group values.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from tall_jax import paper
-from tall_jax.metrics import RankingResult, RankingSummary
+from tall_jax.metrics import FAIRNESS_COLUMNS, RankingResult, RankingSummary, group_fairness
 
 COLUMNS = paper.COLUMNS
 MODEL_ORDER = ("multvae", "wl", "enlft", "loca", "lft", "moe", "lmoe", "lmoe_lc", "lmoe_gap_l", "tall")
@@ -213,6 +217,81 @@ def build_rows(runs: Sequence[Run], metric: str = "ndcg@20",
     return rows
 
 
+FAIRNESS_KEYS = tuple(key for key, _, _ in FAIRNESS_COLUMNS)  # max_minus_min, low_over_high, std
+
+
+def fairness_rows(runs: Sequence[Run], metric: str = "ndcg@20",
+                  reference: str | Sequence[str] | None = "paper") -> list[Row]:
+    """Per dataset and row name, the spread of ``metric`` over the mainstream groups (``FAIRNESS_KEYS``
+    of :func:`tall_jax.metrics.group_fairness`): "ours" rows hold the mean ± std (ddof=1) over seeds of
+    each run's own spread; "paper" rows the spread of the reference's group values (NDCG@20 only)."""
+    references = [] if reference is None else [reference] if isinstance(reference, str) else list(reference)
+    if metric != paper.PAPER_METRIC:
+        references = []
+    rows: list[Row] = []
+    order = {m: i for i, m in enumerate(MODEL_ORDER)}
+    for ds in _order({r.dataset for r in runs}, DATASET_ORDER):
+        by_name: dict[str, list[Run]] = {}
+        for r in runs:
+            if r.dataset == ds:
+                by_name.setdefault(r.name, []).append(r)
+        seen: set[tuple[str, str]] = set()
+        for name in sorted(by_name, key=lambda n: (order.get(by_name[n][0].model, len(order)),
+                                                   by_name[n][0].model, n)):
+            group = by_name[name]
+            stats = [r.test.fairness().get(metric) for r in group]
+            if any(s is None for s in stats):
+                raise ValueError(f"{group[0].path}: no per-group {metric!r} for the fairness summary")
+            vals = np.array([[s[k] for k in FAIRNESS_KEYS] for s in stats], np.float64)
+            std = tuple(vals.std(0, ddof=1)) if len(vals) >= 2 else None
+            rows.append(Row(ds, "ours", name, "", len(vals), tuple(vals.mean(0)), std))
+            base = group[0].model
+            for source in references:
+                ref = paper.paper_row(ds, base, source)
+                if ref is not None and (source, base) not in seen:
+                    seen.add((source, base))
+                    fair = group_fairness({c: {metric: ref[c]} for c in COLUMNS[1:]})[metric]
+                    rows.append(Row(ds, "paper", base, "", 0, tuple(fair[k] for k in FAIRNESS_KEYS), None,
+                                    source))
+    return rows
+
+
+def _fairness_markdown(rows: Sequence[Row], ds: str, metric: str) -> list[str]:
+    mine = [r for r in rows if r.dataset == ds]
+    if not mine:
+        return []
+    heads = [h for _, h, _ in FAIRNESS_COLUMNS]
+    out = [f"Spread of test {metric} over the groups (max − min, low / high, std with ddof=0 over the "
+           "groups; mean ± std over seeds):", "", "| model | seeds | " + " | ".join(heads) + " |",
+           "|---|---|" + "---|" * len(heads)]
+    for row in mine:
+        cells = []
+        for j, (_, _, fmt) in enumerate(FAIRNESS_COLUMNS):
+            m = row.mean[j]
+            cell = "nan" if math.isnan(m) else format(m, fmt)
+            if row.std is not None:
+                cell += f" ± {row.std[j]:{fmt}}"
+            cells.append(cell)
+        seeds = str(row.n_seeds) if row.kind == "ours" else ""
+        out.append(f"| {_label(row)} | {seeds} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
+def write_fairness_csv(rows: Sequence[Row], path: Path, metric: str) -> None:
+    """One line per fairness row; numbers at full precision; std columns empty without a std."""
+    header = ["dataset", "kind", "model", "note", "metric", "n_seeds"]
+    for k in FAIRNESS_KEYS:
+        header += [k, f"{k}_std"]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for r in rows:
+            line: list[Any] = [r.dataset, r.kind, r.model, r.note, metric, r.n_seeds if r.kind == "ours" else ""]
+            for j in range(len(FAIRNESS_KEYS)):
+                line += [repr(float(r.mean[j])), "" if r.std is None else repr(float(r.std[j]))]
+            w.writerow(line)
+
+
 def _label(row: Row) -> str:
     note = f", {row.note}" if row.note else ""
     return {"ours": row.model, "paper": f"{row.model} ({row.note})",
@@ -229,7 +308,10 @@ def _cell(row: Row, j: int) -> str:
     return f"{m:.4f} ± {row.std[j]:.4f}"
 
 
-def to_markdown(rows: Sequence[Row], metric: str, runs: Sequence[Run]) -> str:
+def to_markdown(rows: Sequence[Row], metric: str, runs: Sequence[Run],
+                fairness: Sequence[Row] = ()) -> str:
+    """Table 2 per dataset, each followed by its spread-over-groups table when ``fairness`` rows
+    (:func:`fairness_rows`) are given."""
     out = [f"# Table 2: test {metric}, mean ± std over seeds (ddof=1)", ""]
     for ds in dict.fromkeys(r.dataset for r in rows):
         splits = sorted({r.split for r in runs if r.dataset == ds})
@@ -241,6 +323,7 @@ def to_markdown(rows: Sequence[Row], metric: str, runs: Sequence[Run]) -> str:
                 cells = [_cell(row, j) for j in range(len(COLUMNS))]
                 out.append(f"| {_label(row)} | {seeds} | " + " | ".join(cells) + " |")
         out.append("")
+        out += _fairness_markdown(fairness, ds, metric)
     return "\n".join(out)
 
 
@@ -262,14 +345,12 @@ def write_csv(rows: Sequence[Row], path: Path, metric: str) -> None:
 def plot(rows: Sequence[Row], path: Path, metric: str) -> None:
     """Bar plot per dataset: one bar group per model, one bar per mainstream group (error bar = std),
     the reference value as a black tick."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from tall_jax.plots import new_figure  # pyplot-free: the process's backend is left alone
 
     datasets = list(dict.fromkeys(r.dataset for r in rows))
     groups = COLUMNS[1:]
-    fig, axes = plt.subplots(len(datasets), 1, figsize=(10, 3.5 * len(datasets)), squeeze=False)
+    fig = new_figure((10, 3.5 * len(datasets)))
+    axes = fig.subplots(len(datasets), 1, squeeze=False)
     width = 0.8 / len(groups)
     for ax, ds in zip(axes[:, 0], datasets):
         ours = [r for r in rows if r.dataset == ds and r.kind == "ours"]
@@ -290,7 +371,6 @@ def plot(rows: Sequence[Row], path: Path, metric: str) -> None:
         ax.legend(ncol=len(groups), fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -310,18 +390,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not runs:
             raise FileNotFoundError(f"no readable results.json under {args.runs}")
         rows = build_rows(runs, args.metric, reference)
+        fair = fairness_rows(runs, args.metric, reference)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = args.out or args.runs
     out.mkdir(parents=True, exist_ok=True)
-    md = to_markdown(rows, args.metric, runs)
+    md = to_markdown(rows, args.metric, runs, fair)
     (out / "table2.md").write_text(md)
     write_csv(rows, out / "table2.csv", args.metric)
+    write_fairness_csv(fair, out / "fairness.csv", args.metric)
     if not args.no_plot:
         plot(rows, out / "table2.png", args.metric)
     print(md)
-    print(f"wrote {out / 'table2.md'}, {out / 'table2.csv'}" + ("" if args.no_plot else f", {out / 'table2.png'}"))
+    print(f"wrote {out / 'table2.md'}, {out / 'table2.csv'}, {out / 'fairness.csv'}"
+          + ("" if args.no_plot else f", {out / 'table2.png'}"))
     return 0
 
 

@@ -204,3 +204,32 @@ def test_subset_run_is_compared_with_tall_on_the_same_users_and_two_reference_so
     # a subset run without its user list is an error that names the file
     (d / "evaluated_users.npy").unlink()
     assert report.main([str(runs), "--no-plot"]) == 2
+
+
+def test_fairness_rows_hand_worked(tmp_path):
+    """Spread of NDCG@20 over the groups per run, then mean ± std over seeds, in fairness.csv and the
+    markdown; the paper row gets the spread of the paper's own group values."""
+    runs = tmp_path / "runs"
+    for seed, vals in enumerate(RUNS["tall"]):
+        _write_run(runs, "tall", seed, vals)
+    assert report.main([str(runs), "--no-plot"]) == 0
+    rows = {r["kind"]: r for r in _read_csv(runs / "fairness.csv")}
+    ours, ref = rows["ours"], rows["paper"]
+    # seed 0: groups .30 .35 .40 .45 .50 -> max-min .20, low/high .6, std sqrt(mean(.1², .05², 0, .05², .1²))
+    # seed 1: groups .32 .33 .42 .47 .56 -> max-min .24, low/high .32/.56
+    assert float(ours["max_minus_min"]) == pytest.approx(0.22)
+    assert float(ours["max_minus_min_std"]) == pytest.approx(_hand_std(0.20, 0.24))
+    assert float(ours["low_over_high"]) == pytest.approx((0.6 + 0.32 / 0.56) / 2)
+    std0 = math.sqrt((0.01 + 0.0025 + 0 + 0.0025 + 0.01) / 5)
+    std1 = float(np.std([0.32, 0.33, 0.42, 0.47, 0.56]))
+    assert float(ours["std"]) == pytest.approx((std0 + std1) / 2)
+    # paper TALL ML-1M: low .2746, high .4734
+    assert float(ref["max_minus_min"]) == pytest.approx(0.4734 - 0.2746)
+    assert float(ref["low_over_high"]) == pytest.approx(0.2746 / 0.4734)
+    assert ref["n_seeds"] == "" and ref["max_minus_min_std"] == ""
+    md = (runs / "table2.md").read_text()
+    assert "Spread of test ndcg@20 over the groups" in md
+    assert f"| tall | 2 | 0.2200 ± {_hand_std(0.20, 0.24):.4f} |" in md
+    # another metric: no reference rows
+    assert report.fairness_rows(report.collect_runs(runs), "recall@20")[0].mean[0] == 0.0
+    assert [r.kind for r in report.fairness_rows(report.collect_runs(runs), "recall@20")] == ["ours"]
