@@ -9,11 +9,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from tall_jax.precision import PRECISIONS
+
 MODELS = ("multvae", "wl", "moe", "lmoe", "lmoe_lc", "lmoe_gap_l", "tall", "uniform_moe")
 GATES = ("loss", "uniform", "mlp", "none")
 KL_REDUCTIONS = ("sum_users", "mean", "per_user")
 ADAPTIVE = ("none", "loss_change", "raw_loss", "wl")
 KKT_MODES = ("paper", "exact")
+FORWARD_IMPLS = ("fused", "reference")
+# Fields that change how a run executes but not its maths: never a variant of the model, and a saved
+# run that differs only in them is the same run.
+EXECUTION_FIELDS = ("eval_batch_size", "expert_chunk", "forward_impl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +64,14 @@ class TALLConfig:
     # chunks under jax.checkpoint, so peak activation memory is about c/E of the default (logits are
     # recomputed: ~2x decoder FLOPs). Same maths; must divide n_experts.
     expert_chunk: int = 0
+    # "fused" (default): the mixture head of tall_jax.head, which never holds all experts' logits
+    # (the gate's losses from a scan over expert chunks with a recomputing custom VJP, the mixture as
+    # one GEMM); "reference": every expert's [E, B, M] logits at once, the simple path it is tested
+    # against. Same maths.
+    forward_impl: str = "fused"
+    # matmul precision (tall_jax.precision): "float32" (faithful; full f32 also on GPUs, no TF32),
+    # "tensorfloat32" (GPU TF32), "bfloat16" (bf16 inputs, f32 accumulation)
+    matmul_precision: str = "float32"
 
     def __post_init__(self) -> None:
         _check_choice("model", self.model, MODELS)
@@ -65,6 +79,8 @@ class TALLConfig:
         _check_choice("kl_reduction", self.kl_reduction, KL_REDUCTIONS)
         _check_choice("adaptive", self.adaptive, ADAPTIVE)
         _check_choice("kkt_mode", self.kkt_mode, KKT_MODES)
+        _check_choice("forward_impl", self.forward_impl, FORWARD_IMPLS)
+        _check_choice("matmul_precision", self.matmul_precision, PRECISIONS)
         positive = {
             "n_experts": self.n_experts, "latent": self.latent, "batch_size": self.batch_size,
             "window": self.window, "patience": self.patience, "max_epochs": self.max_epochs,
@@ -76,6 +92,18 @@ class TALLConfig:
                 raise ValueError(f"config field {name!r} must be > 0, got {value!r}")
         if self.gap < 0:
             raise ValueError(f"config field 'gap' must be >= 0, got {self.gap}")
+        if not 0.0 < self.lr < float("inf"):
+            raise ValueError(f"config field 'lr' must be > 0 (and finite), got {self.lr!r}")
+        if not 0 < self.gate_hidden:
+            raise ValueError(f"config field 'gate_hidden' must be > 0, got {self.gate_hidden!r}")
+        non_negative = {"reg": self.reg, "noise_std": self.noise_std, "anneal_cap": self.anneal_cap,
+                        "wl_gamma": self.wl_gamma, "eval_batch_size": self.eval_batch_size,
+                        "seed": self.seed}
+        if self.constant_beta is not None:
+            non_negative["constant_beta"] = self.constant_beta
+        for name, value in non_negative.items():
+            if not 0 <= value < float("inf"):
+                raise ValueError(f"config field {name!r} must be >= 0 (and finite), got {value!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"config field 'dropout' must be in [0, 1), got {self.dropout}")
         if self.expert_chunk < 0 or (self.expert_chunk and self.n_experts % self.expert_chunk):

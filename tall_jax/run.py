@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from tall_jax import paper, plots
-from tall_jax.configs import MODELS, make_config, variant
+from tall_jax.configs import EXECUTION_FIELDS, MODELS, make_config, variant
 from tall_jax.datasets import load_dataset
 from tall_jax.fit import fit
 from tall_jax.protocol import dataset_groups
@@ -44,10 +44,10 @@ def run_experiment(dataset: str, model: str, *, out_dir: str | Path, split: str 
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; known: {', '.join(MODELS + BASELINES)}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     config = make_config(dataset, model, seed=seed, **(overrides or {}))
     t0 = time.perf_counter()
     ds = load_dataset(dataset, split=split, seed=seed, data_dir=data_dir)
+    out.mkdir(parents=True, exist_ok=True)  # only once the config and the data are known to be good
     ms_N, groups_N = dataset_groups(ds)
     log.info("%s/%s: %d users, %d items, %d interactions (%.1fs to load and group)", ds.name,
              ds.split, ds.n_users, ds.n_items, ds.n_interactions, time.perf_counter() - t0)
@@ -59,7 +59,7 @@ def run_experiment(dataset: str, model: str, *, out_dir: str | Path, split: str 
     results = {
         "dataset": dataset, "model": model, "seed": seed, "split": ds.split,
         "variant": variant(config, make_config(dataset, model, seed=seed),
-                           ignore=("seed", "eval_batch_size", "expert_chunk")),
+                           ignore=("seed",) + EXECUTION_FIELDS),
         "test": test.to_json(), "valid": valid.to_json(),  # each with its "fairness" over the groups
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
         "wall_time_s": result.wall_time_s,

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from tall_jax import gate as gate_lib
-from tall_jax import vae, weights
+from tall_jax import head, vae, weights
 from tall_jax.batching import Batch, UserData, dense_rows, epoch_order, make_batch, sequential_order
 from tall_jax.configs import TALLConfig
 from tall_jax.metrics import DEFAULT_KS, valid_test_metrics
@@ -35,22 +35,47 @@ def beta_at(step: jax.Array, config: TALLConfig) -> jax.Array:
 
 def forward(params: Params, x_BxM: jax.Array, v_BxM: jax.Array, key: jax.Array,
             config: TALLConfig, *, train: bool) -> dict[str, jax.Array]:
-    """Experts, gate and mixture for a batch (spec §5.2). Returns logits_ExBxM, kl_ExB, gate_BxE,
-    mix_BxM. The loss gate uses the validation rows ``v_BxM`` in training and at evaluation alike."""
+    """Experts, gate and mixture for a batch (spec §5.2). Returns kl_ExB, gate_BxE, mix_BxM (and, on
+    the all-at-once reference path only, logits_ExBxM). The loss gate uses the validation rows
+    ``v_BxM`` in training and at evaluation alike. ``config.forward_impl`` picks the fused head
+    (:mod:`tall_jax.head`) or the reference path; both compute the same maths."""
     xn = vae.normalise(x_BxM)
     if train and config.dropout > 0:
         keep = jax.random.bernoulli(jax.random.fold_in(key, _DROPOUT), 1 - config.dropout, xn.shape)
         xn = jnp.where(keep, xn / (1 - config.dropout), 0.0)
     n_experts = params["experts"]["dec_b"].shape[0]
+    if config.forward_impl == "fused":
+        return _forward_fused(params, xn, x_BxM, v_BxM, key, config, train=train)
     if 0 < config.expert_chunk < n_experts:
         return _forward_chunked(params, xn, x_BxM, v_BxM, key, config, train=train)
     logits_ExBxM, kl_ExB = vae.experts_forward(
         params["experts"], xn, jax.random.fold_in(key, _NOISE), train=train,
-        noise_std=config.noise_std)
+        noise_std=config.noise_std, precision=config.matmul_precision)
     gate_BxE = _gate(params, x_BxM, v_BxM, config, n_experts,
                      lambda: gate_lib.masked_validation_loss(logits_ExBxM, x_BxM, v_BxM).T)
     mix_BxM = logits_ExBxM[0] if n_experts == 1 else gate_lib.mix_logits(gate_BxE, logits_ExBxM)
     return dict(logits_ExBxM=logits_ExBxM, kl_ExB=kl_ExB, gate_BxE=gate_BxE, mix_BxM=mix_BxM)
+
+
+def _forward_fused(params: Params, xn_BxM: jax.Array, x_BxM: jax.Array, v_BxM: jax.Array,
+                   key: jax.Array, config: TALLConfig, *, train: bool) -> dict[str, jax.Array]:
+    """:func:`forward` through :mod:`tall_jax.head`: no [E, B, M] array in the forward or backward
+    pass. Expert k draws the same noise as in :func:`tall_jax.vae.experts_forward`."""
+    experts, precision = params["experts"], config.matmul_precision
+    n_experts = experts["dec_b"].shape[0]
+    mu_ExBxD, logvar_ExBxD = head.encode_experts(experts["enc_w"], experts["enc_b"], xn_BxM,
+                                                 precision)
+    if train:
+        keys = jax.random.split(jax.random.fold_in(key, _NOISE), n_experts)
+        eps = jax.vmap(lambda k: jax.random.normal(k, mu_ExBxD.shape[1:], mu_ExBxD.dtype))(keys)
+        z_ExBxD = mu_ExBxD + config.noise_std * eps * jnp.exp(0.5 * logvar_ExBxD)
+    else:
+        z_ExBxD = mu_ExBxD
+    chunk = config.expert_chunk or 1
+    gate_BxE = _gate(params, x_BxM, v_BxM, config, n_experts, lambda: head.expert_validation_losses(
+        z_ExBxD, experts["dec_w"], experts["dec_b"], x_BxM, v_BxM, chunk, precision).T)
+    mix_BxM = head.mixture_logits(gate_BxE, z_ExBxD, experts["dec_w"], experts["dec_b"], precision)
+    return dict(kl_ExB=vae.kl_per_user(mu_ExBxD, logvar_ExBxD), gate_BxE=gate_BxE, mix_BxM=mix_BxM)
 
 
 def _gate(params: Params, x_BxM: jax.Array, v_BxM: jax.Array, config: TALLConfig, n_experts: int,
@@ -86,7 +111,8 @@ def _forward_chunked(params: Params, xn_BxM: jax.Array, x_BxM: jax.Array, v_BxM:
 
     def run(p, k):
         return jax.vmap(lambda pe, ke: vae.expert_forward(
-            pe, xn_BxM, ke, train=train, noise_std=config.noise_std))(p, k)
+            pe, xn_BxM, ke, train=train, noise_std=config.noise_std,
+            precision=config.matmul_precision))(p, k)
 
     @jax.checkpoint
     def val_loss(pk):

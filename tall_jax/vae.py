@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
 
+from tall_jax import precision as prec
+
 Params = dict[str, jax.Array]
 
 
@@ -41,16 +43,17 @@ def normalise(x_BxM: jax.Array) -> jax.Array:
     return x_BxM / jnp.maximum(norm, 1e-12)
 
 
-def encode(params: Params, xn_BxM: jax.Array) -> tuple[jax.Array, jax.Array]:
+def encode(params: Params, xn_BxM: jax.Array,
+           precision: str = "float32") -> tuple[jax.Array, jax.Array]:
     """(mu, log sigma^2), each [B, d], from the normalised input."""
-    h = xn_BxM @ params["enc_w"] + params["enc_b"][None, :]
+    h = prec.matmul(xn_BxM, params["enc_w"], precision) + params["enc_b"][None, :]
     latent = h.shape[-1] // 2
     return h[..., :latent], h[..., latent:]
 
 
-def decode(params: Params, z_BxD: jax.Array) -> jax.Array:
+def decode(params: Params, z_BxD: jax.Array, precision: str = "float32") -> jax.Array:
     """Item logits [B, M]."""
-    return z_BxD @ params["dec_w"] + params["dec_b"][None, :]
+    return prec.matmul(z_BxD, params["dec_w"], precision) + params["dec_b"][None, :]
 
 
 def kl_per_user(mu_BxD: jax.Array, logvar_BxD: jax.Array) -> jax.Array:
@@ -59,30 +62,31 @@ def kl_per_user(mu_BxD: jax.Array, logvar_BxD: jax.Array) -> jax.Array:
 
 
 def expert_forward(
-    params: Params, xn_BxM: jax.Array, key: jax.Array, *, train: bool, noise_std: float
-) -> tuple[jax.Array, jax.Array]:
+    params: Params, xn_BxM: jax.Array, key: jax.Array, *, train: bool, noise_std: float,
+    precision: str = "float32") -> tuple[jax.Array, jax.Array]:
     """One expert: (logits [B, M], per-user KL [B]).
 
     z = mu + 1[train] * eps * exp(logvar / 2) with eps ~ N(0, noise_std^2); noise_std is 0.01 in the
     authors' code (spec §4), so the model is nearly deterministic even in training.
     """
-    mu, logvar = encode(params, xn_BxM)
+    mu, logvar = encode(params, xn_BxM, precision)
     if train:
         eps = noise_std * jax.random.normal(key, mu.shape, mu.dtype)
         z = mu + eps * jnp.exp(0.5 * logvar)
     else:
         z = mu
-    return decode(params, z), kl_per_user(mu, logvar)
+    return decode(params, z, precision), kl_per_user(mu, logvar)
 
 
 def experts_forward(
-    params_E: Params, xn_BxM: jax.Array, key: jax.Array, *, train: bool, noise_std: float
-) -> tuple[jax.Array, jax.Array]:
+    params_E: Params, xn_BxM: jax.Array, key: jax.Array, *, train: bool, noise_std: float,
+    precision: str = "float32") -> tuple[jax.Array, jax.Array]:
     """All E experts at once: (logits [E, B, M], KL [E, B]); expert k draws noise from split(key)[k]."""
     n_experts = params_E["dec_b"].shape[0]
     keys = jax.random.split(key, n_experts)
     forward = jax.vmap(
-        lambda p, k: expert_forward(p, xn_BxM, k, train=train, noise_std=noise_std))
+        lambda p, k: expert_forward(p, xn_BxM, k, train=train, noise_std=noise_std,
+                                    precision=precision))
     return forward(params_E, keys)
 
 

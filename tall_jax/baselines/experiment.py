@@ -16,7 +16,7 @@ import numpy as np
 from tall_jax import paper
 from tall_jax import state as state_lib
 from tall_jax.baselines.config import BASELINES, global_config, make_baseline_config
-from tall_jax.configs import variant
+from tall_jax.configs import EXECUTION_FIELDS, variant
 from tall_jax.baselines.enlft import run_enlft
 from tall_jax.baselines.lft import run_lft
 from tall_jax.baselines.loca import run_loca
@@ -28,16 +28,13 @@ from tall_jax.protocol import dataset_groups
 
 log = logging.getLogger("tall_jax.baselines")
 
-# TALLConfig fields that change how a run executes, not what it computes.
-_EXECUTION_FIELDS = ("eval_batch_size", "expert_chunk")
-
 
 def same_model(saved: dict[str, Any], gcfg) -> bool:
     """Whether a saved run's settings describe the model ``gcfg`` asks for: execution-only fields are
     ignored and a field the saved run predates counts as its default value."""
     defaults = {f.name: f.default for f in dataclasses.fields(gcfg)}
     want = gcfg.to_dict()
-    return all(saved.get(k, defaults.get(k)) == v for k, v in want.items() if k not in _EXECUTION_FIELDS)
+    return all(saved.get(k, defaults.get(k)) == v for k, v in want.items() if k not in EXECUTION_FIELDS)
 
 
 def global_model(ds, gcfg, ms_N, groups_N, folder: Path, which: str, progress: bool,
@@ -94,11 +91,11 @@ def run_baseline(dataset: str, model: str, *, out_dir: str | Path, split: str | 
     model instead of training one (its settings must equal the baseline's global config)."""
     if model not in BASELINES:
         raise ValueError(f"unknown baseline {model!r}; known: {', '.join(BASELINES)}")
-    config = make_baseline_config(model, seed=seed, **(overrides or {}))
+    config = make_baseline_config(model, seed=seed, dataset=dataset, **(overrides or {}))
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     ds = load_dataset(dataset, split=split, seed=seed, data_dir=data_dir)
+    out.mkdir(parents=True, exist_ok=True)  # only once the config and the data are known to be good
     ms_N, groups_N = dataset_groups(ds)
     gcfg = global_config(dataset, config)
     which = config.loca_global_state if model == "loca" else "best"

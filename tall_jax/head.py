@@ -1,0 +1,104 @@
+"""The mixture head of the MultVAE family without the [E, B, M] logits (the fast path; same maths).
+
+The reference forward (:func:`tall_jax.steps.forward` with ``forward_impl="reference"``) builds every
+expert's logits o_uk = z_uk W_k + b_k at once, [E, B, M], and makes several passes over them. Here:
+
+- the loss gate's per-expert validation losses L_uk (:func:`tall_jax.gate.masked_validation_loss`)
+  come from a scan over chunks of experts, one chunk's logits in cache at a time; a custom VJP
+  recomputes each chunk's logits in the backward pass and forms its gradients there, so the gate's
+  gradient through the validation items is exact (the faithful gate has no stop-gradient);
+- the mixture is linear in the decoders, so
+
+      o_u = sum_k g_uk (z_uk W_k + b_k) = [g_u1 z_u1, ..., g_uE z_uE] @ [W_1; ...; W_E] + g_u @ b,
+
+  one plain GEMM of the gated latents [B, E d] against the stacked decoder [E d, M]; its gradients
+  are plain GEMMs too (autodiff, no custom rule).
+
+Peak activation memory is O(B M (chunk + a few)) instead of O(E B M).
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from tall_jax import precision as prec
+
+
+def _chunks(a: jax.Array, chunk: int) -> jax.Array:
+    return a.reshape((a.shape[0] // chunk, chunk) + a.shape[1:])
+
+
+def _chunk_logits(z_cxBxD, w_cxDxM, b_cxM, precision):
+    return prec.einsum("cbd,cdm->cbm", z_cxBxD, w_cxDxM, precision) + b_cxM[:, None, :]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def expert_validation_losses(z_ExBxD: jax.Array, dec_w_ExDxM: jax.Array, dec_b_ExM: jax.Array,
+                             x_BxM: jax.Array, v_BxM: jax.Array, chunk: int = 1,
+                             precision: str = "float32") -> jax.Array:
+    """L_uk = |V_u| logsumexp_m(o_ukm (1 - x_um)) - sum_{i in V_u} o_uki with o_uk = z_uk W_k + b_k,
+    shape [E, B]: :func:`tall_jax.gate.masked_validation_loss` of every expert, ``chunk`` experts
+    at a time (``chunk`` must divide E). Differentiable in z, W and b; x and v are data."""
+    return _validation_losses_fwd(z_ExBxD, dec_w_ExDxM, dec_b_ExM, x_BxM, v_BxM, chunk,
+                                  precision)[0]
+
+
+def _validation_losses_fwd(z, w, b, x, v, chunk, precision):
+    n_valid_1xB = jnp.sum(v, axis=-1)[None, :]
+    keep_1xBxM, v_1xBxM = (1.0 - x)[None], v[None]
+
+    def body(_, zwb):
+        logits = _chunk_logits(*zwb, precision)
+        lse_cxB = jax.nn.logsumexp(logits * keep_1xBxM, axis=-1)
+        return None, (n_valid_1xB * lse_cxB - jnp.sum(logits * v_1xBxM, axis=-1), lse_cxB)
+
+    _, (loss, lse) = jax.lax.scan(body, None, (_chunks(z, chunk), _chunks(w, chunk),
+                                               _chunks(b, chunk)))
+    n_experts, batch = z.shape[0], z.shape[1]
+    return loss.reshape(n_experts, batch), (z, w, b, x, v, lse)
+
+
+def _validation_losses_bwd(chunk, precision, residuals, dloss_ExB):
+    """dL/do_ukm = |V_u| softmax_m(o_uk (1 - x_u))_m (1 - x_um) - v_um, recomputed chunk by chunk;
+    then dz_k = dO_k W_k^T, dW_k = z_k^T dO_k, db_k = sum_u dO_k."""
+    z, w, b, x, v, lse = residuals
+    n_valid_1xBx1 = jnp.sum(v, axis=-1)[None, :, None]
+    keep_1xBxM, v_1xBxM = (1.0 - x)[None], v[None]
+
+    def body(_, pack):
+        z_c, w_c, b_c, lse_cxB, dloss_cxB = pack
+        logits = _chunk_logits(z_c, w_c, b_c, precision)
+        p = jnp.exp(logits * keep_1xBxM - lse_cxB[..., None])
+        dlogits = dloss_cxB[..., None] * (n_valid_1xBx1 * p * keep_1xBxM - v_1xBxM)
+        dz = prec.einsum("cbm,cdm->cbd", dlogits, w_c, precision)
+        dw = prec.einsum("cbd,cbm->cdm", z_c, dlogits, precision)
+        return None, (dz, dw, jnp.sum(dlogits, axis=1))
+
+    packs = tuple(_chunks(a, chunk) for a in (z, w, b)) + (lse, _chunks(dloss_ExB, chunk))
+    _, (dz, dw, db) = jax.lax.scan(body, None, packs)
+    unchunk = lambda a: a.reshape((-1,) + a.shape[2:])  # noqa: E731
+    return unchunk(dz), unchunk(dw), unchunk(db), jnp.zeros_like(x), jnp.zeros_like(v)
+
+
+expert_validation_losses.defvjp(_validation_losses_fwd, _validation_losses_bwd)
+
+
+def mixture_logits(gate_BxE: jax.Array, z_ExBxD: jax.Array, dec_w_ExDxM: jax.Array,
+                   dec_b_ExM: jax.Array, precision: str = "float32") -> jax.Array:
+    """o_u = sum_k g_uk (z_uk W_k + b_k) as one GEMM [B, E d] x [E d, M] plus g @ b, [B, M]."""
+    n_experts, batch, latent = z_ExBxD.shape
+    gated_BxED = (gate_BxE.T[:, :, None] * z_ExBxD).transpose(1, 0, 2).reshape(
+        batch, n_experts * latent)
+    stacked_EDxM = dec_w_ExDxM.reshape(n_experts * latent, -1)
+    return (prec.matmul(gated_BxED, stacked_EDxM, precision)
+            + prec.matmul(gate_BxE, dec_b_ExM, precision))
+
+
+def encode_experts(enc_w_ExMxH: jax.Array, enc_b_ExH: jax.Array, xn_BxM: jax.Array,
+                   precision: str = "float32") -> tuple[jax.Array, jax.Array]:
+    """(mu, log sigma^2), each [E, B, d], of every expert's linear encoder on the normalised rows."""
+    h_ExBxH = prec.einsum("bm,emh->ebh", xn_BxM, enc_w_ExMxH, precision) + enc_b_ExH[:, None, :]
+    latent = h_ExBxH.shape[-1] // 2
+    return h_ExBxH[..., :latent], h_ExBxH[..., latent:]
