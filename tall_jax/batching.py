@@ -79,7 +79,7 @@ def make_batch(data: UserData, users_B: jax.Array) -> Batch:
 
 
 def epoch_order(key: jax.Array, n_users: int, batch_size: int) -> jax.Array:
-    """A fresh permutation of the users cut into [n_batches, B], the tail padded with N (spec §4)."""
+    """A fresh permutation of the users cut into [n_batches, B], the tail padded with N (docs/fidelity.md#multvae)."""
     n_batches = -(-n_users // batch_size)
     perm = jax.random.permutation(key, n_users).astype(jnp.int32)
     pad = jnp.full((n_batches * batch_size - n_users,), n_users, jnp.int32)

@@ -1,6 +1,6 @@
 """Configurations: one frozen dataclass for every MultVAE-family model, with per-dataset presets.
 
-The defaults reproduce the authors' code as ``../shared/spec/tall_spec.md`` describes it; every
+The defaults reproduce the authors' code as docs/fidelity.md describes it; every
 improvement is an option with its own field, off by default. A config is hashable, so it is passed to
 the jitted steps as a static argument.
 """
@@ -27,34 +27,34 @@ class TALLConfig:
     """Every knob of MultVAE, WL, MoE, LMoE and TALL. Field comments give the paper/spec symbol."""
 
     model: str = "tall"  # a name from MODELS; fixes the gate / weighting choices below via make_config
-    n_experts: int = 100  # E, number of MultVAE experts (spec §5.1)
-    latent: int = 100  # d, latent size; encoder M -> 2d, decoder d -> M, no hidden layer (spec §4)
-    batch_size: int = 512  # users per step (ML-1M 512, Yelp/CDs 256; spec §5.6)
+    n_experts: int = 100  # E, number of MultVAE experts (docs/fidelity.md#experts)
+    latent: int = 100  # d, latent size; encoder M -> 2d, decoder d -> M, no hidden layer (docs/fidelity.md#multvae)
+    batch_size: int = 512  # users per step (ML-1M 512, Yelp/CDs 256; docs/fidelity.md#hyper-parameters)
     lr: float = 1e-3  # Adam learning rate
-    reg: float = 1e-3  # "reg"; Adam coupled-L2 weight decay is reg / E for mixtures (spec §5.1)
+    reg: float = 1e-3  # "reg"; Adam coupled-L2 weight decay is reg / E for mixtures (docs/fidelity.md#experts)
     weight_decay_per_expert: bool = True  # divide reg by E (faithful); False uses reg for every E
-    noise_std: float = 0.01  # std of the reparameterisation noise (spec §4: 0.01, not 1)
+    noise_std: float = 0.01  # std of the reparameterisation noise (docs/fidelity.md#multvae: 0.01, not 1)
     dropout: float = 0.0  # input dropout after L2 normalisation (0 in TALL, 0.2 in LFT)
-    anneal_cap: float = 0.2  # beta_t = min(cap, t / total_anneal_steps) (spec §4)
+    anneal_cap: float = 0.2  # beta_t = min(cap, t / total_anneal_steps) (docs/fidelity.md#multvae)
     total_anneal_steps: int = 200_000
     constant_beta: float | None = None  # fixed beta instead of annealing (LFT uses 0.2)
-    # --- gate (paper §3.1, spec §5.2) ---
+    # --- gate (paper §3.1, docs/fidelity.md#gate) ---
     gate: str = "loss"  # "loss": softmax_k(1/L_uk); "uniform"; "mlp" (MoE ablation); "none" (E = 1)
     gate_temperature: float = 1.0  # tau in softmax_k((1/L_uk) / tau); 1 is faithful
     gate_stop_gradient: bool = False  # detach the gate (faithful: gradients flow through it)
-    gate_hidden: int = 2000  # width of the MLP gate M -> 2000 -> E (spec §5.4 "MoE")
-    kl_reduction: str = "sum_users"  # "sum_users" (faithful, spec §5.2.4), "mean", "per_user"
-    # --- adaptive weights (paper Eq. 1-3, spec §5.4) ---
+    gate_hidden: int = 2000  # width of the MLP gate M -> 2000 -> E (docs/fidelity.md#ablations)
+    kl_reduction: str = "sum_users"  # "sum_users" (faithful, docs/fidelity.md#kl), "mean", "per_user"
+    # --- adaptive weights (paper Eq. 1-3, docs/fidelity.md#adaptive-weights) ---
     adaptive: str = "loss_change"  # "none", "loss_change" (TALL), "raw_loss" (LMoE+gap+L), "wl"
     gap: int = 40  # T: epochs 1..T are unweighted
     alpha: float = 0.08  # alpha of Eq. 1
     window: int = 8  # L, length of the loss-change window
     kkt_mode: str = "paper"  # "paper": Eq. 3 with the 1e-8 clamp; "exact": simplex projection
-    weight_per_item: bool = False  # use l_u / |V_u| as the weight signal (spec §5.8 option)
-    wl_gamma: float = 1.2  # WL exponent (TALL repo 1.2, LFT repo 1.5; spec §6.1)
+    weight_per_item: bool = False  # use l_u / |V_u| as the weight signal (docs/fidelity.md#weights-and-validation-size option)
+    wl_gamma: float = 1.2  # WL exponent (TALL repo 1.2, LFT repo 1.5; docs/fidelity.md#wl)
     wl_double_step: bool = True  # TALL-repo WL quirk: an unweighted then a weighted Adam step
     # --- loop ---
-    patience: int = 15  # early stopping on the mean of validation NDCG@{1,5,10,20} (spec §3)
+    patience: int = 15  # early stopping on the mean of validation NDCG@{1,5,10,20} (docs/fidelity.md#early-stopping)
     max_epochs: int = 10_000
     seed: int = 0
     # --- execution (no effect on the maths) ---
@@ -114,7 +114,7 @@ class TALLConfig:
 
     @property
     def weight_decay(self) -> float:
-        """Adam's coupled L2 coefficient: reg / E for mixtures (spec §5.1, §8.6), reg otherwise."""
+        """Adam's coupled L2 coefficient: reg / E for mixtures (docs/fidelity.md#experts, #departures), reg otherwise."""
         if self.weight_decay_per_expert and self.n_experts > 1:
             return self.reg / self.n_experts
         return self.reg
@@ -147,7 +147,7 @@ def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"config field {field!r} is {value!r}; choose one of {', '.join(choices)}")
 
 
-# Per-dataset values (spec §5.6; README of the authors for Yelp/CDs). "synthetic" is small and quick.
+# Per-dataset values (docs/fidelity.md#hyper-parameters; README of the authors for Yelp/CDs). "synthetic" is small and quick.
 DATASET_PRESETS: dict[str, dict[str, Any]] = {
     "ml-1m": dict(batch_size=512, reg=1e-3, gap=40, alpha=0.08),
     "yelp": dict(batch_size=256, reg=1e-4, gap=15, alpha=0.6),
@@ -156,7 +156,7 @@ DATASET_PRESETS: dict[str, dict[str, Any]] = {
                       patience=10),
 }
 
-# What each model name means (paper Tables 2-4, spec §5.4 and §6.1).
+# What each model name means (paper Tables 2-4, docs/fidelity.md#ablations and #wl).
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "multvae": dict(n_experts=1, gate="none", kl_reduction="mean", adaptive="none"),
     "wl": dict(n_experts=1, gate="none", kl_reduction="mean", adaptive="wl"),

@@ -1,5 +1,5 @@
-"""TALL's loss-driven gate and the logit-space mixture (paper §3.1, spec §5.2), plus the MLP gate of
-the "MoE" ablation (spec §5.4) and gate diagnostics (spec §5.7)."""
+"""TALL's loss-driven gate and the logit-space mixture (paper §3.1, docs/fidelity.md#gate), plus the MLP gate of
+the "MoE" ablation (docs/fidelity.md#ablations) and gate diagnostics (docs/fidelity.md#near-uniform-gate)."""
 from __future__ import annotations
 
 import jax
@@ -10,7 +10,7 @@ from tall_jax.vae import Params
 
 
 def masked_validation_loss(logits_BxM: jax.Array, x_BxM: jax.Array, v_BxM: jax.Array) -> jax.Array:
-    """The authors' per-user validation loss with the "mask trick" (spec §5.2.1), shape [B]:
+    """The authors' per-user validation loss with the "mask trick" (docs/fidelity.md#gate), shape [B]:
 
         L_u = |V_u| * logsumexp_m(o_um * (1 - x_um)) - sum_{i in V_u} o_ui.
 
@@ -39,7 +39,7 @@ def loss_gate(loss_BxE: jax.Array, has_valid_B: jax.Array, *, temperature: float
 
 
 def init_mlp_gate(key: jax.Array, n_items: int, hidden: int, n_experts: int) -> Params:
-    """Linear(M -> hidden) -> ReLU -> Linear(hidden -> E), PyTorch default init (spec §5.4 "MoE")."""
+    """Linear(M -> hidden) -> ReLU -> Linear(hidden -> E), PyTorch default init (docs/fidelity.md#ablations)."""
     k1, k2, k3, k4 = jax.random.split(key, 4)
     b1, b2 = 1.0 / np.sqrt(n_items), 1.0 / np.sqrt(hidden)
     u = jax.random.uniform
@@ -58,12 +58,12 @@ def mlp_gate(params: Params, x_BxM: jax.Array) -> jax.Array:
 
 
 def mix_logits(gate_BxE: jax.Array, logits_ExBxM: jax.Array) -> jax.Array:
-    """o_u = sum_k g_uk o_uk: the experts' raw logits are mixed, softmax comes after (spec §5.2.3)."""
+    """o_u = sum_k g_uk o_uk: the experts' raw logits are mixed, softmax comes after (docs/fidelity.md#mixture)."""
     return jnp.einsum("be,ebm->bm", gate_BxE, logits_ExBxM)
 
 
 def gate_diagnostics(gate_BxE: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-user gate entropy (nats) and max(g)/min(g) (spec §5.7: the loss gate is nearly uniform)."""
+    """Per-user gate entropy (nats) and max(g)/min(g) (docs/fidelity.md#near-uniform-gate: the loss gate is nearly uniform)."""
     entropy = -jnp.sum(gate_BxE * jnp.log(jnp.maximum(gate_BxE, 1e-30)), axis=-1)
     ratio = jnp.max(gate_BxE, axis=-1) / jnp.maximum(jnp.min(gate_BxE, axis=-1), 1e-30)
     return entropy, ratio

@@ -1,5 +1,5 @@
 """Reference numbers from the TALL paper (Pan et al., ECIR 2024) and the LFT repository, as given in
-spec §7 and §6.5. All values are test NDCG@20, overall and per mainstream group (spec §2), in the order
+docs/fidelity.md#paper-numbers and #lft-repo-numbers. All values are test NDCG@20, overall and per mainstream group (docs/fidelity.md#groups), in the order
 ``COLUMNS``. Keys: datasets ``"ml-1m" | "yelp" | "cds"``; models ``"multvae" | "wl" | "enlft" | "loca" |
 "lft" | "tall" | "moe" | "lmoe" | "lmoe_lc" | "lmoe_gap_l"``.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 COLUMNS: tuple[str, ...] = ("overall", "low", "med-low", "medium", "med-high", "high")
 PAPER_METRIC = "ndcg@20"
 
-# Paper Table 2 (spec §7): overall | low, med-low, medium, med-high, high.
+# Paper Table 2 (docs/fidelity.md#paper-numbers): overall | low, med-low, medium, med-high, high.
 TABLE2: dict[str, dict[str, tuple[float, ...]]] = {
     "ml-1m": {
         "multvae": (0.3260, 0.2354, 0.2764, 0.2986, 0.3652, 0.4546),
@@ -36,7 +36,7 @@ TABLE2: dict[str, dict[str, tuple[float, ...]]] = {
     },
 }
 
-# Paper Table 2 improvement rows exactly as printed (%), "TALL vs X" (spec §7). They are rounded
+# Paper Table 2 improvement rows exactly as printed (%), "TALL vs X" (docs/fidelity.md#paper-numbers). They are rounded
 # from the table values, so recomputing them from TABLE2 agrees only to within rounding.
 TABLE2_IMPROVEMENT_PRINTED: dict[str, dict[str, tuple[float, ...]]] = {
     "ml-1m": {
@@ -56,7 +56,7 @@ TABLE2_IMPROVEMENT_PRINTED: dict[str, dict[str, tuple[float, ...]]] = {
     },
 }
 
-# Paper Table 3 (ML-1M, gate ablation) and Table 4 (ML-1M, adaptive-weight ablation), spec §7.
+# Paper Table 3 (ML-1M, gate ablation) and Table 4 (ML-1M, adaptive-weight ablation), docs/fidelity.md#paper-numbers.
 # Table 4 gives only LMoE's overall value, "as above" (Table 3).
 TABLE3: dict[str, dict[str, tuple[float, ...]]] = {
     "ml-1m": {
@@ -74,7 +74,7 @@ TABLE4: dict[str, dict[str, tuple[float, ...]]] = {
     },
 }
 
-# LFT repository (Zziwei/Measuring-Mitigating-Mainstream-Bias), its own fixed ML1M split (spec §6.5).
+# LFT repository (Zziwei/Measuring-Mitigating-Mainstream-Bias), its own fixed ML1M split (docs/fidelity.md#lft-repo-numbers).
 LFT_REPO: dict[str, dict[str, tuple[float, ...]]] = {
     "ml-1m": {
         "multvae": (0.3153, 0.2056, 0.2666, 0.2915, 0.3563, 0.4566),
@@ -94,7 +94,7 @@ SOURCES: dict[str, tuple[dict[str, dict[str, tuple[float, ...]]], ...]] = {
 def paper_row(dataset: str, model: str, source: str = "paper") -> dict[str, float] | None:
     """The reference NDCG@20 row ``{"overall", "low", ..., "high"}`` for (dataset, model), or None.
 
-    ``source="paper"`` looks in Table 2, then Tables 3 and 4; ``source="lft_repo"`` in spec §6.5.
+    ``source="paper"`` looks in Table 2, then Tables 3 and 4; ``source="lft_repo"`` in docs/fidelity.md#lft-repo-numbers.
     """
     if source not in SOURCES:
         raise ValueError(f"unknown reference source {source!r}; expected one of {sorted(SOURCES)}")

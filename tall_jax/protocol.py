@@ -1,4 +1,4 @@
-"""Mainstream scores and the five user groups (spec §2).
+"""Mainstream scores and the five user groups (docs/fidelity.md#groups).
 
 Data flows datasets -> protocol: this module imports only :mod:`tall_jax.datasets.base`.
 """
@@ -19,13 +19,13 @@ from tall_jax.datasets.base import Dataset
 log = logging.getLogger("tall_jax.protocol")
 
 GROUP_NAMES = ("low", "med-low", "medium", "med-high", "high")
-JACCARD_EPS = 1e-7  # spec §2: added to the union in the Jaccard denominator
+JACCARD_EPS = 1e-7  # docs/fidelity.md#groups: added to the union in the Jaccard denominator
 _MAX_BLOCK_PAIRS = 1 << 22  # bounds one block's (user, other-user) pairs to ~4M entries
 _GROUPS_FILE = "mainstream_groups.npz"
 
 
 def mainstream_scores(train_csr: sp.spmatrix, *, block_size: int = 2048) -> np.ndarray:
-    """MS_u = 1/(N-1) * sum_{v != u} |T_u ∩ T_v| / (|T_u| + |T_v| - |T_u ∩ T_v| + 1e-7), spec §2.
+    """MS_u = 1/(N-1) * sum_{v != u} |T_u ∩ T_v| / (|T_u| + |T_v| - |T_u ∩ T_v| + 1e-7), docs/fidelity.md#groups.
 
     ``T_u`` is user u's set of train items (the nonzeros of row u). Computed blockwise: the
     intersection counts of a block of rows with every later user are the sparse product
@@ -61,7 +61,7 @@ def mainstream_scores(train_csr: sp.spmatrix, *, block_size: int = 2048) -> np.n
 def user_groups(ms_N: np.ndarray, n_groups: int = 5) -> np.ndarray:
     """Group of each user, 0 (low MS) .. n_groups-1 (high): equal-size cuts of the stable argsort.
 
-    ``np.array_split(np.argsort(ms, kind="stable"), n_groups)``, spec §2; returns int32[N].
+    ``np.array_split(np.argsort(ms, kind="stable"), n_groups)``, docs/fidelity.md#groups; returns int32[N].
     """
     ms_N = np.asarray(ms_N)
     if ms_N.ndim != 1:

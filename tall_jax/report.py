@@ -3,7 +3,7 @@
 Reads every ``results.json`` below the folder (written by the training CLI: ``dataset``, ``model``, ``seed``,
 ``split``, ``test`` = ``RankingSummary.to_json()``), groups runs by (dataset, model), and writes
 ``table2.md``, ``table2.csv`` and ``table2.png``: per model the mean ± std (ddof=1) over seeds of the test
-metric overall and per mainstream group (spec §2), the paper's row beside it (spec §7), and "TALL vs X"
+metric overall and per mainstream group (docs/fidelity.md#groups), the paper's row beside it (docs/fidelity.md#paper-numbers), and "TALL vs X"
 improvement rows (tall − x)/x·100 in %. A baseline evaluated on a user subset (LFT ``--users``; its
 ``evaluated_users.npy``) is compared with TALL's per-user results (``per_user_test.npz``) on the same
 users, so both sides of that row average over one user set.
@@ -379,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--metric", default="ndcg@20", help="test metric to tabulate (default ndcg@20)")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default: the runs folder)")
     ap.add_argument("--reference", nargs="+", choices=["paper", "lft_repo", "none"], default=["paper"],
-                    help="reference rows, one or more: the TALL paper (spec §7), the LFT repo (spec §6.5), "
+                    help="reference rows, one or more: the TALL paper (docs/fidelity.md#paper-numbers), the LFT repo (docs/fidelity.md#lft-repo-numbers), "
                          "or none (the plot's ticks show the first)")
     ap.add_argument("--skip-malformed", action="store_true", help="warn about bad results.json and go on")
     ap.add_argument("--no-plot", action="store_true", help="skip table2.png")

@@ -17,22 +17,22 @@ from tall_jax.vae import Params
 
 @struct.dataclass
 class TrainState:
-    """Parameters, optimizer state, RNG, counters and the per-user loss history (spec §5.3-5.4)."""
+    """Parameters, optimizer state, RNG, counters and the per-user loss history (docs/fidelity.md#loss, #adaptive-weights)."""
 
     params: Params  # {"experts": stacked MultVAE params [E, ...], "gate": MLP-gate params (MoE only)}
     opt_state: optax.OptState
     rng: jax.Array  # base key; per-step and per-epoch keys are folded in from it
-    step: jax.Array  # int32: optimizer steps taken (drives the beta annealing, spec §4)
+    step: jax.Array  # int32: optimizer steps taken (drives the beta annealing, docs/fidelity.md#multvae)
     epoch: jax.Array  # int32: completed epochs
-    loss_N: jax.Array  # f32 [N]: l_u recorded in this epoch's training pass (init 1, spec §5.3)
+    loss_N: jax.Array  # f32 [N]: l_u recorded in this epoch's training pass (init 1, docs/fidelity.md#loss)
     prev_loss_N: jax.Array  # f32 [N]: l_u of the previous epoch
-    window_NxL: jax.Array  # f32 [N, L]: loss changes Delta_u, oldest column first (spec §5.4)
+    window_NxL: jax.Array  # f32 [N, L]: loss changes Delta_u, oldest column first (docs/fidelity.md#adaptive-weights)
     window_count: jax.Array  # int32: filled columns of the window
     weights_N: jax.Array  # f32 [N]: the adaptive weights w_u used in the current epoch
 
 
 def make_optimizer(config: TALLConfig) -> optax.GradientTransformation:
-    """torch.optim.Adam(lr, weight_decay=wd): coupled L2 on every parameter, then Adam (spec §10)."""
+    """torch.optim.Adam(lr, weight_decay=wd): coupled L2 on every parameter, then Adam (docs/fidelity.md#implementation)."""
     return optax.chain(
         optax.add_decayed_weights(config.weight_decay),
         optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8),
@@ -41,7 +41,7 @@ def make_optimizer(config: TALLConfig) -> optax.GradientTransformation:
 
 
 def wl_weights(ms_N: np.ndarray, gamma: float) -> np.ndarray:
-    """WL's fixed weights w_u = ((MS_max - MS_u)/(MS_max - MS_min))^gamma / mean (spec §6.1)."""
+    """WL's fixed weights w_u = ((MS_max - MS_u)/(MS_max - MS_min))^gamma / mean (docs/fidelity.md#wl)."""
     ms_N = np.asarray(ms_N, np.float64)
     span = ms_N.max() - ms_N.min()
     raw = ((ms_N.max() - ms_N) / (span if span > 0 else 1.0)) ** gamma

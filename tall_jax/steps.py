@@ -1,8 +1,8 @@
 """Pure training and evaluation steps of the MultVAE family (MultVAE, WL, MoE, LMoE, TALL).
 
-``train_step(state, batch, config) -> (state, metrics)`` is one Adam step on one batch (spec §5.3);
+``train_step(state, batch, config) -> (state, metrics)`` is one Adam step on one batch (docs/fidelity.md#loss);
 ``train_epoch`` runs a whole epoch as a ``lax.scan`` on the device, with the adaptive weights set at its
-start and the loss-change window updated at its end (spec §5.4-5.5); ``evaluate`` scores all users'
+start and the loss-change window updated at its end (docs/fidelity.md#adaptive-weights, #epoch); ``evaluate`` scores all users'
 validation and test rankings in one compiled pass. ``config`` is static everywhere.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ _NOISE, _SHUFFLE, _DROPOUT = 0, 1, 2
 
 
 def beta_at(step: jax.Array, config: TALLConfig) -> jax.Array:
-    """KL weight before the ``step``-th update: min(cap, step / total_anneal_steps) (spec §4)."""
+    """KL weight before the ``step``-th update: min(cap, step / total_anneal_steps) (docs/fidelity.md#multvae)."""
     if config.constant_beta is not None:
         return jnp.asarray(config.constant_beta, jnp.float32)
     return jnp.minimum(config.anneal_cap, step.astype(jnp.float32) / config.total_anneal_steps)
@@ -35,7 +35,7 @@ def beta_at(step: jax.Array, config: TALLConfig) -> jax.Array:
 
 def forward(params: Params, x_BxM: jax.Array, v_BxM: jax.Array, key: jax.Array,
             config: TALLConfig, *, train: bool) -> dict[str, jax.Array]:
-    """Experts, gate and mixture for a batch (spec §5.2). Returns kl_ExB, gate_BxE, mix_BxM (and, on
+    """Experts, gate and mixture for a batch (docs/fidelity.md#gate). Returns kl_ExB, gate_BxE, mix_BxM (and, on
     the all-at-once reference path only, logits_ExBxM). The loss gate uses the validation rows
     ``v_BxM`` in training and at evaluation alike. ``config.forward_impl`` picks the fused head
     (:mod:`tall_jax.head`) or the reference path; both compute the same maths."""
@@ -135,12 +135,12 @@ def _forward_chunked(params: Params, xn_BxM: jax.Array, x_BxM: jax.Array, v_BxM:
 
 def loss_fn(params: Params, batch: Batch, w_B: jax.Array, beta: jax.Array, key: jax.Array,
             config: TALLConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """loss = sum_u w_u CE_u / sum_u w_u + beta * KL_mix (spec §5.3), over the batch's real users.
+    """loss = sum_u w_u CE_u / sum_u w_u + beta * KL_mix (docs/fidelity.md#loss), over the batch's real users.
 
-    KL_mix (spec §5.2.4): "sum_users" = sum_u sum_k g_uk KLbar_k (faithful; about B times the
+    KL_mix (docs/fidelity.md#kl): "sum_users" = sum_u sum_k g_uk KLbar_k (faithful; about B times the
     MultVAE KL weight), "mean" = the same divided by the number of users, "per_user" = mean_u sum_k
     g_uk KL_uk with each user's own KL. With one expert and "mean" this is MultVAE's CE + beta * KLbar.
-    Also returns, detached, each user's mixture validation loss l_u (mask trick, spec §5.3).
+    Also returns, detached, each user's mixture validation loss l_u (mask trick, docs/fidelity.md#loss).
     """
     x_BxM = dense_rows(batch.train_idx, batch.n_items)
     v_BxM = dense_rows(batch.valid_idx, batch.n_items)
@@ -176,7 +176,7 @@ def _train_step(state: TrainState, batch: Batch, config: TALLConfig):
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     params, opt_state, step = state.params, state.opt_state, state.step
     if config.adaptive == "wl" and config.wl_double_step:
-        # TALL-repo WL quirk (spec §6.1): an unweighted step, then the weighted one; both count.
+        # TALL-repo WL quirk (docs/fidelity.md#wl): an unweighted step, then the weighted one; both count.
         (_, _), grads = grad_fn(params, batch, jnp.ones_like(w_B), beta_at(step, config), key,
                                 config)
         params, opt_state = _apply(params, opt_state, grads, config)
@@ -193,7 +193,7 @@ def _train_step(state: TrainState, batch: Batch, config: TALLConfig):
 
 @functools.partial(jax.jit, static_argnames=("config",), donate_argnames=("state",))
 def train_step(state: TrainState, batch: Batch, config: TALLConfig):
-    """One optimizer step on one batch; records each user's l_u before the update (spec §5.3).
+    """One optimizer step on one batch; records each user's l_u before the update (docs/fidelity.md#loss).
 
     ``batch`` comes from :func:`tall_jax.batching.make_batch`; its padding users change nothing. The
     adaptive weights are read from ``state.weights_N``: call :func:`begin_epoch` / :func:`end_epoch`
@@ -203,7 +203,7 @@ def train_step(state: TrainState, batch: Batch, config: TALLConfig):
 
 
 def begin_epoch(state: TrainState, config: TALLConfig, n_valid_N: jax.Array) -> TrainState:
-    """Set w for epoch t = state.epoch + 1 (paper Eq. 3, spec §5.4): 1 while t <= T, else KKT weights
+    """Set w for epoch t = state.epoch + 1 (paper Eq. 3, docs/fidelity.md#adaptive-weights): 1 while t <= T, else KKT weights
     of the loss-change window mean ("loss_change") or of the last raw loss ("raw_loss")."""
     if config.adaptive in ("none", "wl"):
         return state
@@ -215,7 +215,7 @@ def begin_epoch(state: TrainState, config: TALLConfig, n_valid_N: jax.Array) -> 
 
 
 def end_epoch(state: TrainState, config: TALLConfig) -> TrainState:
-    """Close epoch t: from t >= 2 push Delta_u = l_u^{t-1} - l_u^t into the window (spec §5.4)."""
+    """Close epoch t: from t >= 2 push Delta_u = l_u^{t-1} - l_u^t into the window (docs/fidelity.md#adaptive-weights)."""
     window, count = weights.push_window(state.window_NxL, state.window_count,
                                         state.prev_loss_N - state.loss_N)
     has_previous = state.epoch >= 1
@@ -247,7 +247,7 @@ def train_epoch(state: TrainState, data: UserData, config: TALLConfig):
 
 def predict(params: Params, batch: Batch, config: TALLConfig):
     """Eval-mode mixture logits [B, M] (z = mu) and the gate [B, E]; the loss gate sees the
-    validation items, as in the authors' code (spec §5.2.5)."""
+    validation items, as in the authors' code (docs/fidelity.md#gate-at-evaluation)."""
     x_BxM = dense_rows(batch.train_idx, batch.n_items)
     v_BxM = dense_rows(batch.valid_idx, batch.n_items)
     out = forward(params, x_BxM, v_BxM, jax.random.PRNGKey(0), config, train=False)
@@ -256,7 +256,7 @@ def predict(params: Params, batch: Batch, config: TALLConfig):
 
 def eval_step(params: Params, batch: Batch, test_idx_BxP: jax.Array,
               config: TALLConfig) -> dict[str, jax.Array]:
-    """Per-user validation and test NDCG/Recall@{1,5,10,20} for one batch (spec §3): train items are
+    """Per-user validation and test NDCG/Recall@{1,5,10,20} for one batch (docs/fidelity.md#metrics): train items are
     excluded from both rankings; validation items stay candidates in the test ranking."""
     mix_BxM, gate_BxE, x_BxM, v_BxM = predict(params, batch, config)
     out = valid_test_metrics(mix_BxM, x_BxM, v_BxM, dense_rows(test_idx_BxP, batch.n_items),

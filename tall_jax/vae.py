@@ -1,4 +1,4 @@
-"""The MultVAE expert as pure functions over a parameter pytree (spec §4).
+"""The MultVAE expert as pure functions over a parameter pytree (docs/fidelity.md#multvae).
 
 One expert is ``{"enc_w": [M, 2d], "enc_b": [2d], "dec_w": [d, M], "dec_b": [M]}``: a single linear
 encoder to (mu, log sigma^2), no hidden layer and no tanh, and a single linear decoder to item logits.
@@ -18,7 +18,7 @@ Params = dict[str, jax.Array]
 
 
 def init_expert(key: jax.Array, n_items: int, latent: int) -> Params:
-    """PyTorch's default ``nn.Linear`` init: W and b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (spec §10)."""
+    """PyTorch's default ``nn.Linear`` init: W and b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (docs/fidelity.md#implementation)."""
     k_ew, k_eb, k_dw, k_db = jax.random.split(key, 4)
     enc_bound = 1.0 / np.sqrt(n_items)
     dec_bound = 1.0 / np.sqrt(latent)
@@ -57,7 +57,7 @@ def decode(params: Params, z_BxD: jax.Array, precision: str = "float32") -> jax.
 
 
 def kl_per_user(mu_BxD: jax.Array, logvar_BxD: jax.Array) -> jax.Array:
-    """KL(q(z|x) || N(0, I)) per user: 1/2 sum_j (-log s2_j + s2_j + mu_j^2 - 1) (spec §4)."""
+    """KL(q(z|x) || N(0, I)) per user: 1/2 sum_j (-log s2_j + s2_j + mu_j^2 - 1) (docs/fidelity.md#multvae)."""
     return 0.5 * jnp.sum(-logvar_BxD + jnp.exp(logvar_BxD) + mu_BxD**2 - 1.0, axis=-1)
 
 
@@ -67,7 +67,7 @@ def expert_forward(
     """One expert: (logits [B, M], per-user KL [B]).
 
     z = mu + 1[train] * eps * exp(logvar / 2) with eps ~ N(0, noise_std^2); noise_std is 0.01 in the
-    authors' code (spec §4), so the model is nearly deterministic even in training.
+    authors' code (docs/fidelity.md#multvae), so the model is nearly deterministic even in training.
     """
     mu, logvar = encode(params, xn_BxM, precision)
     if train:
@@ -92,7 +92,7 @@ def experts_forward(
 
 def user_embeddings(params: Params, train: sp.csr_matrix, *, expert: int = 0,
                     batch_size: int = 1024) -> np.ndarray:
-    """mu(x_u) of one expert for every user, eval mode: the MultVAE user embedding LOCA uses (§6.2).
+    """mu(x_u) of one expert for every user, eval mode: the MultVAE user embedding LOCA uses (docs/fidelity.md#loca).
 
     ``params`` is a TrainState's ``params`` ({"experts": ...}) or a (stacked) expert tree.
     """

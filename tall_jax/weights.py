@@ -1,11 +1,11 @@
-"""TALL's adaptive user weights (paper Eq. 1-3, spec §5.4, §5.8, §9) as pure, jittable functions.
+"""TALL's adaptive user weights (paper Eq. 1-3, docs/fidelity.md#adaptive-weights, #weights-and-validation-size, #decisions) as pure, jittable functions.
 
 Three pieces:
 - `kkt_weights`: the solution of the weight QP of Eq. (1), either as the authors' closed form (clamp at
   1e-8, no renormalisation: mode "paper") or as the true KKT solution (simplex projection: mode "exact").
 - the loss-change window (L = 8 columns per user): `init_window`, `push_window`, `window_mean`.
 - `adaptive_weights`: the per-epoch rule (gap T, loss change or raw loss, optional per-item signal).
-`weight_stats` summarises a weight vector on the host for per-epoch logging (spec §5.8).
+`weight_stats` summarises a weight vector on the host for per-epoch logging (docs/fidelity.md#weights-and-validation-size).
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-WINDOW_LEN = 8  # L of spec §5.4 (hard-coded in the authors' MOE.py)
-CLAMP = 1e-8  # lower clamp of the authors' closed form (spec §5.4, §8 item 9)
+WINDOW_LEN = 8  # L of docs/fidelity.md#adaptive-weights (hard-coded in the authors' MOE.py)
+CLAMP = 1e-8  # lower clamp of the authors' closed form (docs/fidelity.md#adaptive-weights, #departures item 9)
 MODES = ("paper", "exact")
 SIGNALS = ("loss_change", "raw_loss")
 
@@ -48,7 +48,7 @@ def kkt_weights(scores_N: jax.Array, alpha: float | jax.Array, *, mode: str = "p
     projection of s/(2α) onto the scaled simplex {w ≥ 0, Σ w = N}.
 
     Modes:
-    - "paper": w_u = max((s_u − mean(s) + 2α)/(2α), 1e-8), exactly as the authors' code (spec §5.4): the
+    - "paper": w_u = max((s_u − mean(s) + 2α)/(2α), 1e-8), exactly as the authors' code (docs/fidelity.md#adaptive-weights): the
       clamp is at 1e-8, and Σ w is NOT renormalised to N when it binds (then Σ w > N).
     - "exact": the projection (sort-based, O(N log N), Duchi et al. 2008): sort v = s/(2α) descending,
       ρ = the largest j with v_(j) − (Σ_{i≤j} v_(i) − N)/j > 0, θ = (Σ_{i≤ρ} v_(i) − N)/ρ, w = max(v − θ, 0).
@@ -87,7 +87,7 @@ def kkt_weights(scores_N: jax.Array, alpha: float | jax.Array, *, mode: str = "p
 
 
 def init_window(n_users: int, length: int = WINDOW_LEN) -> tuple[jax.Array, jax.Array]:
-    """An empty loss-change window: (zeros f32[N, L], count = 0) (spec §5.4)."""
+    """An empty loss-change window: (zeros f32[N, L], count = 0) (docs/fidelity.md#adaptive-weights)."""
     if length < 1:
         raise ValueError(f"tall_jax.weights.init_window: window length must be >= 1, got {length}")
     return jnp.zeros((n_users, length), jnp.float32), jnp.zeros((), jnp.int32)
@@ -95,7 +95,7 @@ def init_window(n_users: int, length: int = WINDOW_LEN) -> tuple[jax.Array, jax.
 
 def push_window(window_NxL: jax.Array, count: int | jax.Array,
                 delta_N: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Append the column Δ_N = ℓ^{t−1} − ℓ^t to the window (spec §5.4).
+    """Append the column Δ_N = ℓ^{t−1} − ℓ^t to the window (docs/fidelity.md#adaptive-weights).
 
     Columns 0..count−1 hold the filled columns, oldest first. While count < L the new column goes to
     position `count`; once full, the oldest column (0) is dropped, the rest shift left and the new one
@@ -117,8 +117,8 @@ def push_window(window_NxL: jax.Array, count: int | jax.Array,
 
 
 def window_mean(window_NxL: jax.Array, count: int | jax.Array) -> jax.Array:
-    """Δ̄_N: the mean of each user's filled window columns (the ≤ L most recent loss changes, spec §5.4,
-    §9). Zeros when the window is empty. Returns f32[N]."""
+    """Δ̄_N: the mean of each user's filled window columns (the ≤ L most recent loss changes, docs/fidelity.md#adaptive-weights,
+    docs/fidelity.md#decisions). Zeros when the window is empty. Returns f32[N]."""
     window_NxL = jnp.asarray(window_NxL, jnp.float32)
     count = jnp.asarray(count, jnp.int32)
     filled_L = jnp.arange(window_NxL.shape[1]) < count
@@ -131,14 +131,14 @@ def adaptive_weights(epoch: int | jax.Array, gap: int | jax.Array, alpha: float 
                      count: int | jax.Array | None = None, last_loss_N: jax.Array | None = None,
                      mode: str = "paper", per_item: bool = False, n_valid_N: jax.Array | None = None,
                      mask_N: jax.Array | None = None) -> jax.Array:
-    """The weights w_N held fixed during epoch `epoch` (1-based) (paper Eq. 3, spec §5.4).
+    """The weights w_N held fixed during epoch `epoch` (1-based) (paper Eq. 3, docs/fidelity.md#adaptive-weights).
 
     - While epoch ≤ gap (T): w = 1 (the gap mechanism).
     - signal "loss_change" (TALL): the signal is Δ̄_u = `window_mean(window_NxL, count)`; while the window
-      is empty, w = 1 (spec §9: this makes T < 2 usable; the authors' code crashes there).
+      is empty, w = 1 (docs/fidelity.md#decisions: this makes T < 2 usable; the authors' code crashes there).
     - signal "raw_loss" (ablation LMoE+gap+L): the signal is the latest recorded loss ℓ_u^{t−1} =
       `last_loss_N`; w = 1 at epoch 1 (no loss recorded yet).
-    - per_item (spec §5.8 option): the signal is divided by |V_u| = `n_valid_N`; users with |V_u| = 0 get
+    - per_item (docs/fidelity.md#weights-and-validation-size option): the signal is divided by |V_u| = `n_valid_N`; users with |V_u| = 0 get
       signal 0.
     Then w = `kkt_weights(signal, alpha, mode=mode, mask_N=mask_N)`. Users outside `mask_N` get 0 in all
     cases. Jittable with traced epoch/gap/alpha/count; `signal`, `mode`, `per_item` are static.
@@ -188,7 +188,7 @@ def spearman(a_N: np.ndarray, b_N: np.ndarray) -> float:
 
 
 def weight_stats(w_N: Any, n_valid_N: Any, ms_N: Any) -> dict[str, float]:
-    """Per-epoch spread of the adaptive weights (spec §5.8): min, max, mean, std, share of users clamped
+    """Per-epoch spread of the adaptive weights (docs/fidelity.md#weights-and-validation-size): min, max, mean, std, share of users clamped
     (w ≤ 1e-8), and the Spearman rank correlation of w with |V_u| and with the mainstream score MS_u."""
     w_N = np.asarray(w_N, np.float64)
     return {

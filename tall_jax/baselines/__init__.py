@@ -1,4 +1,4 @@
-"""Local-learning baselines of TALL's Table 2 (spec §6.2-6.4): LOCA, LFT and EnLFT, with all local
+"""Local-learning baselines of TALL's Table 2 (docs/fidelity.md#loca, #lft, #enlft): LOCA, LFT and EnLFT, with all local
 models stacked on a leading axis and trained together (``local``)."""
 from tall_jax.baselines.config import BASELINES, LOCA_ORIGINAL, BaselineConfig, make_baseline_config
 from tall_jax.baselines.neighbours import (

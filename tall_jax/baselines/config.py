@@ -1,4 +1,4 @@
-"""Configuration of the local-learning baselines LOCA, LFT and EnLFT (spec §6.2-6.4).
+"""Configuration of the local-learning baselines LOCA, LFT and EnLFT (docs/fidelity.md#loca, #lft, #enlft).
 
 Defaults reproduce the code the spec describes, quirks included; each deviation is a named field.
 """
@@ -12,7 +12,7 @@ from tall_jax.configs import make_config
 BASELINES = ("loca", "lft", "enlft")
 GLOBAL_WL = ("lft_repo", "tall_repo")
 
-# The original LOCA (jin530/LOCA) bandwidths instead of the TALL repo's 1.0 / 0.8 (spec §6.2).
+# The original LOCA (jin530/LOCA) bandwidths instead of the TALL repo's 1.0 / 0.8 (docs/fidelity.md#loca).
 LOCA_ORIGINAL = dict(train_h=0.8, test_h=0.4)
 
 
@@ -22,9 +22,9 @@ class BaselineConfig:
 
     model: str = "loca"  # "loca" | "lft" | "enlft"
     seed: int = 0
-    latent: int = 100  # d of every MultVAE (spec §4)
-    noise_std: float = 0.01  # reparameterisation noise (spec §4)
-    # --- LOCA (spec §6.2) ---
+    latent: int = 100  # d of every MultVAE (docs/fidelity.md#multvae)
+    noise_std: float = 0.01  # reparameterisation noise (docs/fidelity.md#multvae)
+    # --- LOCA (docs/fidelity.md#loca) ---
     n_local: int = 100  # number of local models / anchors
     anchor_stride: int = 10  # anchors are drawn from users 0, 10, 20, ... only
     train_h: float = 1.0  # kernel bandwidth of the training weights (original LOCA: 0.8)
@@ -33,12 +33,12 @@ class BaselineConfig:
     loca_lr: float = 1e-3
     loca_reg: float = 1e-3  # Adam coupled L2 of each local model
     loca_dropout: float = 0.0
-    loca_beta: float = 0.0  # faithful quirk: local models never get a KL term (spec §8.19)
+    loca_beta: float = 0.0  # faithful quirk: local models never get a KL term (docs/fidelity.md#departures)
     loca_loss_norm: str = "count"  # faithful: mean over kept users of K*CE; "weight": / sum K
     loca_global_state: str = "final"  # faithful: embeddings + fallback from the final MultVAE state
     patience: int = 15  # per-local-model early stopping on its candidates' validation score
     max_epochs: int = 10_000  # cap on LOCA's local epochs (a reduced run sets it)
-    # --- LFT / EnLFT (spec §6.3-6.4) ---
+    # --- LFT / EnLFT (docs/fidelity.md#lft, #enlft) ---
     global_wl: str = "lft_repo"  # WL global model as in the LFT repo (gamma 1.5, one step, ...)
     sim_threshold: float = 0.1  # Jaccard threshold of P_u
     alpha_mix: float = 0.7  # p_u = alpha x_u + (1 - alpha) mean_{P_u} x_v
@@ -94,7 +94,7 @@ def make_baseline_config(model: str, seed: int = 0, **overrides: Any) -> Baselin
 
 
 def global_config(dataset: str, config: BaselineConfig):
-    """TALLConfig of the global model: MultVAE for LOCA (spec §6.2.1); WL for LFT/EnLFT (§6.3.1),
+    """TALLConfig of the global model: MultVAE for LOCA (docs/fidelity.md#loca); WL for LFT/EnLFT (docs/fidelity.md#lft),
     as in the LFT repo (gamma 1.5, one weighted step, dropout 0.2, wd 0.01, beta 0.2, at most 100
     epochs, stop when epoch - best > 5) or as in the TALL repo (``global_wl="tall_repo"``)."""
     if config.model == "loca":

@@ -1,4 +1,4 @@
-"""EnLFT (spec §6.4): fine-tune the global WL model on the neighbourhoods of greedy anchors (all
+"""EnLFT (docs/fidelity.md#enlft): fine-tune the global WL model on the neighbourhoods of greedy anchors (all
 anchors' copies trained together), then score every user by a similarity-weighted logit average."""
 from __future__ import annotations
 

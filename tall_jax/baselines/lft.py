@@ -1,4 +1,4 @@
-"""LFT (spec §6.3): per-user fine-tuning of the global WL model on the user's neighbourhood, a chunk
+"""LFT (docs/fidelity.md#lft): per-user fine-tuning of the global WL model on the user's neighbourhood, a chunk
 of users' copies stacked and trained together (``local.train_local``), each copy then scoring its
 own user."""
 from __future__ import annotations
@@ -23,7 +23,7 @@ _USER_KEYS = 7
 
 def finetune_config(config: BaselineConfig) -> local.LocalTrainConfig:
     """A fresh Adam(1e-3, wd 0.01) per copy; 30 shuffled epochs of batch 128; CE + 0.2 KLbar; input
-    dropout 0.2; no validation selection (spec §6.3.4)."""
+    dropout 0.2; no validation selection (docs/fidelity.md#lft)."""
     return local.LocalTrainConfig(
         batch_size=config.ft_batch, lr=config.ft_lr, weight_decay=config.ft_reg,
         noise_std=config.noise_std, dropout=config.ft_dropout, beta=config.ft_beta,

@@ -1,4 +1,4 @@
-"""LOCA (spec §6.2): kernel-weighted local MultVAEs around coverage anchors in the MultVAE embedding
+"""LOCA (docs/fidelity.md#loca): kernel-weighted local MultVAEs around coverage anchors in the MultVAE embedding
 space, all trained together (``local.train_queue``), mixed by a kernel-weighted logit average with
 the global MultVAE as fallback for uncovered users."""
 from __future__ import annotations
@@ -25,7 +25,7 @@ log = logging.getLogger("tall_jax.baselines")
 
 def local_config(config: BaselineConfig) -> local.LocalTrainConfig:
     """Each local model: fresh MultVAE, Adam(1e-3, wd 1e-3), fixed user order, batch 512, CE only
-    (beta 0), unnormalised kernel-weighted loss, patience 15 (spec §6.2.4)."""
+    (beta 0), unnormalised kernel-weighted loss, patience 15 (docs/fidelity.md#loca)."""
     return local.LocalTrainConfig(
         batch_size=config.loca_batch, lr=config.loca_lr, weight_decay=config.loca_reg,
         noise_std=config.noise_std, dropout=config.loca_dropout, beta=config.loca_beta,
@@ -40,7 +40,7 @@ def loca_sets(kernel_NxA: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray
 
 
 def loca_batch_rows(kernel_NxA: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per anchor, the training order of spec §6.2.4: every user id 0..N-1, with users outside the
+    """Per anchor, the training order of docs/fidelity.md#loca: every user id 0..N-1, with users outside the
     neighbourhood replaced by the padding id N (weight 0). Cut into batches of 512 consecutive ids,
     each batch keeps only its neighbourhood members, so batches vary in size and a batch without
     members is skipped, as in the original code (which filters each batch, not the user list)."""

@@ -1,5 +1,5 @@
 """K local MultVAEs trained together: stacked parameters, stacked Adam states, one compiled call per
-epoch (spec §6.2.4, §6.3.4, §6.4.2).
+epoch (docs/fidelity.md#loca, #lft, #enlft).
 
 Model k trains on its own user list ``users_KxU[k]`` (the dummy user N pads the end, or marks a hole:
 LOCA keeps every id's position so its batches are windows of consecutive ids)
@@ -28,7 +28,7 @@ from tall_jax.metrics import DEFAULT_KS, rank_metrics, valid_test_metrics
 from tall_jax.state import make_optimizer
 from tall_jax.vae import Params
 
-KS = DEFAULT_KS  # the spec §3 cut-offs
+KS = DEFAULT_KS  # the cut-offs of docs/fidelity.md#early-stopping
 _SHUFFLE, _NOISE, _DROPOUT = 0, 1, 2
 
 
@@ -39,9 +39,9 @@ class LocalTrainConfig:
     batch_size: int = 512
     lr: float = 1e-3
     weight_decay: float = 1e-3  # torch Adam's coupled L2 (state.make_optimizer)
-    noise_std: float = 0.01  # reparameterisation noise std (spec §4)
+    noise_std: float = 0.01  # reparameterisation noise std (docs/fidelity.md#multvae)
     dropout: float = 0.0  # input dropout after L2 normalisation (LFT 0.2)
-    beta: float = 0.0  # constant KL weight on the batch-mean KL (LOCA 0: spec §6.2.4; LFT 0.2)
+    beta: float = 0.0  # constant KL weight on the batch-mean KL (LOCA 0: docs/fidelity.md#loca; LFT 0.2)
     loss_norm: str = "count"  # "count": sum_u w_u CE_u / n_batch (LOCA, LFT); "weight": / sum_u w_u
     shuffle: bool = False  # False: fixed list order every epoch (LOCA); True: a fresh shuffle (LFT)
     max_epochs: int = 10_000
@@ -194,7 +194,7 @@ def train_epoch(state: LocalState, data: UserData, sets: LocalSets, config: Loca
 
 
 def _valid_scores(params_K: Params, data: UserData, cands: LocalSets, eval_batch: int) -> jax.Array:
-    """Mean over each model's candidates of mean_k validation NDCG@k (spec §3), f32 [K]."""
+    """Mean over each model's candidates of mean_k validation NDCG@k (docs/fidelity.md#metrics), f32 [K]."""
     users = cands.users_KxU
     n_models, width = users.shape
     nb = -(-width // eval_batch)
@@ -217,7 +217,7 @@ def _valid_scores(params_K: Params, data: UserData, cands: LocalSets, eval_batch
 
 @functools.partial(jax.jit, static_argnames=("config",), donate_argnames=("state",))
 def validate(state: LocalState, data: UserData, cands: LocalSets, config: LocalTrainConfig):
-    """Early-stopping bookkeeping after an epoch (spec §3, per model): the first epoch always
+    """Early-stopping bookkeeping after an epoch (docs/fidelity.md#early-stopping, per model): the first epoch always
     improves, later ones only if strictly better; a model stops after ``patience`` epochs without
     improvement. Returns the new state and the scores [K]."""
     score_K = _valid_scores(state.params, data, cands, config.eval_batch)
@@ -357,7 +357,7 @@ def _eval_logits(params: Params, x_BxM: jax.Array) -> jax.Array:
 
 @jax.jit
 def mixture_logits(params_K: Params, x_BxM: jax.Array, w_BxK: jax.Array) -> jax.Array:
-    """sum_k w_bk logits_k(x_b) / sum_k w_bk, eval mode (spec §6.2.5, §6.4.3); NaN rows where the
+    """sum_k w_bk logits_k(x_b) / sum_k w_bk, eval mode (docs/fidelity.md#loca, #enlft); NaN rows where the
     weights sum to 0 (the caller substitutes its fallback)."""
     def add(acc, pw):
         p, w_B = pw
@@ -369,7 +369,7 @@ def mixture_logits(params_K: Params, x_BxM: jax.Array, w_BxK: jax.Array) -> jax.
 
 @jax.jit
 def own_user_logits(params_K: Params, x_KxM: jax.Array) -> jax.Array:
-    """Each copy k scores its own user's row x_k (LFT, spec §6.3.4): logits [K, M]."""
+    """Each copy k scores its own user's row x_k (LFT, docs/fidelity.md#lft): logits [K, M]."""
     return jax.vmap(lambda p, x: _eval_logits(p, x[None])[0])(params_K, x_KxM)
 
 
@@ -378,7 +378,7 @@ _metrics = jax.jit(valid_test_metrics, static_argnames=("ks",))
 
 def evaluate_rows(score_fn, users: np.ndarray, data: UserData, batch: int = 256) -> dict[str, np.ndarray]:
     """Per-user valid/test NDCG and Recall@{1,5,10,20} of ``score_fn(users_B, x_BxM) -> logits_BxM``
-    for ``users`` (train items excluded; validation items stay candidates for test, spec §3)."""
+    for ``users`` (train items excluded; validation items stay candidates for test, docs/fidelity.md#metrics)."""
     out: dict[str, list[np.ndarray]] = {}
     users = np.asarray(users, np.int32)
     for start in range(0, len(users), batch):

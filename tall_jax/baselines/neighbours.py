@@ -1,4 +1,4 @@
-"""Anchors, kernels and neighbourhoods of the local-learning baselines (spec §6.2-6.4).
+"""Anchors, kernels and neighbourhoods of the local-learning baselines (docs/fidelity.md#loca, #lft, #enlft).
 
 LOCA: arccos distance between MultVAE user embeddings, Epanechnikov kernel, greedy coverage anchors
 over every ``stride``-th user. LFT: Jaccard-smoothed profiles and cosine neighbourhoods. EnLFT: the
@@ -16,7 +16,7 @@ import scipy.sparse as sp
 
 # ----------------------------------------------------------------------------------------------- LOCA
 def loca_distances(emb_NxD: jax.Array, anchors_A: jax.Array) -> jax.Array:
-    """d(u, a) = (2/pi) arccos(clip(cos(e_u, e_a), -1, 1)) as float32 [N, A] (spec §6.2.2).
+    """d(u, a) = (2/pi) arccos(clip(cos(e_u, e_a), -1, 1)) as float32 [N, A] (docs/fidelity.md#loca).
 
     The cosine denominator is floored at 1e-10; an anchor whose dot products with all users sum to
     exactly 0 gets distance 999 to everyone (the authors' guard).
@@ -31,7 +31,7 @@ def loca_distances(emb_NxD: jax.Array, anchors_A: jax.Array) -> jax.Array:
 
 
 def epanechnikov(dist: jax.Array, h: float) -> jax.Array:
-    """K_h = 3/4 * max(1 - (d/h)^2, 0) (spec §6.2.2)."""
+    """K_h = 3/4 * max(1 - (d/h)^2, 0) (docs/fidelity.md#loca)."""
     return 0.75 * jnp.maximum(1.0 - (dist / h) ** 2, 0.0)
 
 
@@ -41,7 +41,7 @@ def loca_kernel(emb_NxD: jax.Array, anchors_A: jax.Array, h: float) -> jax.Array
 
 
 def loca_anchors(emb_NxD: jax.Array, h: float, n_anchors: int = 100, stride: int = 10) -> jax.Array:
-    """Greedy coverage anchors (spec §6.2.3): int32[n_anchors] user ids.
+    """Greedy coverage anchors (docs/fidelity.md#loca): int32[n_anchors] user ids.
 
     Rows of the 0/1 coverage matrix are the candidate users 0, stride, 2*stride, ...; W[c, j] = 1 iff
     K_h(j, c) > 0. Each step picks the candidate covering most still-uncovered users (first on ties),
@@ -82,7 +82,7 @@ def _select(row: np.ndarray, threshold: float, min_size: int, max_size: int | No
 
 
 def jaccard_dense(train: sp.spmatrix) -> np.ndarray:
-    """J(u, v) = |T_u ∩ T_v| / |T_u ∪ T_v| (0-denominators -> 1), diagonal 0, float32 [N, N] (§6.3.2).
+    """J(u, v) = |T_u ∩ T_v| / |T_u ∪ T_v| (0-denominators -> 1), diagonal 0, float32 [N, N] (docs/fidelity.md#lft).
 
     The intersections come from the sparse product X X^T; only the result is dense.
     """
@@ -99,7 +99,7 @@ def jaccard_dense(train: sp.spmatrix) -> np.ndarray:
 def lft_neighbourhoods(train: sp.spmatrix, sim_threshold: float = 0.1, cos_threshold: float = 0.2,
                        min_size: int = 10, max_size: int | None = 2000,
                        alpha: float = 0.7) -> Neighbourhoods:
-    """LFT's neighbourhoods (spec §6.3.2-3).
+    """LFT's neighbourhoods (docs/fidelity.md#lft).
 
     P_u = {v: J(u,v) > sim_threshold} (top-``min_size`` by J if smaller); p_u = alpha x_u +
     (1 - alpha) mean_{v in P_u} x_v; S = cosine of the p_u (self included); N_u = {v: S(u,v) >
@@ -133,7 +133,7 @@ def lft_neighbourhoods(train: sp.spmatrix, sim_threshold: float = 0.1, cos_thres
 
 
 def enlft_anchors(S_NxN: jax.Array, n_anchors: int = 100, penalty: float = 1.5) -> jax.Array:
-    """EnLFT's greedy anchors (spec §6.4.1): int32[n_anchors].
+    """EnLFT's greedy anchors (docs/fidelity.md#enlft): int32[n_anchors].
 
     Step i: score_u = rowsum(S')_u / (N - i) - penalty * sum_{a chosen} S[u, a] / i (no penalty at
     i = 0); pick the argmax; zero column a of the working copy S' and set its row a to -9999.
@@ -155,7 +155,7 @@ def enlft_anchors(S_NxN: jax.Array, n_anchors: int = 100, penalty: float = 1.5) 
 
 def enlft_weights(S_NxN: np.ndarray, anchors_A: np.ndarray, cut: float = 0.2) -> np.ndarray:
     """Aggregation weights A[u, a] = S[u, a], zeroed where < cut; a user whose whole row became 0
-    gets its raw cosines back (spec §6.4.3). float32 [N, A]."""
+    gets its raw cosines back (docs/fidelity.md#enlft). float32 [N, A]."""
     raw = np.asarray(S_NxN)[:, np.asarray(anchors_A)].astype(np.float32)
     cut_w = np.where(raw < cut, 0.0, raw).astype(np.float32)
     empty = ~np.any(cut_w != 0, axis=1)

@@ -1,5 +1,5 @@
 """Multi-task two-tower model with hard parameter sharing and masked per-group BCE
-(``../shared/spec/two_tower_spec.md``; Gampa et al. 2023)."""
+(docs/fidelity.md#two-tower; Gampa et al. 2023)."""
 from tall_jax.two_tower.data import (
     PairSet, SyntheticConfig, TwoTowerData, make_synthetic_two_tower, sample_negatives, upsample_active_users,
 )

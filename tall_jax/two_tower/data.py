@@ -1,5 +1,5 @@
-"""Example sets for the two-tower models: pairs, sampled negatives, active-user upsampling (spec §4) and
-the synthetic multi-territory generator (spec §7).
+"""Example sets for the two-tower models: pairs, sampled negatives, active-user upsampling (docs/fidelity.md#two-tower-data) and
+the synthetic multi-territory generator (docs/fidelity.md#two-tower-synthetic).
 
 A ``TwoTowerData`` holds user / title feature matrices, each user's territory, each territory's group, the
 training pairs (plain and upsampled) and one pair set per test day (disjoint users), plus per-day positive
@@ -74,7 +74,7 @@ class TwoTowerData:
 
     def title_pairs(self, title: int, territory: int) -> PairSet:
         """All test-day users of ``territory`` paired with ``title`` (labels: that day's positive),
-        minus already-seen pairs: the population of the title-level AP and histograms (spec §5)."""
+        minus already-seen pairs: the population of the title-level AP and histograms (docs/fidelity.md#two-tower-evaluation)."""
         users, labels = [], []
         for day_users, pos in zip(self.test_users, self.day_positives):
             u = day_users[self.user_territory[day_users] == territory]
@@ -110,7 +110,7 @@ def sample_negatives(
 def upsample_active_users(
     random_users: np.ndarray, pool: np.ndarray, is_active_U: np.ndarray, n_active: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Spec §4 / paper §3.2: add a disjoint, independently drawn sample of ``n_active`` active users
+    """docs/fidelity.md#two-tower-data / paper §3.2: add a disjoint, independently drawn sample of ``n_active`` active users
     (from ``pool``, not already in ``random_users``) to the random sample, which is kept intact.
 
     Returns ``(users, added)`` with ``users = concat(random_users, added)``; ``n_active`` is capped at
@@ -142,7 +142,7 @@ def _csr_lookup(mat: sp.csr_matrix):
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
-    """Spec §7 generator. Sizes are chosen so 3 models x 3 seeds train on 2 CPU cores in minutes."""
+    """docs/fidelity.md#two-tower-synthetic generator. Sizes are chosen so 3 models x 3 seeds train on 2 CPU cores in minutes."""
 
     n_users: int = 200_000  # user universe (train pool + test pool)
     group_size_pattern: tuple[float, ...] = (10.0, 3.0, 1.5, 1.0)  # relative territory sizes in a group
@@ -166,7 +166,7 @@ class SyntheticConfig:
     random_frac: float = 0.4  # share of the train pool in the plain random sample
     upsample_frac: float = 0.5  # share of the remaining active users added by upsampling
     n_test_days: int = 3
-    alpha: float = 4.0  # negatives per positive (spec §2)
+    alpha: float = 4.0  # negatives per positive (docs/fidelity.md#two-tower-inputs)
 
 
 def _synthetic_world(cfg: SyntheticConfig, rng: np.random.Generator) -> dict[str, Any]:
@@ -215,7 +215,7 @@ def _project(raw_NxR: np.ndarray, dim: int, noise: float, rng: np.random.Generat
 
 
 def make_synthetic_two_tower(cfg: SyntheticConfig = SyntheticConfig(), seed: int = 0) -> TwoTowerData:
-    """Spec §7: territories of very different sizes in G groups, global vs local titles, group- and
+    """docs/fidelity.md#two-tower-synthetic: territories of very different sizes in G groups, global vs local titles, group- and
     territory-specific taste shifts, a small active fraction; day 0 trains, days 1..D test (disjoint users).
 
     Labels: each user belongs to exactly one day and gets one Bernoulli draw of its propensity

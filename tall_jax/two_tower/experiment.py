@@ -1,4 +1,4 @@
-"""One seed of the paper's protocol (spec §4-§5): train baseline (plain data), baseline (upsampled data) and
+"""One seed of the paper's protocol (docs/fidelity.md#two-tower-data, #two-tower-evaluation): train baseline (plain data), baseline (upsampled data) and
 MTL (upsampled data), score every test day, and compute AP per territory / group / case title."""
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ COMPARISONS = [("mtl", "baseline"), ("mtl", "baseline_up"), ("baseline_up", "bas
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Training knobs (spec §3: Adam lr 1e-3, batch 8192, width 512)."""
+    """Training knobs (docs/fidelity.md#two-tower-model: Adam lr 1e-3, batch 8192, width 512)."""
 
     width: int = 512  # d, tower / head width
     batch_size: int = 8192  # examples per step (the last batch is padded)

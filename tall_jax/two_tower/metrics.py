@@ -1,4 +1,4 @@
-"""Average precision (PR-AUC, spec §5) per territory / group / title and relative-gain tables (Table 2).
+"""Average precision (PR-AUC, docs/fidelity.md#two-tower-evaluation) per territory / group / title and relative-gain tables (Table 2).
 
 AP is the step-wise area ``sum_n (R_n - R_{n-1}) P_n`` over distinct score thresholds, exactly
 scikit-learn's ``average_precision_score`` (tied scores form one threshold). Degenerate cases are explicit:

@@ -1,4 +1,4 @@
-"""The MovieLens-1M adaptation of the multi-territory protocol (spec §7).
+"""The MovieLens-1M adaptation of the multi-territory protocol (docs/fidelity.md#two-tower-synthetic).
 
 - Territories: the first digit of the zip code in ``users.dat`` (US ZIP prefixes 0..9, all 6,040 users
   have a numeric zip). Groups (US geography, each mixing a large and small regions):

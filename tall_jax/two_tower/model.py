@@ -1,4 +1,4 @@
-"""Two-tower scorer with optional per-group task heads and the masked per-group BCE (spec §3).
+"""Two-tower scorer with optional per-group task heads and the masked per-group BCE (docs/fidelity.md#two-tower-model).
 
 Shapes: B = batch, U / I = user / item (title) feature width, D = tower width, G = number of group heads.
 """
@@ -11,7 +11,7 @@ import optax
 
 
 class Tower(nn.Module):
-    """Tower encoder of spec §3: ``n_layers`` x (Dense -> BatchNorm -> ReLU), width ``width``.
+    """Tower encoder of docs/fidelity.md#two-tower-model: ``n_layers`` x (Dense -> BatchNorm -> ReLU), width ``width``.
 
     ``valid_B`` (bool) marks real rows: in train mode only they enter the batch mean / variance, so padded
     rows neither normalise the real rows nor move the running statistics. In eval mode
@@ -42,7 +42,7 @@ class TwoTower(nn.Module):
     baseline ``score = <user_tower(u), title_tower(t)>`` (one column); MTL
     ``score[:, g] = <relu(W_g user_tower(u) + b_g), title_tower(t)>`` for every g at once: the G task
     blocks are one stacked parameter ``head_kernel[G, D, D]`` applied by a single einsum, so all heads
-    are computed for every example and the loss masks them (spec §3, paper Fig. 1).
+    are computed for every example and the loss masks them (docs/fidelity.md#two-tower-model, paper Fig. 1).
 
     Decision (not in the paper): every tower and head ends in a ReLU, so a raw dot product is >= 0 and
     grows like d; the logit is therefore ``scale * <., .> + bias`` with two learned scalars shared by all
@@ -89,7 +89,7 @@ class TwoTower(nn.Module):
 def masked_bce_loss(
     scores_BxG: jax.Array, label_B: jax.Array, mask_BxG: jax.Array, valid_B: jax.Array
 ) -> jax.Array:
-    """Spec §3: ``L = sum_b sum_g m[b,g] valid[b] BCE(y_b, sigmoid(s[b,g])) / sum_b valid[b]``.
+    """docs/fidelity.md#two-tower-model: ``L = sum_b sum_g m[b,g] valid[b] BCE(y_b, sigmoid(s[b,g])) / sum_b valid[b]``.
 
     BCE from logits (optax, numerically stable). Masked entries are removed with ``jnp.where`` before the
     sum, so their cotangent is exactly zero: a head receives no gradient from other groups' examples,

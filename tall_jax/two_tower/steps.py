@@ -47,7 +47,7 @@ class TwoTowerState:
 def init_two_tower_state(
     model: TwoTower, rng: jax.Array, user_dim: int, item_dim: int, *, learning_rate: float = 1e-3
 ) -> TwoTowerState:
-    """Initialise parameters and BatchNorm statistics; optimiser Adam(lr) as spec §3."""
+    """Initialise parameters and BatchNorm statistics; optimiser Adam(lr) as docs/fidelity.md#two-tower-model."""
     init_rng, state_rng = jax.random.split(rng)
     variables = model.init(
         init_rng, jnp.zeros((2, user_dim), jnp.float32), jnp.zeros((2, item_dim), jnp.float32), train=False
@@ -65,7 +65,7 @@ def init_two_tower_state(
 
 
 def two_tower_loss(params, batch_stats, batch: TwoTowerBatch, *, model: TwoTower):
-    """Masked per-group BCE (spec §3) in train mode; returns ``(loss, new_batch_stats)``."""
+    """Masked per-group BCE (docs/fidelity.md#two-tower-model) in train mode; returns ``(loss, new_batch_stats)``."""
     scores_BxG, updates = model.apply(
         {"params": params, "batch_stats": batch_stats},
         batch.user_x,
