@@ -48,10 +48,11 @@ def test_synthetic_generator_is_seeded_and_has_the_paper_imbalances():
     np.testing.assert_array_equal(a.user_x, b.user_x)
     c = make_synthetic_two_tower(cfg, 4)
     assert not np.array_equal(a.user_x, c.user_x)
-    # plain examples are a prefix of the upsampled set; upsampling enriches positives
-    n = len(a.train_plain)
-    np.testing.assert_array_equal(a.train_upsampled.user[:n], a.train_plain.user[:n])
-    assert a.train_upsampled.n_pos > a.train_plain.n_pos
+    # each day, plain examples are a prefix of the upsampled set; upsampling enriches positives
+    for day in a.days:
+        n = len(day.train_plain)
+        np.testing.assert_array_equal(day.train_upsampled.user[:n], day.train_plain.user)
+        assert day.train_upsampled.n_pos > day.train_plain.n_pos
     # train and test users are disjoint, as are the test days
     train_u = np.unique(a.train_upsampled.user)
     days = [np.unique(d.user) for d in a.test_days]

@@ -1,7 +1,7 @@
 """Multi-task two-tower model with hard parameter sharing and masked per-group BCE
 (docs/fidelity.md#two-tower; Gampa et al. 2023)."""
 from tall_jax.two_tower.data import (
-    PairSet, SyntheticConfig, TwoTowerData, make_synthetic_two_tower, sample_negatives, upsample_active_users,
+    Day, PairSet, SyntheticConfig, TwoTowerData, make_synthetic_two_tower, sample_negatives, upsample_active_users,
 )
 from tall_jax.two_tower.metrics import average_precision, average_precision_by_key, gain_table, relative_gain
 from tall_jax.two_tower.model import TwoTower, Tower, masked_bce_loss, own_group_scores
@@ -11,7 +11,7 @@ from tall_jax.two_tower.steps import (
 )
 
 __all__ = [
-    "PairSet", "SyntheticConfig", "TwoTowerData", "make_synthetic_two_tower", "sample_negatives",
+    "Day", "PairSet", "SyntheticConfig", "TwoTowerData", "make_synthetic_two_tower", "sample_negatives",
     "upsample_active_users", "average_precision", "average_precision_by_key", "gain_table", "relative_gain",
     "TwoTower", "Tower", "masked_bce_loss", "own_group_scores", "TwoTowerBatch", "TwoTowerState",
     "init_two_tower_state", "make_batch", "predict_two_tower", "train_two_tower", "two_tower_eval_step",

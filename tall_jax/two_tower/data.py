@@ -34,9 +34,50 @@ class PairSet:
             (self.user, self.item, self.label), (other.user, other.item, other.label))))
 
 
+@dataclasses.dataclass(frozen=True)
+class Day:
+    """One day of the incremental protocol (docs/fidelity.md#two-tower-data, paper §4.2).
+
+    ``train_plain`` are the examples of that day's random sample of training users, ``train_upsampled``
+    those plus the added active users (plain is a prefix); ``valid`` the examples of held-out validation
+    users (early stopping); ``test`` the examples of that day's test users (empty on training-only days).
+    ``positives`` is the ``[U, I]`` matrix of the day's test-user positives (title-level AP).
+    Training, validation and test users are disjoint; the test users of different days are disjoint.
+    """
+
+    train_plain: PairSet
+    train_upsampled: PairSet
+    valid: PairSet
+    test: PairSet
+    test_users: np.ndarray
+    positives: sp.csr_matrix | None = None
+    label: str = ""
+
+    @property
+    def train_users(self) -> np.ndarray:
+        return np.unique(self.train_upsampled.user)
+
+
+def empty_pairs() -> PairSet:
+    z = np.zeros(0, np.int32)
+    return PairSet(z, z, np.zeros(0, np.float32))
+
+
+def concat_pairs(sets: list[PairSet]) -> PairSet:
+    sets = [s for s in sets if len(s)]
+    if not sets:
+        return empty_pairs()
+    return PairSet(*(np.concatenate(a) for a in zip(*((s.user, s.item, s.label) for s in sets))))
+
+
 @dataclasses.dataclass
 class TwoTowerData:
-    """Everything an experiment needs (see module docstring). ``U`` users, ``I`` titles, ``T`` territories."""
+    """Everything an experiment needs (see module docstring). ``U`` users, ``I`` titles, ``T`` territories.
+
+    ``days`` run in time order; the last ``n_test_days`` are the test days. Under the incremental
+    protocol the model evaluated on day ``i`` has been trained on the training examples of days
+    ``0 .. i-1`` only; under the one-shot protocol on days ``0 .. first_test_day - 1`` only.
+    """
 
     name: str
     user_x: np.ndarray  # [U, F_u] float32 user features
@@ -45,11 +86,8 @@ class TwoTowerData:
     territory_group: np.ndarray  # [T] int group id
     territory_names: list[str]
     group_names: list[str]
-    train_plain: PairSet
-    train_upsampled: PairSet
-    test_days: list[PairSet]
-    test_users: list[np.ndarray]  # per day, the day's (disjoint) user ids
-    day_positives: list[sp.csr_matrix]  # per day, [U, I] positives (for title-level AP over users)
+    days: list[Day]
+    n_test_days: int
     exclude: sp.csr_matrix | None  # [U, I] pairs never scored at title level (already seen)
     case_titles: list[dict[str, Any]]  # [{"title", "territory", "kind": "local"|"global", "name"}]
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -61,6 +99,31 @@ class TwoTowerData:
     @property
     def n_groups(self) -> int:
         return int(self.territory_group.max()) + 1
+
+    @property
+    def first_test_day(self) -> int:
+        return len(self.days) - self.n_test_days
+
+    @property
+    def test_days(self) -> list[PairSet]:
+        return [d.test for d in self.days[self.first_test_day:]]
+
+    @property
+    def test_users(self) -> list[np.ndarray]:
+        return [d.test_users for d in self.days[self.first_test_day:]]
+
+    @property
+    def day_positives(self) -> list[sp.csr_matrix]:
+        return [d.positives for d in self.days[self.first_test_day:]]
+
+    @property
+    def train_plain(self) -> PairSet:
+        """The plain training examples of every day before the first test day, pooled."""
+        return concat_pairs([d.train_plain for d in self.days[: self.first_test_day]])
+
+    @property
+    def train_upsampled(self) -> PairSet:
+        return concat_pairs([d.train_upsampled for d in self.days[: self.first_test_day]])
 
     def gather(self, pairs: PairSet):
         """``idx -> (user_x, item_x, label, group)`` for ``train_two_tower`` / ``predict_two_tower``."""
@@ -142,9 +205,10 @@ def _csr_lookup(mat: sp.csr_matrix):
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
-    """docs/fidelity.md#two-tower-synthetic generator. Sizes are chosen so 3 models x 3 seeds train on 2 CPU cores in minutes."""
+    """docs/fidelity.md#two-tower-synthetic generator, with days. Sizes are chosen so a 5-seed study of four models trains on 2 shared
+    CPU cores in a few minutes."""
 
-    n_users: int = 200_000  # user universe (train pool + test pool)
+    n_users: int = 60_000  # user universe (train pool + validation pool + test pool)
     group_size_pattern: tuple[float, ...] = (10.0, 3.0, 1.5, 1.0)  # relative territory sizes in a group
     group_scale: tuple[float, ...] = (1.0, 0.8, 0.9, 0.7)  # relative group sizes; G = len(group_scale)
     n_global_titles: int = 40  # available in every territory
@@ -162,9 +226,12 @@ class SyntheticConfig:
     territory_shift_sd: float = 0.4  # sd of territory-level shifts c[tau, t]
     local_boost: float = 1.0  # extra logit of a local title in its home territory
     feature_noise: float = 0.5  # sd of the noise added to the projected features
-    train_pool_frac: float = 0.5  # users eligible for the training day; the rest are test users
-    random_frac: float = 0.4  # share of the train pool in the plain random sample
-    upsample_frac: float = 0.5  # share of the remaining active users added by upsampling
+    day_drift_sd: float = 0.3  # sd of the daily random-walk step of each title's logit (daily patterns)
+    train_pool_frac: float = 0.5  # users eligible for training days
+    valid_pool_frac: float = 0.1  # held-out validation users (early stopping); the rest are test users
+    random_frac: float = 0.6  # share of the train pool in each day's plain random sample
+    upsample_frac: float = 0.5  # share of the remaining active users added by upsampling, each day
+    n_train_days: int = 3  # days before the first test day (the last one also validates)
     n_test_days: int = 3
     alpha: float = 4.0  # negatives per positive (docs/fidelity.md#two-tower-inputs)
 
@@ -191,20 +258,23 @@ def _synthetic_world(cfg: SyntheticConfig, rng: np.random.Generator) -> dict[str
     b_I = rng.normal(size=i_n) * 0.5 + np.where(home_I >= 0, cfg.local_boost, 0.0)
     shift_GxI = rng.normal(size=(g_n, i_n)) * cfg.group_shift_sd
     shift_TxI = rng.normal(size=(t_n, i_n)) * cfg.territory_shift_sd
+    n_days = cfg.n_train_days + cfg.n_test_days
+    day_DxI = np.cumsum(np.r_[np.zeros((1, i_n)), rng.normal(size=(n_days - 1, i_n)) * cfg.day_drift_sd], axis=0)
     active_U = rng.random(cfg.n_users) < cfg.active_frac
     act_U = np.where(active_U, cfg.active_logit, cfg.inactive_logit) + rng.normal(size=cfg.n_users) * 0.5
     return dict(t_n=t_n, g_n=g_n, i_n=i_n, territory_group=territory_group, user_territory=user_territory,
                 home_I=home_I, available_TxI=available_TxI, terr_emb_TxK=terr_emb_TxK, z_UxK=z_UxK, v_IxK=v_IxK,
-                rot_GxKxK=rot_GxKxK, b_I=b_I, shift_GxI=shift_GxI, shift_TxI=shift_TxI, act_U=act_U)
+                rot_GxKxK=rot_GxKxK, b_I=b_I, shift_GxI=shift_GxI, shift_TxI=shift_TxI, day_DxI=day_DxI, act_U=act_U)
 
 
-def _propensity(w: dict[str, Any], cfg: SyntheticConfig, users: np.ndarray) -> np.ndarray:
-    """``p[u, t] = sigmoid(act_u + s <z_u, M_g v_t>/sqrt(k) + b_t + c[g,t] + c[tau,t])``, 0 if unavailable."""
+def _propensity(w: dict[str, Any], cfg: SyntheticConfig, users: np.ndarray, day: int = 0) -> np.ndarray:
+    """``p[u, t] = sigmoid(act_u + s <z_u, M_g v_t>/sqrt(k) + b_t + c[g,t] + c[tau,t] + r[day,t])``, 0 if
+    unavailable; ``r`` is a per-title random walk over days (day 0: 0)."""
     terr = w["user_territory"][users]
     grp = w["territory_group"][terr]
     zr_UxK = np.einsum("uk,ukl->ul", w["z_UxK"][users], w["rot_GxKxK"][grp])
     logit = (w["act_U"][users, None] + cfg.taste_scale * zr_UxK @ w["v_IxK"].T / np.sqrt(cfg.latent)
-             + w["b_I"][None] + w["shift_GxI"][grp] + w["shift_TxI"][terr])
+             + w["b_I"][None] + w["shift_GxI"][grp] + w["shift_TxI"][terr] + w["day_DxI"][day][None])
     return np.where(w["available_TxI"][terr], 1.0 / (1.0 + np.exp(-logit)), 0.0)
 
 
@@ -216,32 +286,32 @@ def _project(raw_NxR: np.ndarray, dim: int, noise: float, rng: np.random.Generat
 
 def make_synthetic_two_tower(cfg: SyntheticConfig = SyntheticConfig(), seed: int = 0) -> TwoTowerData:
     """docs/fidelity.md#two-tower-synthetic: territories of very different sizes in G groups, global vs local titles, group- and
-    territory-specific taste shifts, a small active fraction; day 0 trains, days 1..D test (disjoint users).
+    territory-specific taste shifts, a small active fraction, and days with their own positives.
 
-    Labels: each user belongs to exactly one day and gets one Bernoulli draw of its propensity
-    (``_propensity``) for every title. "Active" = at least one positive in a ``history_days`` window
+    Users fall into three disjoint pools: training, validation and test; the test pool is cut into one
+    disjoint slice per test day. Each day ``d`` a random sample of the training pool (plus, for the
+    upsampled set, a disjoint sample of the remaining active users), every validation user and, on a test
+    day, that day's test users draw one Bernoulli label per available title from the day's propensity
+    (``_propensity``: the title logits drift by a random walk from day to day). Labels are first-time
+    discoveries: a title a user discovered on an earlier day is never a positive again and is never
+    sampled as a negative. "Active" = at least one positive in a ``history_days`` window before day 0
     (Poisson with the user's daily expected count), so activity is observed, noisily, as in the paper.
     """
     rng = np.random.default_rng(seed)
     w = _synthetic_world(cfg, rng)
     n_u, i_n = cfg.n_users, w["i_n"]
+    n_days = cfg.n_train_days + cfg.n_test_days
+    if cfg.n_train_days < 1 or cfg.n_test_days < 1:
+        raise ValueError("SyntheticConfig: need n_train_days >= 1 and n_test_days >= 1")
     perm = rng.permutation(n_u)
-    n_train = int(cfg.train_pool_frac * n_u)
-    pool, test_pool = np.sort(perm[:n_train]), perm[n_train:]
-    test_users = [np.sort(d) for d in np.array_split(test_pool, cfg.n_test_days)]
-    day_of_user = np.zeros(n_u, np.int64)
-    for d, us in enumerate(test_users):
-        day_of_user[us] = d + 1
-    labels, hist = [], np.zeros(n_u)
+    n_train, n_valid = int(cfg.train_pool_frac * n_u), int(cfg.valid_pool_frac * n_u)
+    pool, valid_pool = np.sort(perm[:n_train]), np.sort(perm[n_train:n_train + n_valid])
+    test_users = [np.sort(d) for d in np.array_split(perm[n_train + n_valid:], cfg.n_test_days)]
+    hist = np.zeros(n_u)
     for start in range(0, n_u, 20_000):
         users = np.arange(start, min(start + 20_000, n_u))
-        p_UxI = _propensity(w, cfg, users)
-        labels.append(sp.csr_matrix(rng.random(p_UxI.shape) < p_UxI, dtype=np.float32))
-        hist[users] = rng.poisson(cfg.history_days * p_UxI.sum(1))
-    label_csr = sp.vstack(labels).tocsr()
+        hist[users] = rng.poisson(cfg.history_days * _propensity(w, cfg, users, 0).sum(1))
     active_U = hist >= 1
-    day_pos = [sp.diags((day_of_user == d).astype(np.float32)) @ label_csr for d in range(cfg.n_test_days + 1)]
-    day_pos = [m.tocsr() for m in day_pos]
     user_x = _project(np.c_[w["z_UxK"], np.log1p(hist), w["terr_emb_TxK"][w["user_territory"]]],
                       cfg.user_dim, cfg.feature_noise, rng)
     home_emb = np.where(w["home_I"][:, None] >= 0, w["terr_emb_TxK"][np.maximum(w["home_I"], 0)], 0.0)
@@ -252,51 +322,65 @@ def make_synthetic_two_tower(cfg: SyntheticConfig = SyntheticConfig(), seed: int
     for t, a in enumerate(avail):
         items_TxA[t, : len(a)] = a
     counts_T = np.array([len(a) for a in avail])
-    is_pos = _csr_lookup(label_csr)
+    discovered = sp.csr_matrix((n_u, i_n), dtype=np.float32)
+    days, day_info = [], []
+    for d in range(n_days):
+        test_d = test_users[d - cfg.n_train_days] if d >= cfg.n_train_days else np.zeros(0, np.int64)
+        random_users = np.sort(rng.choice(pool, size=int(cfg.random_frac * len(pool)), replace=False))
+        n_eligible = int(np.sum(active_U[pool])) - int(np.sum(active_U[random_users]))
+        _, added = upsample_active_users(random_users, pool, active_U, int(cfg.upsample_frac * n_eligible), rng)
+        present = np.sort(np.concatenate([random_users, added, valid_pool, test_d])).astype(np.int64)
+        p_UxI = _propensity(w, cfg, present, d) * (np.asarray(discovered[present].todense()) == 0)
+        draw = sp.coo_matrix(rng.random(p_UxI.shape) < p_UxI)
+        label_csr = sp.csr_matrix((np.ones(draw.nnz, np.float32), (present[draw.row], draw.col)), shape=(n_u, i_n))
+        seen = _csr_lookup(discovered + label_csr)
 
-    def examples(users: np.ndarray) -> PairSet:
-        pos = positives_of(users, label_csr)
-        neg = sample_negatives(users, int(round(cfg.alpha * pos.n_pos)),
-                               (items_TxA, counts_T, w["user_territory"][users]), is_pos, rng)
-        return pos.concat(neg)
+        def examples(users: np.ndarray) -> PairSet:
+            pos = positives_of(users, label_csr)
+            neg = sample_negatives(users, int(round(cfg.alpha * pos.n_pos)),
+                                   (items_TxA, counts_T, w["user_territory"][users]), seen, rng)
+            return pos.concat(neg)
 
-    random_users = rng.choice(pool, size=int(cfg.random_frac * len(pool)), replace=False)
-    n_eligible = int(np.sum(active_U[pool])) - int(np.sum(active_U[random_users]))
-    up_users, added = upsample_active_users(random_users, pool, active_U, int(cfg.upsample_frac * n_eligible), rng)
-    plain = examples(random_users)
-    upsampled = plain.concat(examples(added))
-    tests = [examples(us) for us in test_users]
+        plain = examples(random_users)
+        day = Day(plain, plain.concat(examples(added)), examples(valid_pool), examples(test_d) if len(test_d) else empty_pairs(),
+                  test_d, label_csr if len(test_d) else None, label=f"day {d}")
+        days.append(day)
+        day_info.append({"day": d, "is_test": d >= cfg.n_train_days, "n_users_plain": len(random_users),
+                         "n_users_added_active": len(added), "train_plain": {"n": len(plain), "n_pos": plain.n_pos},
+                         "train_upsampled": {"n": len(day.train_upsampled), "n_pos": day.train_upsampled.n_pos},
+                         "valid": {"n": len(day.valid), "n_pos": day.valid.n_pos},
+                         "test": {"n": len(day.test), "n_pos": day.test.n_pos}})
+        discovered = (discovered + label_csr).tocsr()
     territory_names = [f"T{t + 1}" for t in range(w["t_n"])]
-    case = _synthetic_case_titles(w, label_csr, test_users, territory_names)
+    case = _synthetic_case_titles(w, days[cfg.n_train_days:], territory_names)
     info = {
         "generator": dataclasses.asdict(cfg), "seed": seed, "n_titles": i_n,
         "territory_size_weight": np.outer(cfg.group_scale, cfg.group_size_pattern).ravel().round(3).tolist(),
         "active_fraction_observed": float(active_U.mean()),
-        "n_users_plain": len(random_users), "n_users_added_active": len(added),
-        "train_plain": {"n": len(plain), "n_pos": plain.n_pos},
-        "train_upsampled": {"n": len(upsampled), "n_pos": upsampled.n_pos},
-        "test_days": [{"n": len(t), "n_pos": t.n_pos} for t in tests],
+        "pools": {"train": len(pool), "valid": len(valid_pool), "test": [len(t) for t in test_users]},
+        "days": day_info,
     }
     return TwoTowerData("synthetic", user_x, item_x, w["user_territory"], w["territory_group"], territory_names,
-                        [f"G{g + 1}" for g in range(w["g_n"])], plain, upsampled, tests, test_users, day_pos[1:],
-                        None, case, info)
+                        [f"G{g + 1}" for g in range(w["g_n"])], days, cfg.n_test_days, None, case, info)
 
 
-def _synthetic_case_titles(w, label_csr, test_users, territory_names) -> list[dict[str, Any]]:
+def _synthetic_case_titles(w, test_days: list[Day], territory_names) -> list[dict[str, Any]]:
     """Paper §4.4: in two minor territories of different groups, the local title with most test
-    positives and the global title whose test-positive count there is closest to it."""
-    users = np.concatenate(test_users)
+    positives and the global title whose test-positive count there is closest to it ("comparable
+    positive examples")."""
     t_n, g_n = w["t_n"], w["g_n"]
     per = t_n // g_n
     out = []
     for terr in (per - 1, 2 * per - 1):  # the smallest territory of groups 1 and 2
-        u = users[w["user_territory"][users] == terr]
-        cnt_I = np.asarray(label_csr[u].sum(0)).ravel()
+        cnt_I = np.zeros(w["i_n"])
+        for day in test_days:
+            u = day.test_users[w["user_territory"][day.test_users] == terr]
+            cnt_I += np.asarray(day.positives[u].sum(0)).ravel()
         local = np.nonzero(w["home_I"] == terr)[0]
         lt = int(local[np.argmax(cnt_I[local])])
         glob = np.nonzero(w["home_I"] == -1)[0]
         gt = int(glob[np.argmin(np.abs(cnt_I[glob] - cnt_I[lt]))])
         for kind, title in (("local", lt), ("global", gt)):
-            out.append({"title": title, "territory": terr, "kind": kind,
+            out.append({"title": title, "territory": terr, "kind": kind, "n_test_pos": int(cnt_I[title]),
                         "name": f"{kind} title in {territory_names[terr]}"})
     return out

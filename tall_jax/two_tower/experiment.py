@@ -1,44 +1,70 @@
 """One seed of the paper's protocol (docs/fidelity.md#two-tower-data, #two-tower-evaluation): train baseline (plain data), baseline (upsampled data) and
-MTL (upsampled data), score every test day, and compute AP per territory / group / case title."""
+MTL (upsampled data), optionally the one-shared-head control, score every test day, and compute AP per
+territory / group / case title.
+
+Protocols (``TrainConfig.protocol``):
+
+- ``"incremental"`` (default, paper §4.2): fit on the training days before the first test day ``f``
+  (early stopping on the held-out validation users of day ``f-1``), evaluate on day ``f``; then for every
+  later test day ``i`` continue training the same state on day ``i-1``'s training examples (early stopping
+  on day ``i-1``'s validation users; the un-updated model is a candidate too) and evaluate on day ``i``.
+  The model scored on day ``i`` has seen labels of days ``< i`` only.
+- ``"oneshot"``: the first fit only; that one model scores every test day.
+"""
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from tall_jax.two_tower.data import PairSet, TwoTowerData
+from tall_jax.two_tower.data import PairSet, TwoTowerData, concat_pairs
 from tall_jax.two_tower.metrics import average_precision, average_precision_by_key
 from tall_jax.two_tower.model import TwoTower
-from tall_jax.two_tower.steps import init_two_tower_state, predict_two_tower, train_two_tower
+from tall_jax.two_tower.steps import TwoTowerState, init_two_tower_state, predict_two_tower, train_two_tower
 
 MODELS = ("baseline", "baseline_up", "mtl")  # + optional "mtl_1head": one shared head (depth control)
+ALL_MODELS = MODELS + ("mtl_1head",)
 COMPARISONS = [("mtl", "baseline"), ("mtl", "baseline_up"), ("baseline_up", "baseline")]
+PROTOCOLS = ("incremental", "oneshot")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Training knobs (docs/fidelity.md#two-tower-model: Adam lr 1e-3, batch 8192, width 512)."""
+    """Training knobs (docs/fidelity.md#two-tower-model: Adam lr 1e-3, batch 8192, width 512) and the protocol."""
 
     width: int = 512  # d, tower / head width
     batch_size: int = 8192  # examples per step (the last batch is padded)
-    epochs: int = 3
+    epochs: int = 3  # most epochs of the first fit (early stopping may stop it sooner)
     learning_rate: float = 1e-3
     eval_batch_size: int = 8192
     hist_bins: int = 20  # score-histogram bins in [0, 1] (paper Fig. 2)
+    protocol: str = "incremental"
+    patience: int = 2  # epochs without a better validation AP before stopping
+    inc_epochs: int = 2  # most epochs of each daily incremental update
+    weight_decay: float = 0.0  # decoupled decay on the shared towers' kernels (option; paper: none)
+    head_dropout: float = 0.0  # dropout on the task-block outputs (option)
+    head_rank: int = 0  # low-rank task blocks (option; 0 = full D x D)
+
+    def __post_init__(self):
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
 
 
-def _model_spec(name: str, data: TwoTowerData) -> tuple[TwoTower, PairSet, np.ndarray | None]:
+def model_spec(name: str, data: TwoTowerData, cfg: TrainConfig) -> tuple[TwoTower, str, np.ndarray | None]:
+    """``(model, training set "plain" | "upsampled", head-of-user override or None)`` of a model name."""
+    mtl = dict(width=cfg.width, head_rank=cfg.head_rank, head_dropout=cfg.head_dropout)
     if name == "baseline":
-        return TwoTower(n_groups=0), data.train_plain, None
+        return TwoTower(n_groups=0, width=cfg.width), "plain", None
     if name == "baseline_up":
-        return TwoTower(n_groups=0), data.train_upsampled, None
+        return TwoTower(n_groups=0, width=cfg.width), "upsampled", None
     if name == "mtl":
-        return TwoTower(n_groups=data.n_groups), data.train_upsampled, None
-    if name == "mtl_1head":
-        return TwoTower(n_groups=1), data.train_upsampled, np.zeros(len(data.user_territory), np.int64)
-    raise ValueError(f"unknown two-tower model {name!r}; choose from {MODELS + ('mtl_1head',)}")
+        return TwoTower(n_groups=data.n_groups, **mtl), "upsampled", None
+    if name == "mtl_1head":  # the same depth as MTL, one task block shared by every group
+        return TwoTower(n_groups=1, **mtl), "upsampled", np.zeros(len(data.user_territory), np.int64)
+    raise ValueError(f"unknown two-tower model {name!r}; choose from {ALL_MODELS}")
 
 
 def _gather(data: TwoTowerData, pairs: PairSet, group_U: np.ndarray | None):
@@ -53,46 +79,139 @@ def _gather(data: TwoTowerData, pairs: PairSet, group_U: np.ndarray | None):
     return g
 
 
-def run_seed(data: TwoTowerData, cfg: TrainConfig, seed: int, *, models=MODELS, progress: bool = True) -> dict[str, Any]:
-    """Train each model once with ``seed`` and evaluate it; returns plain-Python / NumPy results:
-    ``ap_territory[model] [D, T]``, ``ap_group[model] [D, G]``, ``ap_all[model] [D]``, ``title_ap[model] [C]``,
-    ``title_hist[model] [C, bins]``, ``losses[model]`` and the evaluation counts."""
-    out: dict[str, Any] = {k: {} for k in ("ap_territory", "ap_group", "ap_all", "title_ap", "title_hist", "losses")}
+def _copy(state: TwoTowerState) -> TwoTowerState:
+    """A copy whose buffers survive the donation of ``state`` to the next train step."""
+    return jax.tree.map(jnp.copy, state)
+
+
+def fit_early_stopping(model, state, data, train: PairSet, valid: PairSet, head_of_user, cfg: TrainConfig, *,
+                       max_epochs: int, seed: int, start_is_candidate: bool, desc: str, progress: bool):
+    """Train epoch by epoch on ``train``; after each epoch score ``valid`` (overall AP); keep the best
+    state; stop after ``cfg.patience`` epochs without improvement. With ``start_is_candidate`` the
+    incoming state competes too (an update that makes validation worse is not kept). Without validation
+    positives it trains ``max_epochs`` epochs. Returns ``(state, history)``."""
+    def val_ap(s):
+        if valid.n_pos == 0:
+            return float("nan")
+        return average_precision(valid.label, predict_two_tower(model, s, _gather(data, valid, head_of_user),
+                                                                len(valid), batch_size=cfg.eval_batch_size))
+
+    history: list[dict[str, Any]] = []
+    if len(train) == 0:
+        return state, history
+    best_state, best, since = None, -np.inf, 0
+    if start_is_candidate and valid.n_pos > 0:
+        best_state, best = _copy(state), val_ap(state)
+        history.append({"epoch": 0, "loss": None, "valid_ap": best})
+    for ep in range(1, max_epochs + 1):
+        state, losses = train_two_tower(model, state, _gather(data, train, head_of_user), len(train), epochs=1,
+                                        batch_size=cfg.batch_size, seed=seed * 7919 + ep, desc=desc, progress=progress)
+        ap = val_ap(state)
+        history.append({"epoch": ep, "loss": losses[0], "valid_ap": ap})
+        if not np.isfinite(ap):
+            best_state, since = None, 0
+            continue
+        if ap > best:
+            best_state, best, since = _copy(state), ap, 0
+        else:
+            since += 1
+            if since >= cfg.patience:
+                break
+    return (best_state if best_state is not None else state), history
+
+
+def train_schedule(data: TwoTowerData, protocol: str) -> list[tuple[list[int], int, list[int]]]:
+    """The fits of a protocol: ``(training days, validation day, test days scored after this fit)``."""
+    f, n = data.first_test_day, len(data.days)
+    if f < 1:
+        raise ValueError("two-tower protocol: need at least one training day before the first test day")
+    if protocol == "oneshot":
+        return [(list(range(f)), f - 1, list(range(f, n)))]
+    return [(list(range(f)), f - 1, [f])] + [([i - 1], i - 1, [i]) for i in range(f + 1, n)]
+
+
+def run_seed(data: TwoTowerData, cfg: TrainConfig, seed: int, *, models=MODELS, progress: bool = True,
+             keep_scores: bool = False) -> dict[str, Any]:
+    """Train each model with ``seed`` under ``cfg.protocol`` and evaluate it; returns plain-Python / NumPy
+    results: ``ap_territory[model] [D, T]``, ``ap_group[model] [D, G]``, ``ap_all[model] [D]``,
+    ``title_ap[model] [C]``, ``title_hist[model] [C, bins]``, ``title_mean[model] [C]`` (mean score), ``losses[model]`` (first fit's epoch losses),
+    ``history[model]`` (every fit's days and epochs), ``trained_days[model] [D]`` (the days whose labels the
+    model scored on each test day had seen), and the evaluation counts. Title-level scores come from the
+    model of each title pair's own test day. ``keep_scores`` adds ``scores[model] [D]`` (test-day scores)."""
+    out: dict[str, Any] = {k: {} for k in ("ap_territory", "ap_group", "ap_all", "title_ap", "title_hist", "title_mean",
+                                           "losses", "history", "trained_days", "best_epochs")}
+    if keep_scores:
+        out["scores"] = {}
     terr_U, group_U = data.user_territory, data.user_group
     t_n, g_n = len(data.territory_names), data.n_groups
+    f = data.first_test_day
     edges = np.linspace(0.0, 1.0, cfg.hist_bins + 1)
-    case_pairs = [data.title_pairs(c["title"], c["territory"]) for c in data.case_titles]
+    # title-level populations, split by test day so each part is scored by that day's model
+    case_parts = []
+    for c in data.case_titles:
+        pairs = data.title_pairs(c["title"], c["territory"])
+        day_of = np.full(len(data.user_territory), -1)
+        for j, us in enumerate(data.test_users):
+            day_of[us] = j
+        case_parts.append((pairs, day_of[pairs.user]))
+    schedule = train_schedule(data, cfg.protocol)
     for m_i, name in enumerate(models):
-        model, train_pairs, head_of_user = _model_spec(name, data)
-        model = dataclasses.replace(model, width=cfg.width)
+        model, which, head_of_user = model_spec(name, data, cfg)
         rng = jax.random.fold_in(jax.random.PRNGKey(seed), m_i)
         state = init_two_tower_state(model, rng, data.user_x.shape[1], data.item_x.shape[1],
-                                     learning_rate=cfg.learning_rate)
-        state, losses = train_two_tower(model, state, _gather(data, train_pairs, head_of_user), len(train_pairs),
-                                        epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed * 1000 + m_i,
-                                        desc=f"seed {seed} {name}", progress=progress)
-        out["losses"][name] = losses
+                                     learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        ap_t, ap_g, ap_a, seen, hist, best_ep, scores = {}, {}, {}, {}, [], [], {}
+        seen_days: list[int] = []
+        case_scores = [np.zeros(len(p), np.float32) for p, _ in case_parts]
+        for k, (train_days, valid_day, test_days) in enumerate(schedule):
+            train = concat_pairs([getattr(data.days[d], f"train_{which}") for d in train_days])
+            state, h = fit_early_stopping(
+                model, state, data, train, data.days[valid_day].valid, head_of_user, cfg,
+                max_epochs=cfg.epochs if k == 0 else cfg.inc_epochs, seed=seed * 1000 + m_i * 10 + k,
+                start_is_candidate=k > 0, desc=f"seed {seed} {name} fit {k + 1}", progress=progress)
+            if len(train):
+                seen_days = sorted(set(seen_days) | set(train_days) | {valid_day})
+            valid_aps = [e["valid_ap"] for e in h]
+            best_ep.append(int(h[int(np.nanargmax(valid_aps))]["epoch"]) if h and np.isfinite(valid_aps).any() else len(h))
+            hist.append({"train_days": train_days, "valid_day": valid_day, "epochs": h})
+            if k == 0:
+                out["losses"][name] = [e["loss"] for e in h if e["loss"] is not None]
 
-        def score(pairs: PairSet) -> np.ndarray:
-            return predict_two_tower(model, state, _gather(data, pairs, head_of_user), len(pairs),
-                                     batch_size=cfg.eval_batch_size)
+            def score(pairs: PairSet, state=state) -> np.ndarray:
+                return predict_two_tower(model, state, _gather(data, pairs, head_of_user), len(pairs),
+                                         batch_size=cfg.eval_batch_size)
 
-        ap_t, ap_g, ap_a = [], [], []
-        for day in data.test_days:
-            s = score(day)
-            ap_t.append(average_precision_by_key(day.label, s, terr_U[day.user], t_n)["ap"])
-            ap_g.append(average_precision_by_key(day.label, s, group_U[day.user], g_n)["ap"])
-            ap_a.append(average_precision(day.label, s))
-        out["ap_territory"][name], out["ap_group"][name], out["ap_all"][name] = map(np.asarray, (ap_t, ap_g, ap_a))
-        t_ap, t_hist = [], []
-        for pairs in case_pairs:
-            s = score(pairs)
+            for d in test_days:
+                day = data.days[d]
+                s = score(day.test)
+                ap_t[d] = average_precision_by_key(day.test.label, s, terr_U[day.test.user], t_n)["ap"]
+                ap_g[d] = average_precision_by_key(day.test.label, s, group_U[day.test.user], g_n)["ap"]
+                ap_a[d] = average_precision(day.test.label, s)
+                seen[d] = list(seen_days)
+                for (pairs, day_of), cs in zip(case_parts, case_scores):  # this day's part of each case title
+                    sel = np.nonzero(day_of == d - f)[0]
+                    if len(sel):
+                        cs[sel] = score(PairSet(pairs.user[sel], pairs.item[sel], pairs.label[sel]))
+                if keep_scores:
+                    scores[d] = s
+        days = sorted(ap_t)
+        out["ap_territory"][name] = np.asarray([ap_t[d] for d in days])
+        out["ap_group"][name] = np.asarray([ap_g[d] for d in days])
+        out["ap_all"][name] = np.asarray([ap_a[d] for d in days])
+        out["trained_days"][name] = [seen[d] for d in days]
+        out["history"][name], out["best_epochs"][name] = hist, best_ep
+        if keep_scores:
+            out["scores"][name] = [scores[d] for d in days]
+        t_ap, t_hist, t_mean = [], [], []
+        for (pairs, _), s in zip(case_parts, case_scores):
             t_ap.append(average_precision(pairs.label, s))
+            t_mean.append(float(s.mean()) if len(s) else float("nan"))
             t_hist.append(np.histogram(s, bins=edges)[0] / max(len(s), 1))
         out["title_ap"][name], out["title_hist"][name] = np.asarray(t_ap), np.asarray(t_hist)
+        out["title_mean"][name] = np.asarray(t_mean)
     out["eval_counts"] = {
         "territory_pos_per_day": [np.bincount(terr_U[d.user[d.label > 0]], minlength=t_n).tolist() for d in data.test_days],
         "territory_undefined_ap": int(sum(np.isnan(v).sum() for v in out["ap_territory"].values())),
-        "title_n_pos": [p.n_pos for p in case_pairs], "title_n": [len(p) for p in case_pairs],
+        "title_n_pos": [p.n_pos for p, _ in case_parts], "title_n": [len(p) for p, _ in case_parts],
     }
     return out

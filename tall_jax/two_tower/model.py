@@ -48,12 +48,19 @@ class TwoTower(nn.Module):
     grows like d; the logit is therefore ``scale * <., .> + bias`` with two learned scalars shared by all
     heads (init ``1/sqrt(d)`` and 0). This changes calibration only; a shared affine map never changes
     a ranking, so per-territory AP is unaffected by the choice of init.
+
+    Regularisation options (not in the paper; default off): ``head_rank = r > 0`` makes every task block
+    low-rank, ``W_g = A_g B_g`` with ``A_g [D, r]``, ``B_g [r, D]`` (fewer parameters per group);
+    ``head_dropout = p > 0`` applies dropout to the task-block output in train mode (needs a ``dropout``
+    RNG).
     """
 
     n_groups: int = 0
     width: int = 512
     n_layers: int = 2
     momentum: float = 0.99
+    head_rank: int = 0
+    head_dropout: float = 0.0
 
     @property
     def n_heads(self) -> int:
@@ -70,13 +77,18 @@ class TwoTower(nn.Module):
         bias = self.param("logit_bias", nn.initializers.zeros, ())
         if self.n_groups == 0:
             return scale * jnp.sum(u_BxD * t_BxD, axis=-1, keepdims=True) + bias
-        kernel_GxDxD = self.param(
-            "head_kernel",
-            nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,)),
-            (self.n_groups, self.width, self.width),
-        )
+        init = nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
         bias_GxD = self.param("head_bias", nn.initializers.zeros, (self.n_groups, self.width))
-        h_BxGxD = nn.relu(jnp.einsum("bd,gde->bge", u_BxD, kernel_GxDxD) + bias_GxD[None])
+        if self.head_rank > 0:
+            a_GxDxR = self.param("head_a", init, (self.n_groups, self.width, self.head_rank))
+            b_GxRxD = self.param("head_b", init, (self.n_groups, self.head_rank, self.width))
+            pre_BxGxD = jnp.einsum("bgr,gre->bge", jnp.einsum("bd,gdr->bgr", u_BxD, a_GxDxR), b_GxRxD)
+        else:
+            kernel_GxDxD = self.param("head_kernel", init, (self.n_groups, self.width, self.width))
+            pre_BxGxD = jnp.einsum("bd,gde->bge", u_BxD, kernel_GxDxD)
+        h_BxGxD = nn.relu(pre_BxGxD + bias_GxD[None])
+        if self.head_dropout > 0:
+            h_BxGxD = nn.Dropout(self.head_dropout, deterministic=not train)(h_BxGxD)
         return scale * jnp.einsum("bge,be->bg", h_BxGxD, t_BxD) + bias
 
     def group_mask(self, group_B: jax.Array) -> jax.Array:

@@ -44,15 +44,32 @@ class TwoTowerState:
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
 
 
+def shared_tower_kernels(params) -> Any:
+    """Mask: True on the Dense kernels of the shared user and title towers (what ``weight_decay`` decays)."""
+    def mark(path, _):
+        keys = [getattr(k, "key", None) for k in path]
+        return bool(keys) and keys[0] in ("user_tower", "item_tower") and keys[-1] == "kernel"
+
+    return jax.tree_util.tree_map_with_path(mark, params)
+
+
 def init_two_tower_state(
-    model: TwoTower, rng: jax.Array, user_dim: int, item_dim: int, *, learning_rate: float = 1e-3
+    model: TwoTower, rng: jax.Array, user_dim: int, item_dim: int, *, learning_rate: float = 1e-3,
+    weight_decay: float = 0.0,
 ) -> TwoTowerState:
-    """Initialise parameters and BatchNorm statistics; optimiser Adam(lr) as docs/fidelity.md#two-tower-model."""
+    """Initialise parameters and BatchNorm statistics; optimiser Adam(lr) as docs/fidelity.md#two-tower-model.
+
+    ``weight_decay > 0`` (an option, not the paper's) makes it AdamW with decoupled decay on the shared
+    towers' Dense kernels only (``shared_tower_kernels``): heads, biases, BatchNorm and the logit affine
+    are not decayed."""
     init_rng, state_rng = jax.random.split(rng)
     variables = model.init(
         init_rng, jnp.zeros((2, user_dim), jnp.float32), jnp.zeros((2, item_dim), jnp.float32), train=False
     )
-    tx = optax.adam(learning_rate)
+    if weight_decay > 0:
+        tx = optax.adamw(learning_rate, weight_decay=weight_decay, mask=shared_tower_kernels)
+    else:
+        tx = optax.adam(learning_rate)
     params = variables["params"]
     return TwoTowerState(
         params=params,
@@ -64,8 +81,10 @@ def init_two_tower_state(
     )
 
 
-def two_tower_loss(params, batch_stats, batch: TwoTowerBatch, *, model: TwoTower):
-    """Masked per-group BCE (docs/fidelity.md#two-tower-model) in train mode; returns ``(loss, new_batch_stats)``."""
+def two_tower_loss(params, batch_stats, batch: TwoTowerBatch, *, model: TwoTower, rng: jax.Array | None = None):
+    """Masked per-group BCE (docs/fidelity.md#two-tower-model) in train mode; returns ``(loss, new_batch_stats)``. ``rng`` feeds
+    head dropout (default key 0 when the model has dropout and none is given)."""
+    rngs = {"dropout": jax.random.PRNGKey(0) if rng is None else rng} if model.head_dropout > 0 else None
     scores_BxG, updates = model.apply(
         {"params": params, "batch_stats": batch_stats},
         batch.user_x,
@@ -73,6 +92,7 @@ def two_tower_loss(params, batch_stats, batch: TwoTowerBatch, *, model: TwoTower
         train=True,
         valid_B=batch.valid,
         mutable=["batch_stats"],
+        rngs=rngs,
     )
     loss = masked_bce_loss(scores_BxG, batch.label, model.group_mask(batch.group), batch.valid)
     return loss, updates["batch_stats"]
@@ -82,7 +102,8 @@ def two_tower_loss(params, batch_stats, batch: TwoTowerBatch, *, model: TwoTower
 def two_tower_train_step(state: TwoTowerState, batch: TwoTowerBatch, *, model: TwoTower):
     """One Adam step on the masked BCE; batch statistics updated from the real rows only."""
     grad_fn = jax.value_and_grad(two_tower_loss, has_aux=True)
-    (loss, batch_stats), grads = grad_fn(state.params, state.batch_stats, batch, model=model)
+    (loss, batch_stats), grads = grad_fn(state.params, state.batch_stats, batch, model=model,
+                                         rng=jax.random.fold_in(state.rng, state.step))
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     new_state = state.replace(
         params=optax.apply_updates(state.params, updates),

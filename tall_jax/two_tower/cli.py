@@ -1,0 +1,163 @@
+"""Command-line pieces shared by ``examples/train_two_tower.py`` and ``python -m tall_jax.two_tower.study``:
+the flags, the presets, the training config and the per-seed data builder."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+from typing import Callable
+
+from tall_jax.two_tower.experiment import ALL_MODELS, MODELS, PROTOCOLS, TrainConfig
+
+# preset -> (width d, batch size); every explicit flag wins over its preset value
+PRESETS = {
+    "cpu": {"width": 128, "batch_size": 1024},  # fits 2 CPU cores: a 5-seed synthetic study in minutes
+    "paper": {"width": 512, "batch_size": 8192},  # paper §4.2: d = 512, batch 8192 (Adam, lr 1e-3)
+}
+DEFAULT_EPOCHS = {"synthetic": 8, "ml-1m": 4}
+
+
+class _DeprecatedSeeds(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        print("warning: --seeds is deprecated; use --seed (it takes one or several values)", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def make_parser(description: str, *, default_seeds: list[int]) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, allow_abbrev=False,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataset", choices=("synthetic", "ml-1m"), required=True, help="which data")
+    p.add_argument("--seed", dest="seeds", type=int, nargs="+", default=default_seeds, metavar="SEED",
+                   help="one or several seeds (data and training); the spelling train_tall.py uses")
+    p.add_argument("--seeds", dest="seeds", type=int, nargs="+", action=_DeprecatedSeeds, metavar="SEED",
+                   help="deprecated spelling of --seed")
+    p.add_argument("--preset", choices=tuple(PRESETS), default="cpu",
+                   help="sizes: cpu = d 128, batch 1024; paper = d 512, batch 8192 (paper §4.2)")
+    p.add_argument("--width", type=int, default=None, help="tower / head width d (default: from --preset)")
+    p.add_argument("--batch-size", type=int, default=None, help="examples per step (default: from --preset)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"most epochs of the first fit, early stopping may end it sooner (default: {DEFAULT_EPOCHS})")
+    p.add_argument("--inc-epochs", type=int, default=2, help="most epochs of each daily incremental update")
+    p.add_argument("--patience", type=int, default=2, help="early stopping: epochs without a better validation AP")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (paper: 1e-3)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="incremental",
+                   help="incremental: the day-i model is trained on days up to i-1 (paper); oneshot: one model "
+                        "trained on the days before the first test day scores every test day")
+    p.add_argument("--alpha", type=float, default=4.0, help="negatives per positive")
+    p.add_argument("--n-users", type=int, default=None, help="synthetic only: user universe (default: SyntheticConfig)")
+    p.add_argument("--data-dir", default=None,
+                   help="ml-1m only: a folder holding ml-1m/raw/{ratings,users,movies}.dat[.gz] (and ml-1m/tall_split "
+                        "for --ml1m-days split); default: $TALL_JAX_DATA, then the user cache")
+    p.add_argument("--ml1m-days", choices=("timestamps", "split"), default="timestamps",
+                   help="ml-1m days: from the rating timestamps (raw ratings.dat), or the earlier one-shot "
+                        "adaptation on the TALL authors' split (one training day, three test user sets)")
+    p.add_argument("--user-embedding", choices=("multvae", "svd"), default="svd",
+                   help="ml-1m user features: MultVAE mu or truncated SVD (64) of the user's history")
+    p.add_argument("--vae-epochs", type=int, default=50, help="max MultVAE epochs for --user-embedding multvae")
+    p.add_argument("--control", action="store_true",
+                   help="also train mtl_1head: the MTL model with one task block shared by all groups")
+    p.add_argument("--weight-decay", type=float, default=0.0,
+                   help="option: decoupled weight decay on the shared towers' kernels (AdamW); paper: none")
+    p.add_argument("--head-dropout", type=float, default=0.0, help="option: dropout rate on the task-block outputs")
+    p.add_argument("--head-rank", type=int, default=0, help="option: low-rank task blocks of rank r (0 = full d x d)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """Fill preset values and reject user mistakes with ``p.error`` (exit code 2)."""
+    for k, v in PRESETS[args.preset].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.epochs is None:
+        args.epochs = DEFAULT_EPOCHS[args.dataset]
+    if min(args.seeds) < 0:
+        p.error("--seed values must be >= 0")
+    if len(set(args.seeds)) != len(args.seeds):
+        p.error("--seed values must be distinct")
+    for name in ("width", "batch_size", "epochs", "patience"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.inc_epochs < 0 or args.head_rank < 0:
+        p.error("--inc-epochs and --head-rank must be >= 0")
+    if args.alpha <= 0 or args.lr <= 0 or args.weight_decay < 0 or not 0 <= args.head_dropout < 1:
+        p.error("need --alpha > 0, --lr > 0, --weight-decay >= 0 and 0 <= --head-dropout < 1")
+    if args.n_users is not None and args.dataset != "synthetic":
+        p.error("--n-users applies to --dataset synthetic only")
+    if args.n_users is not None and args.n_users < 1000:
+        p.error("--n-users must be >= 1000")
+    if args.dataset == "synthetic" and args.data_dir is not None:
+        p.error("--data-dir applies to --dataset ml-1m only")
+    return args
+
+
+def models_of(args) -> tuple[str, ...]:
+    return MODELS + (("mtl_1head",) if args.control else ())
+
+
+def train_config(args) -> TrainConfig:
+    return TrainConfig(width=args.width, batch_size=args.batch_size, learning_rate=args.lr, epochs=args.epochs,
+                       protocol=args.protocol, patience=args.patience, inc_epochs=args.inc_epochs,
+                       weight_decay=args.weight_decay, head_dropout=args.head_dropout, head_rank=args.head_rank)
+
+
+def data_settings(args) -> dict:
+    """Everything that determines the data of a seed (for the study's resume check)."""
+    keys = ("dataset", "alpha", "n_users", "ml1m_days", "user_embedding", "vae_epochs")
+    return {k: getattr(args, k) for k in keys}
+
+
+def make_builder(args) -> Callable[[int], object]:
+    """``seed -> TwoTowerData``; a seed-independent ML-1M user embedding is computed once."""
+    from tall_jax.two_tower.data import SyntheticConfig, make_synthetic_two_tower
+
+    if args.dataset == "synthetic":
+        syn = dataclasses.replace(SyntheticConfig(), alpha=args.alpha,
+                                  **({"n_users": args.n_users} if args.n_users else {}))
+        return lambda seed: make_synthetic_two_tower(syn, seed)
+    progress = not args.no_progress
+    if args.ml1m_days == "timestamps":
+        from tall_jax.two_tower.ml1m import history_embedding, make_ml1m_days, read_timed_ratings  # noqa: F401
+
+        cache: dict = {}
+
+        def build(seed: int):
+            if "emb" not in cache:
+                first = make_ml1m_days(args.data_dir, seed=seed, alpha=args.alpha, progress=progress,
+                                       user_embedding=args.user_embedding)
+                cache["emb"] = (first.user_x, first.info["user_embedding"])
+                return first
+            return make_ml1m_days(args.data_dir, seed=seed, alpha=args.alpha, user_embedding=cache["emb"])
+
+        return build
+    from tall_jax.datasets import load_dataset
+    from tall_jax.two_tower.ml1m import make_ml1m_two_tower, multvae_user_embedding, svd_user_embedding
+
+    ds = load_dataset("ml-1m", split="authors", data_dir=args.data_dir, download=False)
+    if args.user_embedding == "multvae":
+        emb, name = multvae_user_embedding(ds, max_epochs=args.vae_epochs, progress=progress), "multvae_mu"
+    else:
+        emb, name = svd_user_embedding(ds.train), "svd64"
+    return lambda seed: make_ml1m_two_tower(ds, args.data_dir, emb, seed=seed, embedding_name=name, alpha=args.alpha)
+
+
+def user_error_message(e: Exception, prog: str) -> str:
+    """The message of a missing-file / bad-input error, without hints that name another command's flags."""
+    msg = re.sub(r"\(download=False; CLI [^)]*\)", f"({prog} never downloads)", str(e))
+    if isinstance(e, FileNotFoundError) and "--data-dir" not in msg:
+        msg += " Pass --data-dir DIR (a folder with ml-1m/raw/... or ml-1m/tall_split/...) or set $TALL_JAX_DATA."
+    return msg
+
+
+def run_main(main: Callable[[], int], prog: str) -> None:
+    """Exit 2 with a one-line message on a user mistake (missing data, bad input); other errors surface."""
+    try:
+        sys.exit(main())
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {user_error_message(e, prog)}", file=sys.stderr)
+        sys.exit(2)
+
+
+__all__ = ["PRESETS", "ALL_MODELS", "make_parser", "check_args", "models_of", "train_config", "make_builder",
+           "data_settings", "run_main"]
