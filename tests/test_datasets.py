@@ -126,10 +126,15 @@ def test_authors_split_counts_and_cache(shared_data, tmp_path):
     again = load_dataset("ml-1m", data_dir=shared_data, cache_dir=tmp_path / "c")
     for a, b in zip((ds.train, ds.valid, ds.test), (again.train, again.valid, again.test)):
         assert (a != b).nnz == 0
-    # The second load reads the cache: it works with the data dir gone.
-    cached = load_dataset("ml-1m", data_dir=tmp_path / "empty", cache_dir=tmp_path / "c",
-                          download=False)
-    assert cached.counts() == c
+    # The second load reads the cache (keyed by the raw files' fingerprint): nothing is rewritten.
+    stamp = files[0].stat().st_mtime_ns
+    cached = load_dataset("ml-1m", data_dir=shared_data, cache_dir=tmp_path / "c", download=False)
+    assert cached.counts() == c and files[0].stat().st_mtime_ns == stamp
+    recorded = cached.info["fingerprint"]["files"]
+    assert len(recorded) == 3 and all(Path(f["path"]).stat().st_size == f["size"] for f in recorded)
+    # A data dir that does not exist is an error, not silently skipped.
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        load_dataset("ml-1m", data_dir=tmp_path / "empty", cache_dir=tmp_path / "c", download=False)
 
 
 def test_ml1m_random_resplit_from_union(shared_data, tmp_path):
@@ -166,11 +171,13 @@ def test_unknown_split_and_misplaced_options():
 
 
 def test_missing_file_says_where_it_looked(tmp_path):
+    (tmp_path / "mine").mkdir()
     with pytest.raises(FileNotFoundError) as e:
         load_dataset("yelp", data_dir=tmp_path / "mine", cache_dir=tmp_path / "c", download=False)
     msg = str(e.value)
-    assert str(tmp_path / "mine" / "yelp" / "yelp.rating") in msg
+    assert "yelp/yelp.rating[.gz]" in msg and str(tmp_path / "mine") in msg
     assert "usercache" in msg and "TALL_JAX_DATA" in msg and "--data-dir" in msg
+    assert "offline" in msg
 
 
 def test_yelp_from_data_dir_filter_and_reindex(tmp_path):

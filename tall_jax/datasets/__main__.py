@@ -1,8 +1,13 @@
-"""``python -m tall_jax.datasets stats --dataset ml-1m``: dataset, split and mainstream statistics."""
+"""``python -m tall_jax.datasets stats --dataset ml-1m``: dataset, split and mainstream statistics.
+
+``--dataset`` is a built-in name or the path of your own .csv/.tsv/.dat interaction file. A mistake
+(unknown flag, missing file, bad line, no network) ends with one "error: ..." line and exit status 2.
+"""
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import time
 
@@ -10,19 +15,89 @@ import numpy as np
 
 from tall_jax import protocol
 from tall_jax.datasets import KNOWN_DATASETS, load_dataset
-from tall_jax.datasets.download import DownloadError
+from tall_jax.datasets.download import DEFAULT_TIMEOUT, ENV_OFFLINE, ENV_TIMEOUT, DownloadError, check_timeout
+from tall_jax.datasets.own import DEFAULT_KCORE, looks_like_path, parse_columns
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" where the help text does not state its default already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage dump
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _typed(convert):
+    def parse(text: str):
+        try:
+            return convert(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = convert.__name__
+    return parse
+
+
+def _dataset(text: str) -> str:
+    if text in KNOWN_DATASETS or looks_like_path(text):
+        return text
+    raise ValueError(f"unknown dataset {text!r}; choose {', '.join(KNOWN_DATASETS)} or give the path "
+                     "of your own .csv, .tsv or .dat interaction file")
+
+
+def _nonneg(text: str) -> int:
+    if int(text) < 0:
+        raise ValueError(f"must be >= 0, got {text}")
+    return int(text)
+
+
+def _kcore(text: str) -> tuple[int, int]:
+    parts = [int(x) for x in text.split(",")]
+    if len(parts) != 2 or min(parts) < 1:
+        raise ValueError(f"expected USERS,ITEMS, two integers >= 1, got {text!r}")
+    return parts[0], parts[1]
+
+
+def _finite(text: str) -> float:
+    if not math.isfinite(float(text)):
+        raise ValueError(f"must be a finite number, got {text!r}")
+    return float(text)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tall_jax.datasets", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("stats", help="print users, items, split sizes, mainstream groups")
-    s.add_argument("--dataset", required=True, choices=KNOWN_DATASETS)
-    s.add_argument("--split", default=None, help="authors|random (default: authors for ml-1m)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the random split")
-    s.add_argument("--data-dir", default=None, help="folder laid out like shared/data")
-    s.add_argument("--cache-dir", default=None, help="where processed splits are cached")
-    s.add_argument("--no-download", action="store_true", help="never download missing files")
+    p = _Parser(prog="python -m tall_jax.datasets", description=__doc__, allow_abbrev=False,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    s = sub.add_parser("stats", help="print users, items, split sizes, mainstream groups",
+                       formatter_class=_Formatter, allow_abbrev=False)
+    s.add_argument("--dataset", required=True, type=_typed(_dataset), metavar="NAME|FILE",
+                   help=f"one of {', '.join(KNOWN_DATASETS)}, or the path of your own .csv/.tsv/.dat "
+                        "file (required, no default)")
+    s.add_argument("--split", default=None, help="authors|random (default: authors for ml-1m, else random)")
+    s.add_argument("--seed", type=_typed(_nonneg), default=0, help="seed of the random split")
+    s.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="folder holding the raw files, searched before $TALL_JAX_DATA and the user "
+                        "cache (default: none)")
+    s.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="where processed splits are cached (default: <user cache>/processed)")
+    s.add_argument("--offline", "--no-download", dest="offline", action="store_true", default=None,
+                   help=f"never download missing files (default: off, or on with {ENV_OFFLINE}=1)")
+    s.add_argument("--download-timeout", type=_typed(check_timeout), default=None, metavar="SECONDS",
+                   help=f"seconds each download URL may take (default: ${ENV_TIMEOUT} or {DEFAULT_TIMEOUT:g})")
+    s.add_argument("--columns", type=_typed(parse_columns), default=None,
+                   metavar="user,item[,rating,timestamp]",
+                   help="your own file without a header: its columns in order (default: the header line)")
+    s.add_argument("--min-rating", type=_typed(_finite), default=None, metavar="R",
+                   help="your own file: keep interactions rated >= R (default: every row is a positive)")
+    s.add_argument("--kcore", type=_typed(_kcore), default=None, metavar="USERS,ITEMS",
+                   help="your own file: minimum interactions per user and per item "
+                        f"(default: {DEFAULT_KCORE[0]},{DEFAULT_KCORE[1]})")
     s.add_argument("-v", "--verbose", action="store_true", help="log progress")
     return p
 
@@ -30,7 +105,10 @@ def _parser() -> argparse.ArgumentParser:
 def stats(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     ds = load_dataset(args.dataset, split=args.split, seed=args.seed, data_dir=args.data_dir,
-                      cache_dir=args.cache_dir, download=not args.no_download)
+                      cache_dir=args.cache_dir,
+                      download=None if args.offline is None else not args.offline,
+                      download_timeout=args.download_timeout, columns=args.columns,
+                      min_rating=args.min_rating, kcore=args.kcore)
     t_load = time.perf_counter() - t0
     c = ds.counts()
     density = c["interactions"] / (c["users"] * c["items"])

@@ -1,12 +1,15 @@
 """Where data lives (data dir, ``$TALL_JAX_DATA``, user cache) and the on-disk split cache.
 
 A processed split is one ``split.npz`` holding the CSR index arrays of train/valid/test (never a
-dense matrix) and the ``info`` dict as JSON, in a folder named by dataset, split, filter, seed and
-format version. Files are written to a temporary name and then ``os.replace``d, so a partly
-written file never looks complete.
+dense matrix) and the ``info`` dict as JSON, in a folder named by dataset, split, filter, seed,
+format version and a fingerprint: the size and sha256 of every raw input file plus the split
+settings (:func:`fingerprint`). A changed raw file or setting therefore lands in a new folder, and a
+cached file whose recorded fingerprint differs from the expected one is rebuilt. Files are written
+to a temporary name and then ``os.replace``d, so a partly written file never looks complete.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -31,6 +34,17 @@ def user_cache_root() -> Path:
         return Path(env).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".cache") / "tall_jax"
+
+
+def check_data_dir(data_dir: str | Path | None) -> Path | None:
+    """``data_dir`` as a Path; a ``FileNotFoundError`` when it is given but is not a folder."""
+    if data_dir is None:
+        return None
+    path = Path(data_dir).expanduser()
+    if not path.is_dir():
+        what = "is a file, not a folder" if path.exists() else "no such folder"
+        raise FileNotFoundError(f"data folder {data_dir} (data_dir, CLI --data-dir): {what}")
+    return path
 
 
 def data_roots(data_dir: str | Path | None) -> list[tuple[str, Path]]:
@@ -83,6 +97,27 @@ def split_key(name: str, split: str, seed: int | None, filt: tuple | None, extra
         parts.append(extra)
     parts.append(f"v{FORMAT_VERSION}")
     return "-".join(parts)
+
+
+def file_fingerprint(path: str | Path) -> dict[str, Any]:
+    """``{"size", "sha256"}`` of a file's bytes (its name and place do not enter the digest)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return {"path": str(path), "size": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+def fingerprint(files: list[Path], settings: dict[str, Any]) -> dict[str, Any]:
+    """What a processed split is built from: size and sha256 of each raw file (in order) and the
+    split ``settings`` (JSON-able). ``digest`` (sha256 hex) changes whenever any of them does."""
+    record = {"files": [file_fingerprint(f) for f in files], "settings": settings}
+    keyed = {"files": [{"size": f["size"], "sha256": f["sha256"]} for f in record["files"]],
+             "settings": settings, "format_version": FORMAT_VERSION}
+    blob = json.dumps(keyed, sort_keys=True, default=str).encode()
+    record["digest"] = hashlib.sha256(blob).hexdigest()
+    return record
 
 
 def save_split(path: Path, parts: tuple[sp.csr_matrix, ...], info: dict[str, Any]) -> Path:

@@ -24,6 +24,10 @@ from .cache import atomic_write
 log = logging.getLogger("tall_jax.datasets")
 
 _CHUNK = 1 << 20
+ENV_OFFLINE = "TALL_JAX_OFFLINE"  # 1/true/yes/on: never download
+ENV_TIMEOUT = "TALL_JAX_DOWNLOAD_TIMEOUT"  # seconds per URL
+DEFAULT_TIMEOUT = 60.0
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 PROVIDE_HINT = (
     "Provide the file yourself: put it in a folder laid out like <dir>/{rel} and pass "
     "data_dir=<dir> (CLI: --data-dir <dir>) or set TALL_JAX_DATA=<dir>."
@@ -32,6 +36,33 @@ PROVIDE_HINT = (
 
 class DownloadError(RuntimeError):
     """A download failed (offline, HTTP error, truncated transfer or checksum mismatch)."""
+
+
+def offline_from_env() -> bool:
+    """Whether ``$TALL_JAX_OFFLINE`` says never to download (1/true/yes/on; unset, 0/false/no/off)."""
+    value = os.environ.get(ENV_OFFLINE, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{ENV_OFFLINE}={os.environ[ENV_OFFLINE]!r}: use 1 (never download) or 0")
+
+
+def check_timeout(seconds: float, what: str = "download timeout") -> float:
+    """``seconds`` as a float; ValueError unless it is a finite number > 0."""
+    try:
+        value = float(seconds)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number of seconds > 0, got {seconds!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise ValueError(f"{what} must be a number of seconds > 0, got {seconds!r}")
+    return value
+
+
+def timeout_from_env() -> float:
+    """``$TALL_JAX_DOWNLOAD_TIMEOUT`` seconds per URL, else 60."""
+    value = os.environ.get(ENV_TIMEOUT, "").strip()
+    return check_timeout(value, ENV_TIMEOUT) if value else DEFAULT_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -170,7 +201,7 @@ def fetch(
     sha256: str | None = None,
     git_blob_sha1: str | None = None,
     expected_rows: int | None = None,
-    timeout: float = 60.0,
+    timeout: float = DEFAULT_TIMEOUT,
     rel: str | None = None,
 ) -> Path:
     """Download the first mirror that yields a verified file to ``dest``; return ``dest``.
@@ -184,6 +215,7 @@ def fetch(
     part = dest.with_suffix(dest.suffix + ".part")
     errors: list[str] = []
     offline = True
+    timed_out = False
     for url in urls:
         log.info("downloading %s -> %s", url, dest)
         try:
@@ -200,16 +232,21 @@ def fetch(
             if isinstance(e, urllib.error.HTTPError):
                 offline = False
             reason = getattr(e, "reason", None) or e
+            timed_out |= isinstance(e, (socket.timeout, TimeoutError)) or isinstance(reason, (
+                socket.timeout, TimeoutError)) or "timed out" in str(reason)
             errors.append(f"{url}: {type(e).__name__}: {reason}")
             continue
         os.replace(part, dest)
         return dest
     head = "offline or unreachable" if offline else "download failed"
     hint = PROVIDE_HINT.format(rel=rel or dest.name)
+    if timed_out:
+        hint = (f"Each URL had {timeout:g} s; allow more with download_timeout=SECONDS (CLI: "
+                f"--download-timeout SECONDS, or {ENV_TIMEOUT}=SECONDS). " + hint)
     raise DownloadError(f"{head}: could not fetch {dest.name}; tried " + "; ".join(errors) + ". " + hint)
 
 
-def fetch_source(src: Source, root: Path, timeout: float = 60.0) -> Path:
+def fetch_source(src: Source, root: Path, timeout: float = DEFAULT_TIMEOUT) -> Path:
     """Download ``src`` under ``root`` (and extract its zip members); return the main file."""
     dest = root / src.rel
     if not dest.is_file():

@@ -1,9 +1,7 @@
-"""``load_dataset``: find (or download) the raw files, filter, split, cache (spec §1)."""
+"""``load_dataset``: find (or download) the raw files, filter, split, cache (spec §1); own files too."""
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 import logging
 import time
 from pathlib import Path
@@ -14,7 +12,11 @@ import scipy.sparse as sp
 
 from . import download as dl
 from .base import Dataset
-from .cache import ENV_DATA, find_file, load_split, save_split, split_key, user_cache_root
+from .cache import (
+    ENV_DATA, check_data_dir, data_roots, find_file, fingerprint, load_split, save_split, split_key,
+    user_cache_root,
+)
+from .own import MIN_USERS, OwnData, own_data, read_interactions
 from .readers import read_amazon_csv, read_ml1m_ratings, read_split_csv, read_yelp
 from .split import (
     KCORE_THRESHOLDS, kcore_filter, random_split, reindex_first_appearance, to_csr,
@@ -35,44 +37,55 @@ _RAW = {
 _AUTHORS_PARTS = ("train", "vali", "test")
 
 
-def _missing(what: str, rel: str, looked: list[Path], download: bool) -> FileNotFoundError:
-    places = ", ".join(str(p) for p in looked)
-    how = ("" if download else " or allow downloading (download=True, CLI: drop --no-download)")
+def _where(rels: list[str], data_dir) -> str:
+    """"ml-1m/raw/ratings.dat[.gz] or ... in: /a (data_dir), /b ($TALL_JAX_DATA), /c (user cache)"."""
+    places = []
+    for label, root in data_roots(data_dir):
+        label = {"data_dir": "--data-dir", ENV_DATA: "$" + ENV_DATA}.get(label, label)
+        missing = "" if root.is_dir() else ", no such folder"
+        places.append(f"{root} ({label}{missing})")
+    return f"{' or '.join(r + '[.gz]' for r in rels)} in: {', '.join(places)}"
+
+
+def _missing(what: str, rels: list[str], data_dir, why: str) -> FileNotFoundError:
     return FileNotFoundError(
-        f"{what} not found (looked in: {places}). Provide it: put it at <dir>/{rel} and pass "
-        f"data_dir=<dir> (CLI: --data-dir <dir>) or set {ENV_DATA}=<dir>{how}."
+        f"{what} not found. Looked for {_where(rels, data_dir)}. {why}Put the file at "
+        f"<dir>/{rels[0]} and pass data_dir=<dir> (CLI: --data-dir <dir>) or set {ENV_DATA}=<dir>."
     )
 
 
-def _locate(rels: list[str], src: dl.Source | None, what: str, data_dir, download: bool) -> Path:
-    path, looked = find_file(rels, data_dir)
+def _locate(rels: list[str], src: dl.Source | None, what: str, data_dir, download: bool,
+            timeout: float) -> Path:
+    path, _ = find_file(rels, data_dir)
     if path is not None:
         return path
-    if not download or src is None:
-        raise _missing(what, rels[0], looked, download)
+    if src is None:
+        raise _missing(what, rels, data_dir, "")
+    if not download:
+        raise _missing(what, rels, data_dir, f"Not downloading it: offline (download=False; CLI "
+                                             f"--offline or {dl.ENV_OFFLINE}=1). ")
     try:
-        dl.fetch_source(src, user_cache_root())
+        dl.fetch_source(src, user_cache_root(), timeout=timeout)
     except dl.DownloadError as e:
         raise dl.DownloadError(
-            f"{what} not found locally (looked in: {', '.join(map(str, looked))}) and {e}"
+            f"{what} not found (looked for {_where(rels, data_dir)}) and its download failed: {e}"
         ) from None
-    path, looked = find_file(rels, data_dir)
+    path, _ = find_file(rels, data_dir)
     if path is None:
-        raise _missing(what, rels[0], looked, True)
+        raise _missing(what, rels, data_dir, "")
     return path
 
 
-def _authors_files(data_dir, download: bool) -> list[Path]:
+def _authors_files(data_dir, download: bool, timeout: float) -> list[Path]:
     return [
         _locate([f"ml-1m/tall_split/{p}_df.csv"], dl.ML1M_AUTHORS[p],
-                f"ML-1M authors' split file {p}_df.csv", data_dir, download)
+                f"ML-1M authors' split file {p}_df.csv", data_dir, download, timeout)
         for p in _AUTHORS_PARTS
     ]
 
 
-def _build_authors(data_dir, download: bool) -> tuple[tuple[sp.csr_matrix, ...], dict[str, Any]]:
+def _build_authors(files: list[Path]) -> tuple[tuple[sp.csr_matrix, ...], dict[str, Any]]:
     """The TALL authors' committed ML-1M split, as is (no repair: some users lack valid/test)."""
-    files = _authors_files(data_dir, download)
     pairs = [read_split_csv(f) for f in files]
     n_users = max(int(u.max()) for u, _ in pairs) + 1
     n_items = max(int(i.max()) for _, i in pairs) + 1
@@ -91,22 +104,17 @@ def _ml1m_random_source(data_dir) -> str:
     return "raw"  # will be downloaded
 
 
-def _build_random(name: str, seed: int, source: str, data_dir, download: bool):
+def _build_random(name: str, seed: int, source: str, files: list[Path]):
     """Read raw pairs, k-core filter, re-index by first appearance, seeded 70/10/20 split."""
-    info: dict[str, Any] = {}
+    info: dict[str, Any] = {"source_files": [str(f) for f in files]}
     if source == "union":
-        files = _authors_files(data_dir, download)
         pairs = [read_split_csv(f) for f in files]
         users = np.concatenate([u for u, _ in pairs])
         items = np.concatenate([i for _, i in pairs])
         info["source"] = "union of the authors' train/vali/test files (ids kept)"
-        info["source_files"] = [str(f) for f in files]
     else:
-        rels, reader, src = _RAW[name]
-        path = _locate(rels, src, f"{name} ratings file", data_dir, download)
-        users, items = reader(path)
+        users, items = _RAW[name][1](files[0])
         info["source"] = "raw ratings file"
-        info["source_files"] = [str(path)]
     thresholds = KCORE_THRESHOLDS[name]
     keep, stats = kcore_filter(users, items, loop_threshold=thresholds[0],
                                user_threshold=thresholds[1], item_threshold=thresholds[2])
@@ -122,6 +130,31 @@ def _build_random(name: str, seed: int, source: str, data_dir, download: bool):
     return parts, info
 
 
+def _build_own(spec: OwnData, seed: int):
+    """Your own file: read, k-core filter, re-index by first appearance, seeded 70/10/20 split."""
+    users, items, user_names, item_names, read_stats = read_interactions(spec)
+    t = spec.thresholds
+    keep, stats = kcore_filter(users, items, loop_threshold=t[0], user_threshold=t[1],
+                               item_threshold=t[2])
+    after = stats["after"]
+    if after["users"] < MIN_USERS or after["items"] < 2:
+        b = stats["before"]
+        raise ValueError(
+            f"{spec.path}: the k-core filter (users and items with at least {spec.kcore[0]} and "
+            f"{spec.kcore[1]} interactions) leaves {after['users']} users and {after['items']} items "
+            f"of {b['users']} and {b['items']}; at least {MIN_USERS} users (five mainstream groups) "
+            f"and 2 items are needed. Lower it with kcore=(users, items) (CLI: --kcore U,I) or add data."
+        )
+    u, user_codes = reindex_first_appearance(users[keep])
+    i, item_codes = reindex_first_appearance(items[keep])
+    parts = random_split(u, i, user_codes.size, item_codes.size, seed=seed)
+    info = {"source": "your own interaction file", "source_files": [str(spec.path)],
+            "read": read_stats, "min_rating": spec.min_rating, "filter": stats,
+            "user_ids": [user_names[c] for c in user_codes],
+            "item_ids": [item_names[c] for c in item_codes]}
+    return parts, info
+
+
 def load_dataset(
     name: str,
     *,
@@ -129,20 +162,43 @@ def load_dataset(
     seed: int = 0,
     data_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
-    download: bool = True,
+    download: bool | None = None,
+    download_timeout: float | None = None,
+    columns: str | tuple[str, ...] | None = None,
+    min_rating: float | None = None,
+    kcore: tuple[int, int] | None = None,
     **synthetic_kwargs: Any,
 ) -> Dataset:
-    """Load a split dataset by name (one of ``KNOWN_DATASETS``); see the package docstring.
+    """Load a split dataset by name (one of ``KNOWN_DATASETS``, a name given to
+    :func:`register_dataset`, or the path of your own ``.csv``/``.tsv``/``.dat`` file); see the
+    package docstring.
 
-    ``split`` defaults to ``"authors"`` for ml-1m and ``"random"`` otherwise. The processed split
+    ``split`` defaults to ``"authors"`` for ml-1m and ``"random"`` otherwise. ``data_dir``, when
+    given, must be an existing folder. Missing raw files are downloaded unless ``download`` is
+    False (default: True unless ``$TALL_JAX_OFFLINE=1``), each URL with ``download_timeout``
+    seconds (default ``$TALL_JAX_DOWNLOAD_TIMEOUT`` or 60). ``columns``, ``min_rating`` and
+    ``kcore`` apply to your own file only (see :mod:`tall_jax.datasets.own`). The processed split
     is cached under ``cache_dir`` (default ``<user cache>/processed``) keyed by dataset, split,
-    filter thresholds, seed and format version; a second call reads the cache.
+    filter thresholds, seed, format version and the fingerprint (size, sha256) of the raw files; a
+    second call reads the cache, a changed raw file is re-split.
     """
+    own = None
     if name not in KNOWN_DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(KNOWN_DATASETS)}")
-    split = split or SPLITS[name][0]
-    if split not in SPLITS[name]:
-        raise ValueError(f"dataset {name!r} has no split {split!r}; choose one of {SPLITS[name]}")
+        own = own_data(name)
+        if own is None:
+            raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(KNOWN_DATASETS)}, "
+                             "or the path of your own .csv, .tsv or .dat interaction file")
+        if columns is not None or min_rating is not None or kcore is not None:
+            own = OwnData(own.path, columns=own.columns if columns is None else columns,
+                          min_rating=own.min_rating if min_rating is None else min_rating,
+                          kcore=own.kcore if kcore is None else kcore)
+    elif columns is not None or min_rating is not None or kcore is not None:
+        raise ValueError(f"options columns, min_rating and kcore apply to your own data file only, "
+                         f"not to the built-in dataset {name!r}")
+    splits = SPLITS[name] if own is None else ("random",)
+    split = split or splits[0]
+    if split not in splits:
+        raise ValueError(f"dataset {name!r} has no split {split!r}; choose one of {splits}")
     if synthetic_kwargs and name != "synthetic":
         raise ValueError(f"options {sorted(synthetic_kwargs)} apply only to the synthetic dataset")
     allowed = set(inspect.signature(make_synthetic).parameters) - {"seed"}
@@ -150,21 +206,46 @@ def load_dataset(
         raise ValueError(f"unknown synthetic options {sorted(set(synthetic_kwargs) - allowed)}; "
                          f"known: {sorted(allowed)}")
     seed = int(seed)
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    check_data_dir(data_dir)
+    download = (not dl.offline_from_env()) if download is None else bool(download)
+    timeout = dl.timeout_from_env() if download_timeout is None else dl.check_timeout(download_timeout)
     cache_root = Path(cache_dir).expanduser() if cache_dir else user_cache_root() / "processed"
     t0 = time.perf_counter()
 
-    filt = KCORE_THRESHOLDS.get(name) if split == "random" and name != "synthetic" else None
-    extra = ""
+    if own is not None:
+        name, filt = own.name, own.thresholds
+    else:
+        filt = KCORE_THRESHOLDS.get(name) if split == "random" and name != "synthetic" else None
     source = ""
-    if name == "ml-1m" and split == "random":
-        source = _ml1m_random_source(data_dir)
-        extra = source
+    settings: dict[str, Any] = {"name": name, "split": split, "seed": None if split == "authors" else seed,
+                                "filter": filt, "valid_frac": 0.1, "test_frac": 0.2}
     if name == "synthetic":
-        blob = json.dumps(synthetic_kwargs, sort_keys=True, default=str)
-        extra = hashlib.sha1(blob.encode()).hexdigest()[:10]
+        files: list[Path] = []
+        settings["generator"] = synthetic_kwargs
+    elif own is not None:
+        files = [own.path]
+        settings["own"] = own.settings()
+    elif split == "authors":
+        files = _authors_files(data_dir, download, timeout)
+    else:
+        if name == "ml-1m":
+            source = _ml1m_random_source(data_dir)
+            settings["source"] = source
+        if source == "union":
+            files = _authors_files(data_dir, download, timeout)
+        else:
+            rels, _, src = _RAW[name]
+            files = [_locate(rels, src, f"{name} ratings file", data_dir, download, timeout)]
+    fp = fingerprint(files, settings)
+    extra = "-".join(x for x in (source, fp["digest"][:12]) if x)
     key = split_key(name, split, None if split == "authors" else seed, filt, extra)
     folder = cache_root / key
     cached = load_split(folder / "split.npz")
+    if cached is not None and (cached[1].get("fingerprint") or {}).get("digest") != fp["digest"]:
+        log.info("%s/%s: cached split %s was built from other input; rebuilding", name, split, folder)
+        cached = None
     if cached is not None:
         parts, info = cached
         log.info("%s/%s: loaded cached split %s", name, split, folder)
@@ -172,13 +253,16 @@ def load_dataset(
         if name == "synthetic":
             ds = make_synthetic(seed=seed, **synthetic_kwargs)
             parts, info = (ds.train, ds.valid, ds.test), dict(ds.info)
+        elif own is not None:
+            parts, info = _build_own(own, seed)
         elif split == "authors":
-            parts, info = _build_authors(data_dir, download)
+            parts, info = _build_authors(files)
         else:
-            parts, info = _build_random(name, seed, source, data_dir, download)
+            parts, info = _build_random(name, seed, source, files)
         tmp = Dataset(name, split, seed, *parts)
         info["counts"] = tmp.counts()
         info["key"] = key
+        info["fingerprint"] = fp
         try:
             save_split(folder / "split.npz", parts, info)
         except OSError as e:
