@@ -113,8 +113,12 @@ def fit(dataset: Dataset, config: TALLConfig, *, groups_N: np.ndarray | None = N
             history, best["score"], best["epoch"] = saved["history"], saved["best_score"], saved["best_epoch"]
             best["evals"] = {k: np.asarray(v, np.float32) for k, v in np.load(out / "best_evals.npz").items()}
             best["params"] = state_lib.load_params(out / "best_params.msgpack", state.params)
-    bar = tqdm(total=config.max_epochs, initial=int(state.epoch), disable=not progress,
-               desc=f"{config.model} E={config.n_experts}", unit="epoch", dynamic_ncols=True)
+    # Early stopping, not the epoch cap, decides the end: the bar counts epochs (no ETA against
+    # max_epochs) and shows the epochs since the best one against the patience.
+    cap = "" if config.max_epochs >= 10_000 else f" (max {config.max_epochs})"
+    bar = tqdm(initial=int(state.epoch), disable=not progress, desc=f"{config.model} E={config.n_experts}",
+               unit="epoch", dynamic_ncols=True,
+               bar_format="{desc}: epoch {n_fmt}" + cap + " [{elapsed}, {rate_fmt}]{postfix}")
     since_best = int(state.epoch) - best["epoch"]
     while int(state.epoch) < config.max_epochs and since_best < config.patience:
         tick = time.perf_counter()
@@ -133,7 +137,7 @@ def fit(dataset: Dataset, config: TALLConfig, *, groups_N: np.ndarray | None = N
                         params=jax.device_get(state.params))
         since_best = epoch - best["epoch"]
         bar.set_postfix(loss=f"{record['loss']:.2f}", val=f"{record['valid_score']:.4f}",
-                        best=best["epoch"], refresh=False)
+                        best=best["epoch"], since_best=f"{since_best}/{config.patience}", refresh=False)
         bar.update(1)
         if not progress:
             log.info("epoch %d: loss %.3f, valid %.4f (best %.4f at %d), test NDCG@20 %.4f, %.2fs",
