@@ -33,6 +33,20 @@ def padded_rows(matrix: sp.csr_matrix, *, pad_to: int | None = None) -> np.ndarr
     return out
 
 
+def batch_nnz_caps(matrix: sp.csr_matrix) -> tuple[tuple[int, int], ...]:
+    """((b, cap_b), ...) for b = 1, 2, 4, ... up to the first b >= N: cap_b is the largest number of
+    nonzeros any b users' rows hold together (the sum of the b longest rows). Static bounds for
+    fixed-size sparse buffers; a batch of B <= b users never holds more than cap_b."""
+    lengths = np.sort(np.diff(sp.csr_matrix(matrix).indptr))[::-1]
+    cumulative = np.cumsum(lengths)
+    caps, b = [], 1
+    while True:
+        caps.append((b, int(cumulative[min(b, len(lengths)) - 1]) if len(lengths) else 0))
+        if b >= len(lengths):
+            return tuple(caps)
+        b *= 2
+
+
 @struct.dataclass
 class UserData:
     """A split dataset on the device: padded item-index rows (pad = M), one dummy row at index N."""
@@ -42,6 +56,15 @@ class UserData:
     test_idx: jax.Array  # int32 [N + 1, P_test]
     n_users: int = struct.field(pytree_node=False)
     n_items: int = struct.field(pytree_node=False)
+    # batch_nnz_caps(train): bounds the train nonzeros of a batch for the sparse encoder; () = unknown
+    train_nnz_caps: tuple[tuple[int, int], ...] = struct.field(pytree_node=False, default=())
+
+    def train_nnz_cap(self, batch_size: int) -> int:
+        """An upper bound of the train nonzeros in any ``batch_size`` users (B x P_train if unknown)."""
+        for b, cap in self.train_nnz_caps:
+            if b >= batch_size:
+                return max(cap, 1)
+        return batch_size * self.train_idx.shape[1]
 
     @classmethod
     def from_dataset(cls, dataset) -> "UserData":
@@ -52,6 +75,7 @@ class UserData:
             test_idx=jnp.asarray(padded_rows(dataset.test)),
             n_users=dataset.n_users,
             n_items=dataset.n_items,
+            train_nnz_caps=batch_nnz_caps(dataset.train),
         )
 
 
@@ -64,6 +88,7 @@ class Batch:
     train_idx: jax.Array  # int32 [B, P_train], pad M
     valid_idx: jax.Array  # int32 [B, P_valid], pad M
     n_items: int = struct.field(pytree_node=False)
+    nnz_cap: int = struct.field(pytree_node=False, default=0)  # bound of train nonzeros (0: unknown)
 
 
 def make_batch(data: UserData, users_B: jax.Array) -> Batch:
@@ -75,6 +100,7 @@ def make_batch(data: UserData, users_B: jax.Array) -> Batch:
         train_idx=data.train_idx[users_B],
         valid_idx=data.valid_idx[users_B],
         n_items=data.n_items,
+        nnz_cap=data.train_nnz_cap(users_B.shape[0]),
     )
 
 

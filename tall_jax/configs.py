@@ -17,9 +17,10 @@ KL_REDUCTIONS = ("sum_users", "mean", "per_user")
 ADAPTIVE = ("none", "loss_change", "raw_loss", "wl")
 KKT_MODES = ("paper", "exact")
 FORWARD_IMPLS = ("fused", "reference")
+ENCODERS = ("auto", "dense", "sparse")
 # Fields that change how a run executes but not its maths: never a variant of the model, and a saved
 # run that differs only in them is the same run.
-EXECUTION_FIELDS = ("eval_batch_size", "expert_chunk", "forward_impl")
+EXECUTION_FIELDS = ("eval_batch_size", "expert_chunk", "forward_impl", "encoder")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +73,10 @@ class TALLConfig:
     # matmul precision (tall_jax.precision): "float32" (faithful; full f32 also on GPUs, no TF32),
     # "tensorfloat32" (GPU TF32), "bfloat16" (bf16 inputs, f32 accumulation)
     matmul_precision: str = "float32"
+    # the fused path's encoder: "dense" GEMM [B, M] x [M, E 2d], "sparse" gather + segment sum over
+    # the batch's train nonzeros (tall_jax.head.encode_experts_sparse), or "auto": sparse when the
+    # batch's nonzero bound is below SPARSE_ENCODER_DENSITY of B x M (Yelp/CDs, not ML-1M)
+    encoder: str = "auto"
 
     def __post_init__(self) -> None:
         _check_choice("model", self.model, MODELS)
@@ -81,6 +86,7 @@ class TALLConfig:
         _check_choice("kkt_mode", self.kkt_mode, KKT_MODES)
         _check_choice("forward_impl", self.forward_impl, FORWARD_IMPLS)
         _check_choice("matmul_precision", self.matmul_precision, PRECISIONS)
+        _check_choice("encoder", self.encoder, ENCODERS)
         positive = {
             "n_experts": self.n_experts, "latent": self.latent, "batch_size": self.batch_size,
             "window": self.window, "patience": self.patience, "max_epochs": self.max_epochs,

@@ -102,3 +102,26 @@ def encode_experts(enc_w_ExMxH: jax.Array, enc_b_ExH: jax.Array, xn_BxM: jax.Arr
     h_ExBxH = prec.einsum("bm,emh->ebh", xn_BxM, enc_w_ExMxH, precision) + enc_b_ExH[:, None, :]
     latent = h_ExBxH.shape[-1] // 2
     return h_ExBxH[..., :latent], h_ExBxH[..., latent:]
+
+
+def encode_experts_sparse(enc_w_ExMxH: jax.Array, enc_b_ExH: jax.Array, xn_BxM: jax.Array,
+                          nnz_cap: int) -> tuple[jax.Array, jax.Array]:
+    """:func:`encode_experts` from the rows' nonzeros only: h_uk = sum_{i: xn_ui != 0} xn_ui W_k[i]
+    + b_k, a gather of the touched encoder rows and a segment sum per expert (float32 throughout).
+
+    Costs O(E nnz 2d) instead of the dense GEMM's O(E B M 2d); ``nnz_cap`` (static) bounds the
+    batch's nonzeros (:meth:`tall_jax.batching.UserData.train_nnz_cap`); a batch holding more
+    raises no error but loses the excess, so it must be a true bound.
+    """
+    batch, n_items = xn_BxM.shape
+    rows_F, items_F = jnp.nonzero(xn_BxM != 0, size=nnz_cap, fill_value=(batch, n_items))
+    values_Fx1 = xn_BxM.at[rows_F, items_F].get(mode="fill", fill_value=0.0)[:, None]
+
+    def one_expert(w_MxH):
+        touched_FxH = w_MxH.at[items_F].get(mode="fill", fill_value=0.0)
+        return jax.ops.segment_sum(values_Fx1 * touched_FxH, rows_F, num_segments=batch,
+                                   indices_are_sorted=True)
+
+    h_ExBxH = jax.lax.map(one_expert, enc_w_ExMxH) + enc_b_ExH[:, None, :]
+    latent = h_ExBxH.shape[-1] // 2
+    return h_ExBxH[..., :latent], h_ExBxH[..., latent:]

@@ -24,6 +24,8 @@ from tall_jax.vae import Params
 KS = DEFAULT_KS  # early-stopping cut-offs of the faithful default (docs/fidelity.md#metrics); eval_step
 # also ranks at the cut-offs of a config that has a ``ks`` field (valid_test_metrics sorts the union)
 _NOISE, _SHUFFLE, _DROPOUT = 0, 1, 2
+# encoder="auto" encodes sparsely below this share of nonzeros in the batch (benchmarks/README.md)
+SPARSE_ENCODER_DENSITY = 0.02
 
 
 def beta_at(step: jax.Array, config: TALLConfig) -> jax.Array:
@@ -34,18 +36,20 @@ def beta_at(step: jax.Array, config: TALLConfig) -> jax.Array:
 
 
 def forward(params: Params, x_BxM: jax.Array, v_BxM: jax.Array, key: jax.Array,
-            config: TALLConfig, *, train: bool) -> dict[str, jax.Array]:
+            config: TALLConfig, *, train: bool, nnz_cap: int = 0) -> dict[str, jax.Array]:
     """Experts, gate and mixture for a batch (docs/fidelity.md#gate). Returns kl_ExB, gate_BxE, mix_BxM (and, on
     the all-at-once reference path only, logits_ExBxM). The loss gate uses the validation rows
     ``v_BxM`` in training and at evaluation alike. ``config.forward_impl`` picks the fused head
-    (:mod:`tall_jax.head`) or the reference path; both compute the same maths."""
+    (:mod:`tall_jax.head`) or the reference path; both compute the same maths. ``nnz_cap`` bounds
+    the train nonzeros of the batch (``Batch.nnz_cap``; 0 = unknown, which rules out the sparse
+    encoder)."""
     xn = vae.normalise(x_BxM)
     if train and config.dropout > 0:
         keep = jax.random.bernoulli(jax.random.fold_in(key, _DROPOUT), 1 - config.dropout, xn.shape)
         xn = jnp.where(keep, xn / (1 - config.dropout), 0.0)
     n_experts = params["experts"]["dec_b"].shape[0]
     if config.forward_impl == "fused":
-        return _forward_fused(params, xn, x_BxM, v_BxM, key, config, train=train)
+        return _forward_fused(params, xn, x_BxM, v_BxM, key, config, train=train, nnz_cap=nnz_cap)
     if 0 < config.expert_chunk < n_experts:
         return _forward_chunked(params, xn, x_BxM, v_BxM, key, config, train=train)
     logits_ExBxM, kl_ExB = vae.experts_forward(
@@ -57,14 +61,28 @@ def forward(params: Params, x_BxM: jax.Array, v_BxM: jax.Array, key: jax.Array,
     return dict(logits_ExBxM=logits_ExBxM, kl_ExB=kl_ExB, gate_BxE=gate_BxE, mix_BxM=mix_BxM)
 
 
+def use_sparse_encoder(config: TALLConfig, nnz_cap: int, batch: int, n_items: int) -> bool:
+    """Whether the fused forward encodes from the nonzeros (``config.encoder``, see configs)."""
+    if config.encoder == "auto":
+        return 0 < nnz_cap <= SPARSE_ENCODER_DENSITY * batch * n_items
+    if config.encoder == "sparse" and nnz_cap <= 0:
+        raise ValueError("encoder='sparse' needs a batch from make_batch (its nnz_cap bound)")
+    return config.encoder == "sparse"
+
+
 def _forward_fused(params: Params, xn_BxM: jax.Array, x_BxM: jax.Array, v_BxM: jax.Array,
-                   key: jax.Array, config: TALLConfig, *, train: bool) -> dict[str, jax.Array]:
+                   key: jax.Array, config: TALLConfig, *, train: bool,
+                   nnz_cap: int) -> dict[str, jax.Array]:
     """:func:`forward` through :mod:`tall_jax.head`: no [E, B, M] array in the forward or backward
     pass. Expert k draws the same noise as in :func:`tall_jax.vae.experts_forward`."""
     experts, precision = params["experts"], config.matmul_precision
     n_experts = experts["dec_b"].shape[0]
-    mu_ExBxD, logvar_ExBxD = head.encode_experts(experts["enc_w"], experts["enc_b"], xn_BxM,
-                                                 precision)
+    if use_sparse_encoder(config, nnz_cap, *x_BxM.shape):
+        mu_ExBxD, logvar_ExBxD = head.encode_experts_sparse(experts["enc_w"], experts["enc_b"],
+                                                            xn_BxM, nnz_cap)
+    else:
+        mu_ExBxD, logvar_ExBxD = head.encode_experts(experts["enc_w"], experts["enc_b"], xn_BxM,
+                                                     precision)
     if train:
         keys = jax.random.split(jax.random.fold_in(key, _NOISE), n_experts)
         eps = jax.vmap(lambda k: jax.random.normal(k, mu_ExBxD.shape[1:], mu_ExBxD.dtype))(keys)
@@ -144,7 +162,7 @@ def loss_fn(params: Params, batch: Batch, w_B: jax.Array, beta: jax.Array, key: 
     """
     x_BxM = dense_rows(batch.train_idx, batch.n_items)
     v_BxM = dense_rows(batch.valid_idx, batch.n_items)
-    out = forward(params, x_BxM, v_BxM, key, config, train=True)
+    out = forward(params, x_BxM, v_BxM, key, config, train=True, nnz_cap=batch.nnz_cap)
     mask_B = batch.mask
     n_real = jnp.sum(mask_B)
     ce_B = -jnp.sum(x_BxM * jax.nn.log_softmax(out["mix_BxM"], axis=-1), axis=-1)
@@ -250,7 +268,8 @@ def predict(params: Params, batch: Batch, config: TALLConfig):
     validation items, as in the authors' code (docs/fidelity.md#gate-at-evaluation)."""
     x_BxM = dense_rows(batch.train_idx, batch.n_items)
     v_BxM = dense_rows(batch.valid_idx, batch.n_items)
-    out = forward(params, x_BxM, v_BxM, jax.random.PRNGKey(0), config, train=False)
+    out = forward(params, x_BxM, v_BxM, jax.random.PRNGKey(0), config, train=False,
+                  nnz_cap=batch.nnz_cap)
     return out["mix_BxM"], out["gate_BxE"], x_BxM, v_BxM
 
 
