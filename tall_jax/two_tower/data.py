@@ -208,7 +208,7 @@ class SyntheticConfig:
     """docs/fidelity.md#two-tower-synthetic generator, with days. Sizes are chosen so a 5-seed study of four models trains on 2 shared
     CPU cores in a few minutes."""
 
-    n_users: int = 60_000  # user universe (train pool + validation pool + test pool)
+    n_users: int = 40_000  # user universe (train pool + validation pool + test pool)
     group_size_pattern: tuple[float, ...] = (10.0, 3.0, 1.5, 1.0)  # relative territory sizes in a group
     group_scale: tuple[float, ...] = (1.0, 0.8, 0.9, 0.7)  # relative group sizes; G = len(group_scale)
     n_global_titles: int = 40  # available in every territory
