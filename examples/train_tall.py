@@ -2,20 +2,29 @@
 
     python examples/train_tall.py                                  # TALL, 10 experts, synthetic data
     python examples/train_tall.py --model multvae tall             # two models side by side
-    python examples/train_tall.py --dataset ml-1m --model tall --experts 10 --data-dir ../shared/data
+    python examples/train_tall.py --dataset ml-1m --model tall --experts 10 --data-dir /path/to/data
+    python examples/train_tall.py --dataset my/interactions.csv --model multvae tall   # your own data
 
-Each model writes results.json, per_user_test.npz and PNG curves into --out/<dataset>/<model>/seed<k>.
+Each model writes results.json, per_user_test.npz and PNG curves into --out/<dataset>/<model>/seed<k>
+(for your own file, <dataset> is its file name). A mistake in the command line, the data or a setting
+ends with one "error: ..." line and exit status 2, before any run folder is made.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
-from tall_jax.baselines import BASELINES, make_baseline_config
-from tall_jax.configs import DATASET_PRESETS, MODEL_PRESETS, MODELS, make_config
+from tall_jax.baselines import BASELINES, BaselineConfig, make_baseline_config
+from tall_jax.baselines.config import SYNTHETIC_LFT, global_config
+from tall_jax.configs import DATASET_PRESETS, MODEL_PRESETS, MODELS, TALLConfig, make_config
+from tall_jax.datasets import KNOWN_DATASETS, DownloadError, load_dataset, register_dataset
+from tall_jax.datasets.download import DEFAULT_TIMEOUT, ENV_OFFLINE, ENV_TIMEOUT, check_timeout
+from tall_jax.datasets.own import DEFAULT_KCORE, looks_like_path, parse_columns
 from tall_jax.metrics import RankingResult
 from tall_jax.run import run_experiment
 
@@ -29,48 +38,172 @@ OVERRIDES = {
 # CLI flag -> BaselineConfig field for --model loca / lft / enlft (spec §6.2-6.4).
 BASELINE_OVERRIDES = {"local_models": "n_local", "anchors": "n_anchors", "users": "users",
                       "epochs": "max_epochs", "train_h": "train_h", "test_h": "test_h",
-                      "chunk": "chunk", "patience": "patience"}
+                      "chunk": "chunk", "patience": "patience", "ft_epochs": "ft_epochs"}
+# What a user can get wrong (flags, files, settings, network): one line on stderr, exit status 2.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, DownloadError, OSError)
+
+
+def _preset(field: str) -> str:
+    """'the preset: 40; yelp 15, cds 25, synthetic 10; lmoe_lc 0' for a TALLConfig field."""
+    base = {f.name: f.default for f in dataclasses.fields(TALLConfig)}[field]
+    special = [f"{name} {values[field]}" for name, values in {**DATASET_PRESETS, **MODEL_PRESETS}.items()
+               if field in values and values[field] != base]
+    return f"default: the preset, {base}" + (f"; {', '.join(special)}" if special else "")
+
+
+def _baseline_default(field: str) -> str:
+    return f"default: {BaselineConfig.__dataclass_fields__[field].default}"
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the description's layout; adds "(default: X)" where the help does not state it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage dump
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _nonneg_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _timeout(text: str) -> float:
+    try:
+        return check_timeout(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _kcore(text: str) -> tuple[int, int]:
+    try:
+        users, items = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected USERS,ITEMS (two integers), got {text!r}") from None
+    if users < 1 or items < 1:
+        raise argparse.ArgumentTypeError(f"both must be >= 1, got {text!r}")
+    return users, items
+
+
+def _columns(text: str) -> tuple[str, ...]:
+    try:
+        return parse_columns(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def _dataset(text: str) -> str:
+    if text in KNOWN_DATASETS or looks_like_path(text):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"unknown dataset {text!r}; choose {', '.join(KNOWN_DATASETS)} or give the path of your own "
+        ".csv, .tsv or .dat interaction file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(description=__doc__, formatter_class=_Formatter, allow_abbrev=False)
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", default="synthetic", type=_dataset, metavar="NAME|FILE",
+                   help=f"a built-in dataset ({', '.join(KNOWN_DATASETS)}) or the path of your own "
+                        ".csv/.tsv/.dat interaction file (README: 'Your own data')")
+    d.add_argument("--split", default=None,
+                   help="ml-1m: 'authors' or 'random'; every other dataset: 'random' (default: authors "
+                        "for ml-1m, random otherwise)")
+    d.add_argument("--seed", type=_nonneg_int, nargs="+", default=[0],
+                   help="seeds: each is one run of every model (its split, init and shuffles)")
+    d.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="folder holding the raw files (e.g. DIR/ml-1m/raw/ratings.dat); searched "
+                        "before $TALL_JAX_DATA and the user cache (default: none)")
+    d.add_argument("--offline", action="store_true", default=None,
+                   help=f"never download a missing file (default: off, or on with {ENV_OFFLINE}=1)")
+    d.add_argument("--download-timeout", type=_timeout, default=None, metavar="SECONDS",
+                   help=f"seconds each download URL may take (default: ${ENV_TIMEOUT} or {DEFAULT_TIMEOUT:g})")
+    d.add_argument("--columns", type=_columns, default=None, metavar="user,item[,rating,timestamp]",
+                   help="your own file: its columns in order, for a file without a header line "
+                        "('skip' ignores one) (default: read the names from the header line)")
+    d.add_argument("--min-rating", type=_finite, default=None, metavar="R",
+                   help="your own file: keep only interactions rated >= R (explicit ratings) "
+                        "(default: every row is a positive)")
+    d.add_argument("--kcore", type=_kcore, default=None, metavar="USERS,ITEMS",
+                   help="your own file: keep users and items with at least this many interactions "
+                        f"(iterated k-core filter) (default: {DEFAULT_KCORE[0]},{DEFAULT_KCORE[1]})")
+    p.add_argument("--model", nargs="+", default=["tall"], choices=MODELS + BASELINES, metavar="MODEL",
+                   help=f"one or more of: {', '.join(MODELS + BASELINES)} (default: tall)")
+    p.add_argument("--out", default="runs", help="output root")
+    m = p.add_argument_group("MultVAE / WL / mixtures (unset: the faithful preset of dataset and model)")
+    m.add_argument("--experts", type=int, help="E, number of experts of a mixture (" + _preset("n_experts") + ")")
+    m.add_argument("--epochs", type=int,
+                   help="maximum epochs; early stopping decides the end (" + _preset("max_epochs") +
+                        "); LOCA: cap on each local model's epochs (" + _baseline_default("max_epochs") + ")")
+    m.add_argument("--batch-size", type=int, help="users per step (" + _preset("batch_size") + ")")
+    m.add_argument("--lr", type=float, help="Adam learning rate, > 0 (" + _preset("lr") + ")")
+    m.add_argument("--reg", type=float, help="weight decay before division by E, >= 0 (" + _preset("reg") + ")")
+    m.add_argument("--gap", type=int, help="T, epochs without adaptive weights (" + _preset("gap") + ")")
+    m.add_argument("--alpha", type=float, help="alpha of the adaptive weights, Eq. 1 (" + _preset("alpha") + ")")
+    m.add_argument("--patience", type=int,
+                   help="epochs without a better validation score before stopping (" + _preset("patience") +
+                        "); LOCA: per local model (" + _baseline_default("patience") + ")")
+    m.add_argument("--kkt-mode", choices=["paper", "exact"],
+                   help="paper: Eq. 3 + clamp; exact: simplex projection (" + _preset("kkt_mode") + ")")
+    m.add_argument("--gate-temperature", type=float, help="tau of the loss gate (" + _preset("gate_temperature") + ")")
+    m.add_argument("--gate-stop-gradient", action="store_true", default=None,
+                   help="detach the gate (default: off, gradients flow through it)")
+    m.add_argument("--kl-reduction", choices=["sum_users", "mean", "per_user"],
+                   help="how the KL term is reduced over users (" + _preset("kl_reduction") + ")")
+    m.add_argument("--weight-per-item", action="store_true", default=None,
+                   help="adaptive-weight signal l_u/|V_u| instead of l_u (default: off)")
+    m.add_argument("--wl-gamma", type=float, help="WL exponent (" + _preset("wl_gamma") + ")")
+    m.add_argument("--dropout", type=float, help="input dropout in [0, 1) (" + _preset("dropout") + ")")
+    m.add_argument("--expert-chunk", type=int,
+                   help="memory option: run experts in chunks of this size, bounding the [E,B,M] logits "
+                        "(" + _preset("expert_chunk") + ": all at once)")
+    b = p.add_argument_group("LOCA / LFT / EnLFT")
+    b.add_argument("--local-models", type=int, help="LOCA: number of local models (" + _baseline_default("n_local") + ")")
+    b.add_argument("--anchors", type=int, help="EnLFT: number of anchors (" + _baseline_default("n_anchors") + ")")
+    b.add_argument("--users", type=int,
+                   help="LFT: fine-tune a seeded random subset of this many users, 0 for all (default: "
+                        f"0, all users; on synthetic data {SYNTHETIC_LFT['users']}, so that --model lft "
+                        "takes about a minute on 2 CPU cores; results.json's variant records it)")
+    b.add_argument("--ft-epochs", type=int,
+                   help="LFT/EnLFT: fine-tuning epochs of each local model (" + _baseline_default("ft_epochs")
+                        + f"; LFT on synthetic data {SYNTHETIC_LFT['ft_epochs']})")
+    b.add_argument("--train-h", type=float, help="LOCA training bandwidth (" + _baseline_default("train_h") + "; original LOCA 0.8)")
+    b.add_argument("--test-h", type=float, help="LOCA test bandwidth (" + _baseline_default("test_h") + "; original LOCA 0.4)")
+    b.add_argument("--chunk", type=int,
+                   help="LOCA/LFT/EnLFT: local models trained per call (default: 0, as many as 2 GB hold)")
+    b.add_argument("--global-from", default=None, metavar="RUN_DIR",
+                   help="LOCA/LFT/EnLFT: reuse a finished run folder as the global model (a multvae run "
+                        "for LOCA, a wl run with the LFT-repo settings for LFT/EnLFT) instead of training "
+                        "one (default: train it)")
+    r = p.add_argument_group("running")
+    r.add_argument("--resume", action="store_true", help="continue from <out>/.../last_state.msgpack")
+    r.add_argument("--no-progress", action="store_true", help="log one line per epoch instead of a progress bar")
+    return p
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="synthetic", choices=sorted(DATASET_PRESETS))
-    p.add_argument("--model", nargs="+", default=["tall"], choices=MODELS + BASELINES, metavar="MODEL",
-                   help=f"one or more of: {', '.join(MODELS + BASELINES)}")
-    p.add_argument("--split", default=None, help="ml-1m: 'authors' (default) or 'random'")
-    p.add_argument("--seed", type=int, nargs="+", default=[0])
-    p.add_argument("--data-dir", default=None, help="folder laid out like shared/data (or $TALL_JAX_DATA)")
-    p.add_argument("--out", default="runs", help="output root (default: runs/)")
-    p.add_argument("--experts", type=int, help="E, number of experts (preset: 100; synthetic 10)")
-    p.add_argument("--epochs", type=int, help="maximum epochs (preset: 10000, early stopping decides)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--reg", type=float, help="weight decay before division by E")
-    p.add_argument("--gap", type=int, help="T, epochs without adaptive weights")
-    p.add_argument("--alpha", type=float, help="alpha of the adaptive weights (Eq. 1)")
-    p.add_argument("--patience", type=int)
-    p.add_argument("--kkt-mode", choices=["paper", "exact"], help="paper: Eq. 3 + clamp; exact: simplex projection")
-    p.add_argument("--gate-temperature", type=float)
-    p.add_argument("--gate-stop-gradient", action="store_true", default=None)
-    p.add_argument("--kl-reduction", choices=["sum_users", "mean", "per_user"])
-    p.add_argument("--weight-per-item", action="store_true", default=None,
-                   help="adaptive-weight signal l_u/|V_u| instead of l_u (spec §5.8)")
-    p.add_argument("--wl-gamma", type=float)
-    p.add_argument("--dropout", type=float)
-    p.add_argument("--expert-chunk", type=int,
-                   help="memory option: run experts in chunks of this size (bounds the [E,B,M] logits)")
-    p.add_argument("--local-models", type=int, help="LOCA: number of local models (default 100)")
-    p.add_argument("--anchors", type=int, help="EnLFT: number of anchors (default 100)")
-    p.add_argument("--users", type=int, help="LFT: fine-tune a seeded random subset of this many users")
-    p.add_argument("--train-h", type=float, help="LOCA training bandwidth (default 1.0; original LOCA 0.8)")
-    p.add_argument("--test-h", type=float, help="LOCA test bandwidth (default 0.8; original LOCA 0.4)")
-    p.add_argument("--chunk", type=int, help="LOCA/LFT/EnLFT: local models trained per call (0: by memory)")
-    p.add_argument("--global-from", default=None, metavar="RUN_DIR",
-                   help="LOCA/LFT/EnLFT: reuse a finished run folder as the global model (a multvae run "
-                        "for LOCA, a wl run with the LFT-repo settings for LFT/EnLFT) instead of training one")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/.../last_state.msgpack")
-    p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    return build_parser().parse_args(argv)
+
+
+def _fail(e: BaseException) -> int:
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,22 +221,51 @@ def main(argv: list[str] | None = None) -> int:
         single = MODEL_PRESETS.get(model, {}).get("n_experts") == 1
         return {k: v for k, v in overrides.items() if not (single and k == "n_experts")}
 
+    # 1. Everything a user can get wrong is checked, and the data loaded, before any run folder.
     try:
+        own = args.dataset not in KNOWN_DATASETS
+        if own:
+            dataset = register_dataset(args.dataset, columns=args.columns, min_rating=args.min_rating,
+                                       kcore=args.kcore or DEFAULT_KCORE)
+        else:
+            dataset = args.dataset
+            given = [f for f in ("columns", "min_rating", "kcore") if getattr(args, f) is not None]
+            if given:
+                raise ValueError(f"{', '.join('--' + f.replace('_', '-') for f in given)} apply to your "
+                                 f"own data file only, not to the built-in dataset {dataset!r}")
         if args.global_from is not None:
             if not any(m in BASELINES for m in args.model):
                 raise ValueError(f"--global-from applies to {', '.join(BASELINES)} only; --model is "
                                  f"{' '.join(args.model)}")
             if not Path(args.global_from).is_dir():
                 raise FileNotFoundError(f"--global-from {args.global_from}: no such run folder")
-        for model in args.model:  # resolve every configuration before the first long run
-            cfg = (make_baseline_config(model, **base_overrides) if model in BASELINES
-                   else make_config(args.dataset, model, **model_overrides(model)))
-            print(f"[{model}] {json.dumps(cfg.to_dict())}")
-        summaries = {}
+        shown = {}
+        for seed in args.seed:  # resolve every configuration before the first long run
+            for model in args.model:
+                if model in BASELINES:
+                    cfg = make_baseline_config(model, seed=seed, dataset=dataset, **base_overrides)
+                    global_config(dataset, cfg)
+                else:
+                    cfg = make_config(dataset, model, seed=seed, **model_overrides(model))
+                shown.setdefault(model, cfg)
+        for seed in dict.fromkeys(args.seed):  # find, download, split and cache the data
+            load_dataset(dataset, split=args.split, seed=seed, data_dir=args.data_dir,
+                         download=None if args.offline is None else not args.offline,
+                         download_timeout=args.download_timeout)
+    except USER_ERRORS as e:
+        return _fail(e)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    # 2. The runs.
+    for model, cfg in shown.items():
+        print(f"[{model}] {json.dumps(cfg.to_dict())}")
+    summaries = {}
+    try:
         for seed in args.seed:
             for model in args.model:
-                out = Path(args.out) / args.dataset / model / f"seed{seed}"
-                res = run_experiment(args.dataset, model, out_dir=out, split=args.split, seed=seed,
+                out = Path(args.out) / dataset / model / f"seed{seed}"
+                res = run_experiment(dataset, model, out_dir=out, split=args.split, seed=seed,
                                      data_dir=args.data_dir, progress=not args.no_progress,
                                      resume=args.resume, overrides=model_overrides(model),
                                      global_from=args.global_from if model in BASELINES else None)
@@ -115,10 +277,14 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     print(f"\n{model} seed {seed}: best epoch {res['best_epoch']} of {res['epochs_run']}, "
                           f"{res['wall_time_s']:.0f}s ({res['seconds_per_epoch']:.2f}s/epoch) -> {out}")
+                if res.get("variant"):
+                    print(f"variant (differs from the faithful setting): {res['variant']}")
                 print(summary.table(("ndcg@20", "recall@20"), reference=res["paper"]))
-    except (ValueError, FileNotFoundError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as e:
+        return _fail(e)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     if len(summaries) > 1:
         print("\nTest NDCG@20 (best validation epoch):")
         for (model, seed), summary in summaries.items():

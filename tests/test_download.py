@@ -144,3 +144,20 @@ def test_load_dataset_downloads_into_user_cache(server, tmp_path, monkeypatch):
     ds = load.load_dataset("yelp", cache_dir=tmp_path / "c")
     assert (tmp_path / "uc" / "yelp" / "yelp.rating").read_bytes() == body
     assert ds.n_users == 12 and ds.n_items == 25
+
+
+def test_offline_and_timeout_settings_from_the_environment(monkeypatch):
+    for value, offline in (("1", True), ("true", True), ("0", False), ("", False)):
+        monkeypatch.setenv("TALL_JAX_OFFLINE", value)
+        assert dl.offline_from_env() is offline
+    monkeypatch.setenv("TALL_JAX_OFFLINE", "perhaps")
+    with pytest.raises(ValueError, match="TALL_JAX_OFFLINE"):
+        dl.offline_from_env()
+    monkeypatch.delenv("TALL_JAX_DOWNLOAD_TIMEOUT", raising=False)
+    assert dl.timeout_from_env() == dl.DEFAULT_TIMEOUT == 60.0
+    monkeypatch.setenv("TALL_JAX_DOWNLOAD_TIMEOUT", "2.5")
+    assert dl.timeout_from_env() == 2.5
+    for bad in ("0", "-1", "inf", "soon"):
+        monkeypatch.setenv("TALL_JAX_DOWNLOAD_TIMEOUT", bad)
+        with pytest.raises(ValueError, match="TALL_JAX_DOWNLOAD_TIMEOUT"):
+            dl.timeout_from_env()
