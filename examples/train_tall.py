@@ -282,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(summary.table(("ndcg@20", "recall@20"), reference=res["paper"]))
     except USER_ERRORS as e:
         return _fail(e)
+    except FloatingPointError as e:  # diverged: most often a learning rate too large for the data
+        return _fail(f"{e}; the run diverged (a smaller --lr may help)")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
