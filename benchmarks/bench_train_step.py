@@ -1,12 +1,18 @@
-"""Benchmark one TALL training step: jitted vmapped JAX step vs a per-expert JAX loop vs PyTorch.
+"""Benchmark the TALL training step, epoch and evaluation: fused vs reference JAX paths vs a per-expert
+JAX loop vs the PyTorch per-expert loop, against the FLOP floor at the plain-GEMM rate of the same run.
 
     JAX_PLATFORMS=cpu python benchmarks/bench_train_step.py --dataset ml-1m --experts 10 100 \
-        --modes vmapped epoch loop torch --repeats 3
+        --modes vmapped fit_epoch loop torch --variants fused=' {}' \
+        reference='{"forward_impl": "reference"}' --repeats 5
 
-Every (dataset, K, mode) runs in its own subprocess, so its peak RSS (VmHWM) or device peak memory is
-its own. Reports compile time, median / IQR / min / max of repeated steps (wall and process CPU time),
-epoch time, peak memory, analytic FLOPs and XLA's cost_analysis FLOPs, GFLOP/s and the fraction of a
-dense f32 matmul rate measured in the same run. Writes benchmarks/results/<name>.json.
+Every (dataset, K, variant, mode) runs in its own subprocess, so its peak RSS (VmHWM) or device peak
+memory is its own. Modes: ``vmapped`` one ``train_step``; ``epoch`` one ``train_epoch`` (a
+``lax.scan``); ``eval`` one ``evaluate`` of every user; ``fit_epoch`` an epoch plus the evaluation
+(what ``fit`` does per epoch); ``loop`` and ``torch`` one step of the per-expert loops (no variants).
+Reports compile time apart, median / IQR / min / max of repeats (wall and process CPU time), peak memory,
+analytic FLOPs, the step's multiple of its FLOP floor at the measured dense-matmul rate, and the
+speed-up of each variant over the reference variant and over the PyTorch loop. Writes
+benchmarks/results/<name>.json.
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ SHAPES = {  # users, items, interactions (all splits); ML-1M real data is used w
     "ml-1m": (6040, 3706, 1_000_209, 512),
     "yelp": (25_677, 25_815, 731_671, 256),
     "cds": (24_179, 27_602, 1_120_000, 256),
+    "tiny": (300, 200, 9_000, 64),  # for --dry-run checks of the harness
 }
 
 
@@ -125,7 +132,9 @@ def child_jax(args, ds) -> dict:
     from tall_jax import state as state_lib
     from tall_jax.configs import make_config
     K = args.k
-    cfg = make_config(args.dataset, "tall", n_experts=K, **json.loads(args.options))
+    preset = "synthetic" if args.dataset == "tiny" else args.dataset
+    cfg = make_config(preset, "tall", n_experts=K, batch_size=SHAPES[args.dataset][3],
+                      **json.loads(args.options))
     data = batching.UserData.from_dataset(ds)
     state = state_lib.init(jax.random.PRNGKey(0), cfg, ds.n_users, ds.n_items)
     out = dict(config_options=json.loads(args.options))
@@ -149,16 +158,28 @@ def child_jax(args, ds) -> dict:
 
         run()  # warm-up (first run allocates)
         out["wall"], out["cpu"] = timed(run, args.repeats, jax.block_until_ready)
-    else:  # epoch
+    elif args.mode == "eval":
+        t0 = time.perf_counter()
+        compiled = steps.evaluate.lower(state.params, data, cfg).compile()
+        out["compile_s"] = time.perf_counter() - t0
+        compiled(state.params, data)
+        out["wall"], out["cpu"] = timed(lambda: compiled(state.params, data), args.epoch_repeats,
+                                        jax.block_until_ready)
+    else:  # epoch, fit_epoch
         t0 = time.perf_counter()
         compiled = steps.train_epoch.lower(state, data, cfg).compile()
+        evaluate = steps.evaluate.lower(state.params, data, cfg).compile() \
+            if args.mode == "fit_epoch" else None
         out["compile_s"] = time.perf_counter() - t0
         holder = [state]
 
         def run():
             holder[0], m = compiled(holder[0], data)
+            if evaluate is not None:
+                return evaluate(holder[0].params, data)
             return holder[0].params
 
+        run()  # warm-up
         out["wall"], out["cpu"] = timed(run, args.epoch_repeats, jax.block_until_ready)
         out["steps_per_epoch"] = -(-ds.n_users // cfg.batch_size)
     return out
@@ -174,7 +195,8 @@ def child_loop(args, ds) -> dict:
     from tall_jax.configs import make_config
     from tall_jax.state import make_optimizer
     K = args.k
-    cfg = make_config(args.dataset, "tall", n_experts=K)
+    cfg = make_config("synthetic" if args.dataset == "tiny" else args.dataset, "tall", n_experts=K,
+                      batch_size=SHAPES[args.dataset][3])
     B, M = cfg.batch_size, ds.n_items
     x = batching.dense_rows(jnp.asarray(batching.padded_rows(ds.train[:B])[:B]), M)
     v = batching.dense_rows(jnp.asarray(batching.padded_rows(ds.valid[:B])[:B]), M)
@@ -223,17 +245,22 @@ def child_torch(args, ds) -> dict:
     sys.path.insert(0, str(REPO))
     from benchmarks.torch_reference import TorchTALL
     from tall_jax.configs import make_config
-    cfg = make_config(args.dataset, "tall", n_experts=args.k)
-    B = cfg.batch_size
-    x = torch.tensor(ds.train[:B].toarray(), dtype=torch.float32)
-    v = torch.tensor(ds.valid[:B].toarray(), dtype=torch.float32)
-    model = TorchTALL(ds.n_items, args.k, cfg.latent, cfg.reg, 0)
-    w = torch.ones(B)
+    B = SHAPES[args.dataset][3]
+    cfg = make_config("synthetic" if args.dataset == "tiny" else args.dataset, "tall",
+                      n_experts=args.k, batch_size=B)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.backends.cuda.matmul.allow_tf32 = False  # full float32, like our default
+    x = torch.tensor(ds.train[:B].toarray(), dtype=torch.float32, device=device)
+    v = torch.tensor(ds.valid[:B].toarray(), dtype=torch.float32, device=device)
+    model = TorchTALL(ds.n_items, args.k, cfg.latent, cfg.reg, 0, device=device)
+    w = torch.ones(B, device=device)
     t0 = time.perf_counter()
-    model.step(x, v, w, 0.0)
+    model.step(x, v, w, 0.0)  # float(loss) synchronises the device
     out = dict(compile_s=time.perf_counter() - t0, compile_note="first step (no compilation)",
-               torch_threads=torch.get_num_threads())
+               torch_threads=torch.get_num_threads(), torch_device=device)
     out["wall"], out["cpu"] = timed(lambda: model.step(x, v, w, 0.0), args.repeats, lambda r: r)
+    if device == "cuda":
+        out["device_peak_bytes"] = torch.cuda.max_memory_allocated()
     return out
 
 
@@ -242,7 +269,8 @@ def run_child(args) -> None:
         out = child_matmul(args)
     else:
         ds = load(args.dataset, args.data_dir)
-        fn = {"vmapped": child_jax, "epoch": child_jax, "loop": child_loop, "torch": child_torch}
+        fn = {"vmapped": child_jax, "epoch": child_jax, "eval": child_jax, "fit_epoch": child_jax,
+              "loop": child_loop, "torch": child_torch}
         out = fn[args.mode](args, ds)
         out["data_source"] = ds.source
     out["peak_rss_mb"] = peak_rss_mb()
@@ -290,67 +318,114 @@ def batch_nnz(ds, B: int) -> int:
     return int(ds.train[:B].nnz)
 
 
+MODES = ["vmapped", "epoch", "eval", "fit_epoch", "loop", "torch"]
+JAX_MODES = ("vmapped", "epoch", "eval", "fit_epoch")
+
+
+def parse_variants(items: list[str]) -> dict[str, dict]:
+    """NAME=JSON pairs of TALLConfig overrides, e.g. reference='{"forward_impl": "reference"}'."""
+    out = {}
+    for item in items:
+        name, _, options = item.partition("=")
+        out[name] = json.loads(options or "{}")
+    return out
+
+
+def print_row(r: dict) -> None:
+    tag = f"{r['dataset']:7} {r['K']:>4} {r['variant']:10} {r['mode']:9}"
+    if "wall" not in r:
+        print(f"{tag} ERROR {r.get('error', '')[-300:]}", flush=True)
+        return
+    iqr = f"{r['wall']['q25']:.3f}-{r['wall']['q75']:.3f}"
+    floor = f"{r['x_floor']:7.2f}" if "x_floor" in r else f"{'':7}"
+    print(f"{tag} {r['compile_s']:8.2f} {r['wall']['median']:8.3f} {iqr:>15} "
+          f"{r['cpu']['median']:8.2f} {r['peak_rss_mb']:7.0f} {floor}", flush=True)
+
+
+def speedups(runs: list[dict], baseline_variant: str) -> list[dict]:
+    """Per (dataset, K, mode): each variant's median time against the baseline variant's, and each
+    step's against the PyTorch loop's step."""
+    med = {(r["dataset"], r["K"], r["variant"], r["mode"]): r["wall"]["median"]
+           for r in runs if "wall" in r}
+    out = []
+    for (ds, k, var, mode), t in med.items():
+        if var in ("-",):
+            continue
+        row = dict(dataset=ds, K=k, variant=var, mode=mode, median_s=t)
+        base = med.get((ds, k, baseline_variant, mode))
+        if base is not None:
+            row[f"x_vs_{baseline_variant}"] = base / t
+        torch_t = med.get((ds, k, "-", "torch"))
+        if torch_t is not None and mode == "vmapped":
+            row["x_vs_torch"] = torch_t / t
+        out.append(row)
+    return out
+
+
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", nargs="+", default=["ml-1m"], choices=list(SHAPES))
-    p.add_argument("--experts", nargs="+", type=int, default=[1, 10, 25, 50, 100])
-    p.add_argument("--modes", nargs="+", default=["vmapped", "epoch", "loop", "torch"],
-                   choices=["vmapped", "epoch", "loop", "torch"])
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--epoch-repeats", type=int, default=1)
-    p.add_argument("--options", default="{}", help="JSON TALLConfig overrides, e.g. '{\"expert_chunk\": 10}'")
-    p.add_argument("--data-dir", default=os.environ.get("TALL_JAX_DATA", str(REPO.parent / "shared" / "data")))
-    p.add_argument("--timeout", type=float, default=1200)
+    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", nargs="+", default=["ml-1m"], choices=list(SHAPES),
+                   help="shapes to run (ml-1m is the real split when --data-dir has it)")
+    p.add_argument("--experts", nargs="+", type=int, default=[10, 100], help="values of E")
+    p.add_argument("--modes", nargs="+", default=["vmapped", "fit_epoch", "torch"], choices=MODES,
+                   help="what to time (see the module docstring)")
+    p.add_argument("--variants", nargs="+", default=['fused={}', 'reference={"forward_impl": "reference"}'],
+                   help="NAME=JSON TALLConfig overrides; each JAX mode runs once per variant")
+    p.add_argument("--baseline-variant", default="reference",
+                   help="the variant the speed-ups are measured against")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats of a step")
+    p.add_argument("--epoch-repeats", type=int, default=1, help="timed repeats of an epoch / eval")
+    p.add_argument("--data-dir", default=os.environ.get("TALL_JAX_DATA", str(REPO.parent / "shared" / "data")),
+                   help="folder with ml-1m/tall_split (else random data of the ML-1M shape)")
+    p.add_argument("--timeout", type=float, default=1200, help="seconds per subprocess")
     p.add_argument("--name", default=None, help="results file name (default: bench_<time>.json)")
+    p.add_argument("--out-dir", default=str(REPO / "benchmarks" / "results"), help="results folder")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--mode", help=argparse.SUPPRESS)
     p.add_argument("--k", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--options", default="{}", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         args.dataset = args.dataset[0]
         return run_child(args)
     if any(k < 1 for k in args.experts):
         p.error(f"--experts must be >= 1, got {args.experts}")
-    json.loads(args.options)
+    variants = parse_variants(args.variants)
     common = ["--repeats", str(args.repeats), "--epoch-repeats", str(args.epoch_repeats),
-              "--options", args.options, "--data-dir", args.data_dir]
-    result = dict(versions=versions(), loadavg_start=os.getloadavg(), options=json.loads(args.options),
+              "--data-dir", args.data_dir]
+    result = dict(versions=versions(), loadavg_start=os.getloadavg(), variants=variants,
                   started=time.strftime("%Y-%m-%dT%H:%M:%S"), runs=[])
     mm = spawn(["--mode", "matmul", "--dataset", "ml-1m", *common], args.timeout)
     result["matmul_512x3706x20000"] = mm
     rate = mm.get("jax_gflops", float("nan"))
     print(f"dense f32 matmul [512,3706]x[3706,20000]: JAX {rate:.0f} GFLOP/s, "
           f"torch {mm.get('torch_gflops', float('nan')):.0f} GFLOP/s", flush=True)
-    header = (f"{'dataset':7} {'K':>4} {'mode':8} {'compile':>8} {'median':>8} {'IQR':>15} "
-              f"{'cpu med':>8} {'peakMB':>7} {'GFLOP':>7} {'GF/s':>6} {'%mm':>5} {'floor x':>7}")
-    print(header, flush=True)
+    print(f"{'dataset':7} {'K':>4} {'variant':10} {'mode':9} {'compile':>8} {'median':>8} "
+          f"{'IQR':>15} {'cpu med':>8} {'peakMB':>7} {'floor x':>7}", flush=True)
     for name in args.dataset:
         ds = load(name, args.data_dir)
         B = SHAPES[name][3]
-        fl_cache = {}
         for K in args.experts:
             fl = analytic_flops(B, ds.n_items, 100, K, batch_nnz(ds, B))
-            fl_cache[K] = fl
             for mode in args.modes:
-                r = spawn(["--mode", mode, "--dataset", name, "--k", str(K), *common], args.timeout)
-                r.update(dataset=name, K=K, mode=mode, batch=B, n_users=ds.n_users,
-                         n_items=ds.n_items, batch_train_nnz=batch_nnz(ds, B), analytic_flops=fl)
-                if "wall" in r:
-                    med = r["wall"]["median"] / (r.get("steps_per_epoch", 1))
-                    done = fl["dense_total"]  # every implementation here runs the dense encoder
-                    r["gflops_per_s"] = done / med / 1e9
-                    r["fraction_of_matmul_rate"] = r["gflops_per_s"] / rate
-                    r["x_floor"] = med / (fl["floor"] / (rate * 1e9))
-                    iqr = f"{r['wall']['q25']:.2f}-{r['wall']['q75']:.2f}"
-                    print(f"{name:7} {K:>4} {mode:8} {r['compile_s']:8.2f} {r['wall']['median']:8.3f} "
-                          f"{iqr:>15} {r['cpu']['median']:8.2f} {r['peak_rss_mb']:7.0f} "
-                          f"{done / 1e9:7.1f} {r['gflops_per_s']:6.1f} "
-                          f"{100 * r['fraction_of_matmul_rate']:5.1f} {r['x_floor']:7.2f}", flush=True)
-                else:
-                    print(f"{name:7} {K:>4} {mode:8} ERROR {r.get('error', '')[-300:]}", flush=True)
-                result["runs"].append(r)
+                for var, options in (variants.items() if mode in JAX_MODES else [("-", {})]):
+                    r = spawn(["--mode", mode, "--dataset", name, "--k", str(K),
+                               "--options", json.dumps(options), *common], args.timeout)
+                    r.update(dataset=name, K=K, mode=mode, variant=var, batch=B,
+                             n_users=ds.n_users, n_items=ds.n_items,
+                             batch_train_nnz=batch_nnz(ds, B), analytic_flops=fl)
+                    if "wall" in r and mode in ("vmapped", "loop", "torch"):
+                        r["x_floor"] = r["wall"]["median"] / (fl["floor"] / (rate * 1e9))
+                    print_row(r)
+                    result["runs"].append(r)
+    result["speedups"] = speedups(result["runs"], args.baseline_variant)
+    for row in result["speedups"]:
+        extra = "  ".join(f"{k} {v:.2f}" for k, v in row.items() if k.startswith("x_vs"))
+        print(f"{row['dataset']:7} {row['K']:>4} {row['variant']:10} {row['mode']:9} "
+              f"{row['median_s']:8.3f} s  {extra}")
     result["loadavg_end"] = os.getloadavg()
-    out_dir = REPO / "benchmarks" / "results"
+    out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / (args.name or f"bench_{time.strftime('%Y%m%d_%H%M%S')}.json")
     path.write_text(json.dumps(result, indent=1))

@@ -21,11 +21,13 @@ from pathlib import Path
 
 from tall_jax.baselines import BASELINES, BaselineConfig, make_baseline_config
 from tall_jax.baselines.config import SYNTHETIC_LFT, global_config
-from tall_jax.configs import DATASET_PRESETS, MODEL_PRESETS, MODELS, TALLConfig, make_config
+from tall_jax.configs import (DATASET_PRESETS, ENCODERS, FORWARD_IMPLS, MODEL_PRESETS, MODELS,
+                             TALLConfig, make_config)
 from tall_jax.datasets import KNOWN_DATASETS, DownloadError, load_dataset, register_dataset
 from tall_jax.datasets.download import DEFAULT_TIMEOUT, ENV_OFFLINE, ENV_TIMEOUT, check_timeout
 from tall_jax.datasets.own import DEFAULT_KCORE, looks_like_path, parse_columns
 from tall_jax.metrics import RankingResult
+from tall_jax.precision import PRECISIONS
 from tall_jax.run import run_experiment
 
 # CLI flag -> TALLConfig field (preset overrides; unset flags keep the faithful preset).
@@ -34,6 +36,7 @@ OVERRIDES = {
     "reg": "reg", "gap": "gap", "alpha": "alpha", "patience": "patience",
     "kkt_mode": "kkt_mode", "gate_temperature": "gate_temperature", "kl_reduction": "kl_reduction",
     "wl_gamma": "wl_gamma", "dropout": "dropout", "expert_chunk": "expert_chunk",
+    "matmul_precision": "matmul_precision", "forward_impl": "forward_impl", "encoder": "encoder",
 }
 # CLI flag -> BaselineConfig field for --model loca / lft / enlft (spec §6.2-6.4).
 BASELINE_OVERRIDES = {"local_models": "n_local", "anchors": "n_anchors", "users": "users",
@@ -171,8 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--wl-gamma", type=float, help="WL exponent (" + _preset("wl_gamma") + ")")
     m.add_argument("--dropout", type=float, help="input dropout in [0, 1) (" + _preset("dropout") + ")")
     m.add_argument("--expert-chunk", type=int,
-                   help="memory option: run experts in chunks of this size, bounding the [E,B,M] logits "
-                        "(" + _preset("expert_chunk") + ": all at once)")
+                   help="experts per chunk of the gate's loss scan (fused path; 0 = 1) or, with "
+                        "--forward-impl reference, the chunked memory option (" + _preset("expert_chunk") + ")")
+    m.add_argument("--matmul-precision", choices=list(PRECISIONS),
+                   help="float32: full f32 products, also on GPUs (faithful); tensorfloat32: GPU TF32; "
+                        "bfloat16: bf16 inputs with f32 accumulation (" + _preset("matmul_precision") + ")")
+    m.add_argument("--forward-impl", choices=list(FORWARD_IMPLS),
+                   help="fused: never holds all experts' logits; reference: the simple all-at-once path "
+                        "(same maths) (" + _preset("forward_impl") + ")")
+    m.add_argument("--encoder", choices=list(ENCODERS),
+                   help="fused path's encoder: dense GEMM, sparse gather over the batch's nonzeros, or "
+                        "auto by density (" + _preset("encoder") + ")")
     b = p.add_argument_group("LOCA / LFT / EnLFT")
     b.add_argument("--local-models", type=int, help="LOCA: number of local models (" + _baseline_default("n_local") + ")")
     b.add_argument("--anchors", type=int, help="EnLFT: number of anchors (" + _baseline_default("n_anchors") + ")")
