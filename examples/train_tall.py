@@ -29,6 +29,7 @@ from tall_jax.datasets.own import DEFAULT_KCORE, looks_like_path, parse_columns
 from tall_jax.metrics import RankingResult
 from tall_jax.precision import PRECISIONS
 from tall_jax.run import run_experiment
+from tall_jax.sharding import make_mesh, parse_mesh
 
 # CLI flag -> TALLConfig field (preset overrides; unset flags keep the faithful preset).
 OVERRIDES = {
@@ -206,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = p.add_argument_group("running")
     r.add_argument("--resume", action="store_true", help="continue from <out>/.../last_state.msgpack")
     r.add_argument("--no-progress", action="store_true", help="log one line per epoch instead of a progress bar")
+    r.add_argument("--mesh", default=None, metavar="expert=N",
+                   help="split a mixture's experts over N devices (tall_jax.sharding; E divisible by N; "
+                        "checkpoints are gathered to one host) (default: one device)")
     return p
 
 
@@ -251,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
                                  f"{' '.join(args.model)}")
             if not Path(args.global_from).is_dir():
                 raise FileNotFoundError(f"--global-from {args.global_from}: no such run folder")
+        if args.mesh is not None:
+            make_mesh(*parse_mesh(args.mesh))
+            if any(m in BASELINES for m in args.model):
+                raise ValueError(f"--mesh applies to the MultVAE family, not to {', '.join(BASELINES)}")
         shown = {}
         for seed in args.seed:  # resolve every configuration before the first long run
             for model in args.model:
@@ -280,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
                 res = run_experiment(dataset, model, out_dir=out, split=args.split, seed=seed,
                                      data_dir=args.data_dir, progress=not args.no_progress,
                                      resume=args.resume, overrides=model_overrides(model),
-                                     global_from=args.global_from if model in BASELINES else None)
+                                     global_from=args.global_from if model in BASELINES else None,
+                                     mesh=args.mesh)
                 summary = RankingResult.from_json(res["test"])
                 summaries[(model, seed)] = summary
                 if model in BASELINES:

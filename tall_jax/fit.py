@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from tall_jax import sharding, steps
 from tall_jax import state as state_lib
-from tall_jax import steps
 from tall_jax.batching import UserData
 from tall_jax.configs import TALLConfig
 from tall_jax.datasets.base import Dataset
@@ -88,13 +88,18 @@ def _epoch_record(epoch: int, train_metrics: dict, evals: dict, state: state_lib
 def fit(dataset: Dataset, config: TALLConfig, *, groups_N: np.ndarray | None = None,
         ms_N: np.ndarray | None = None, out_dir: str | Path | None = None, progress: bool = True,
         resume: bool = False, checkpoint_every: int = 10,
-        on_epoch: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+        mesh: jax.sharding.Mesh | None = None) -> FitResult:
     """Train ``config`` on ``dataset`` to early stop and return the best epoch's results.
 
     ``groups_N`` (0 = low .. 4 = high) gives the per-group curves; ``ms_N`` is needed by WL and for
     weight diagnostics. With ``out_dir``, the best parameters are written to ``best_params.msgpack``
     at the end and the full state to ``last_state.msgpack`` every ``checkpoint_every`` epochs;
-    ``resume=True`` continues from that file.
+    ``resume=True`` continues from that file. With ``mesh`` (:func:`tall_jax.sharding.make_mesh`)
+    the experts and their Adam moments are split over its ``"expert"`` axis and the data replicated;
+    the steps are partitioned by ``jax.jit`` (same result up to reduction order). A ``"data"`` axis
+    above 1 is for hand-written loops (:func:`tall_jax.sharding.shard_batch`): the epoch scan
+    builds its batches on the device.
     """
     started = time.perf_counter()
     step_config = config.for_steps()
@@ -113,6 +118,10 @@ def fit(dataset: Dataset, config: TALLConfig, *, groups_N: np.ndarray | None = N
             history, best["score"], best["epoch"] = saved["history"], saved["best_score"], saved["best_epoch"]
             best["evals"] = {k: np.asarray(v, np.float32) for k, v in np.load(out / "best_evals.npz").items()}
             best["params"] = state_lib.load_params(out / "best_params.msgpack", state.params)
+    if mesh is not None:
+        if mesh.shape[sharding.DATA] != 1:
+            raise ValueError("fit shards the expert axis only; use a mesh with data=1")
+        state, data = sharding.shard_state(state, mesh), sharding.replicate(data, mesh)
     # Early stopping, not the epoch cap, decides the end: the bar counts epochs (no ETA against
     # max_epochs) and shows the epochs since the best one against the patience.
     cap = "" if config.max_epochs >= 10_000 else f" (max {config.max_epochs})"

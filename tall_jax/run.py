@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from tall_jax import paper, plots
+from tall_jax import paper, plots, sharding
 from tall_jax.configs import EXECUTION_FIELDS, MODELS, make_config, variant
 from tall_jax.datasets import load_dataset
 from tall_jax.fit import fit
@@ -29,13 +29,17 @@ def run_experiment(dataset: str, model: str, *, out_dir: str | Path, split: str 
                    seed: int = 0, data_dir: str | Path | None = None, progress: bool = True,
                    resume: bool = False, checkpoint_every: int = 10,
                    overrides: dict[str, Any] | None = None,
-                   global_from: str | Path | None = None) -> dict[str, Any]:
+                   global_from: str | Path | None = None,
+                   mesh: str | None = None) -> dict[str, Any]:
     """Train ``model`` on ``dataset`` and write results.json, per_user_test.npz and PNG curves into
     ``out_dir``. Returns the results dict (also written as JSON). The local-learning baselines
     (``loca``, ``lft``, ``enlft``) go to :func:`tall_jax.baselines.run_baseline`, with ``overrides``
     as :class:`tall_jax.baselines.BaselineConfig` fields and ``global_from`` as their reusable global
-    model run."""
+    model run. ``mesh`` ("expert=N") splits a mixture's experts over N devices
+    (:mod:`tall_jax.sharding`)."""
     from tall_jax.baselines import BASELINES, run_baseline
+    if mesh is not None and model in BASELINES:
+        raise ValueError(f"--mesh applies to the MultVAE family, not to {model!r}")
     if model in BASELINES:
         return run_baseline(dataset, model, out_dir=out_dir, split=split, seed=seed, data_dir=data_dir,
                             progress=progress, overrides=overrides, global_from=global_from)
@@ -45,6 +49,7 @@ def run_experiment(dataset: str, model: str, *, out_dir: str | Path, split: str 
         raise ValueError(f"unknown model {model!r}; known: {', '.join(MODELS + BASELINES)}")
     out = Path(out_dir)
     config = make_config(dataset, model, seed=seed, **(overrides or {}))
+    device_mesh = sharding.make_mesh(*sharding.parse_mesh(mesh)) if mesh else None
     t0 = time.perf_counter()
     ds = load_dataset(dataset, split=split, seed=seed, data_dir=data_dir)
     out.mkdir(parents=True, exist_ok=True)  # only once the config and the data are known to be good
@@ -52,7 +57,7 @@ def run_experiment(dataset: str, model: str, *, out_dir: str | Path, split: str 
     log.info("%s/%s: %d users, %d items, %d interactions (%.1fs to load and group)", ds.name,
              ds.split, ds.n_users, ds.n_items, ds.n_interactions, time.perf_counter() - t0)
     result = fit(ds, config, groups_N=groups_N, ms_N=ms_N, out_dir=out, progress=progress,
-                 resume=resume, checkpoint_every=checkpoint_every)
+                 resume=resume, checkpoint_every=checkpoint_every, mesh=device_mesh)
     test, valid = result.test.with_catalogue(ds.train), result.valid.with_catalogue(ds.train)
     test.save_per_user(out / "per_user_test.npz")
     figures = plots.plot_run(result.history, out, f"{model} on {dataset}", result.best_epoch)

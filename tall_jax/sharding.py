@@ -9,7 +9,9 @@ all-reduces of the gate's softmax over experts and of the mixture sum. The resul
 result up to float reduction order.
 
 Multi-host: call ``jax.distributed.initialize()`` on every host first; :func:`make_mesh` then spans
-``jax.devices()`` (all hosts' devices).
+``jax.devices()`` (all hosts' devices). :func:`tall_jax.fit.fit` (``--mesh`` on the command line)
+shards the expert axis; its checkpoints gather the state to the host (``jax.device_get``), which
+holds for one host only: a multi-host run must write its own checkpoints.
 """
 from __future__ import annotations
 
@@ -72,3 +74,16 @@ def shard_batch(batch, mesh: Mesh):
 def replicate(tree, mesh: Mesh):
     """Any pytree (e.g. :class:`tall_jax.batching.UserData`) replicated on every device of ``mesh``."""
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+def parse_mesh(spec: str) -> tuple[int, int]:
+    """``"expert=N[,data=M]"`` -> (N, M); ``data`` defaults to 1. A bad spec raises ValueError."""
+    sizes = {EXPERT: None, DATA: 1}
+    for part in spec.split(","):
+        name, eq, value = part.strip().partition("=")
+        if name not in sizes or not eq or not value.isdigit() or int(value) < 1:
+            raise ValueError(f"--mesh {spec!r}: expected expert=N[,data=M] with positive integers")
+        sizes[name] = int(value)
+    if sizes[EXPERT] is None:
+        raise ValueError(f"--mesh {spec!r}: the expert=N part is required")
+    return sizes[EXPERT], sizes[DATA]

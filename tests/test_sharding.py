@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,3 +73,53 @@ def test_make_mesh_rejects_too_many_shards():
     from tall_jax import sharding
     with pytest.raises(ValueError, match="devices"):
         sharding.make_mesh(n_expert_shards=64, n_data_shards=64)
+
+
+FIT_SCRIPT = r"""
+import json, sys
+import jax, numpy as np
+sys.path.insert(0, "tests")
+from helpers import tiny_dataset
+from tall_jax import sharding
+from tall_jax.configs import make_config
+from tall_jax.fit import fit
+assert jax.device_count() == 4, jax.devices()
+ds = tiny_dataset(n_users=40, n_items=24)
+cfg = make_config("synthetic", "tall", n_experts=8, latent=4, batch_size=8, max_epochs=3, gap=1)
+single = fit(ds, cfg, progress=False)
+sharded = fit(ds, cfg, progress=False, mesh=sharding.make_mesh(*sharding.parse_mesh("expert=4")))
+enc = sharded.state.params["experts"]["enc_w"]
+print("RESULT" + json.dumps(dict(
+    n_shards=len(enc.sharding.device_set),
+    loss=[h["loss"] for h in sharded.history], ref_loss=[h["loss"] for h in single.history],
+    ndcg=float(np.nanmean(sharded.test.per_user["ndcg@20"])),
+    ref_ndcg=float(np.nanmean(single.test.per_user["ndcg@20"])),
+    best=sharded.best_epoch, ref_best=single.best_epoch)))
+"""
+
+
+def test_fit_with_an_expert_mesh_matches_single_device():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", FIT_SCRIPT], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1]
+    out = json.loads(line[len("RESULT"):])
+    assert out["n_shards"] == 4
+    np.testing.assert_allclose(out["loss"], out["ref_loss"], rtol=1e-5)
+    assert out["ndcg"] == pytest.approx(out["ref_ndcg"], abs=1e-6)
+    assert out["best"] == out["ref_best"]
+
+
+@pytest.mark.parametrize("spec", ["expert", "expert=0", "data=2", "expert=2,model=3", "expert=x"])
+def test_parse_mesh_rejects_bad_specs(spec):
+    from tall_jax import sharding
+    with pytest.raises(ValueError, match="--mesh"):
+        sharding.parse_mesh(spec)
+
+
+def test_parse_mesh_reads_both_axes():
+    from tall_jax import sharding
+    assert sharding.parse_mesh("expert=4") == (4, 1)
+    assert sharding.parse_mesh("expert=2,data=2") == (2, 2)
