@@ -38,6 +38,7 @@ OVERRIDES = {
     "kkt_mode": "kkt_mode", "gate_temperature": "gate_temperature", "kl_reduction": "kl_reduction",
     "wl_gamma": "wl_gamma", "dropout": "dropout", "expert_chunk": "expert_chunk",
     "matmul_precision": "matmul_precision", "forward_impl": "forward_impl", "encoder": "encoder",
+    "ks": "ks",
 }
 # CLI flag -> BaselineConfig field for --model loca / lft / enlft (spec §6.2-6.4).
 BASELINE_OVERRIDES = {"local_models": "n_local", "anchors": "n_anchors", "users": "users",
@@ -204,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LOCA/LFT/EnLFT: reuse a finished run folder as the global model (a multvae run "
                         "for LOCA, a wl run with the LFT-repo settings for LFT/EnLFT) instead of training "
                         "one (default: train it)")
+    m.add_argument("--ks", type=int, nargs="+", default=None, metavar="K",
+                   help="cut-offs reported beside the faithful 1 5 10 20, e.g. --ks 10 20 50 (default: none)")
     r = p.add_argument_group("running")
     r.add_argument("--resume", action="store_true", help="continue from <out>/.../last_state.msgpack")
     r.add_argument("--no-progress", action="store_true", help="log one line per epoch instead of a progress bar")
@@ -228,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {field: getattr(args, flag) for flag, field in OVERRIDES.items()}
     overrides["gate_stop_gradient"] = args.gate_stop_gradient
     overrides["weight_per_item"] = args.weight_per_item
+    overrides["ks"] = tuple(args.ks) if args.ks else None  # a config field must be hashable
     base_overrides = {field: getattr(args, flag) for flag, field in BASELINE_OVERRIDES.items()}
 
     def model_overrides(model: str) -> dict:

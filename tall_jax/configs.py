@@ -20,7 +20,7 @@ FORWARD_IMPLS = ("fused", "reference")
 ENCODERS = ("auto", "dense", "sparse")
 # Fields that change how a run executes but not its maths: never a variant of the model, and a saved
 # run that differs only in them is the same run.
-EXECUTION_FIELDS = ("eval_batch_size", "expert_chunk", "forward_impl", "encoder")
+EXECUTION_FIELDS = ("eval_batch_size", "expert_chunk", "forward_impl", "encoder", "ks")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +77,8 @@ class TALLConfig:
     # the batch's train nonzeros (tall_jax.head.encode_experts_sparse), or "auto": sparse when the
     # batch's nonzero bound is below SPARSE_ENCODER_DENSITY of B x M (Yelp/CDs, not ML-1M)
     encoder: str = "auto"
+    # --- reporting ---
+    ks: tuple[int, ...] = ()  # cut-offs ranked beside the faithful (1, 5, 10, 20) (--ks 10 20 50)
 
     def __post_init__(self) -> None:
         _check_choice("model", self.model, MODELS)
@@ -96,6 +98,8 @@ class TALLConfig:
         for name, value in positive.items():
             if not value > 0:
                 raise ValueError(f"config field {name!r} must be > 0, got {value!r}")
+        if any(not isinstance(k, int) or k < 1 for k in self.ks):
+            raise ValueError(f"config field 'ks' must hold positive integers, got {self.ks!r}")
         if self.gap < 0:
             raise ValueError(f"config field 'gap' must be >= 0, got {self.gap}")
         if not 0.0 < self.lr < float("inf"):

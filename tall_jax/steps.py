@@ -279,7 +279,7 @@ def eval_step(params: Params, batch: Batch, test_idx_BxP: jax.Array,
     excluded from both rankings; validation items stay candidates in the test ranking."""
     mix_BxM, gate_BxE, x_BxM, v_BxM = predict(params, batch, config)
     out = valid_test_metrics(mix_BxM, x_BxM, v_BxM, dense_rows(test_idx_BxP, batch.n_items),
-                             (*KS, *getattr(config, "ks", ())))
+                             (*KS, *config.ks))
     entropy_B, ratio_B = gate_lib.gate_diagnostics(gate_BxE)
     out.update({"gate/entropy": entropy_B, "gate/max_min_ratio": ratio_B})
     return out

@@ -434,25 +434,19 @@ def test_evaluate_scores_batches():
 def test_eval_step_ranks_at_config_ks_and_keeps_early_stopping_cutoffs():
     """steps.evaluate ranks at the faithful cut-offs plus a config's ``ks``; the ranked items come out
     per user and become ``top_items``."""
-    import dataclasses
     import sys
     from pathlib import Path
 
     from tall_jax import steps
     from tall_jax.batching import UserData
-    from tall_jax.configs import TALLConfig, make_config
+    from tall_jax.configs import make_config
     from tall_jax.state import init
 
     sys.path.insert(0, str(Path(__file__).parent))
     from helpers import tiny_dataset
 
-    @dataclasses.dataclass(frozen=True)
-    class WithKs(TALLConfig):
-        ks: tuple[int, ...] = (3, 10)
-
     ds = tiny_dataset(n_users=12, n_items=30)
-    base = make_config("synthetic", "multvae", latent=4, batch_size=8)
-    config = WithKs(**dataclasses.asdict(base))
+    config = make_config("synthetic", "multvae", latent=4, batch_size=8, ks=(3, 10))
     state = init(jax.random.PRNGKey(0), config, ds.n_users, ds.n_items)
     out = jax.device_get(steps.evaluate(state.params, UserData.from_dataset(ds), config))
     assert steps.KS == (1, 5, 10, 20)  # early stopping: mean validation NDCG at these
