@@ -376,7 +376,7 @@ def main(argv=None) -> None:
                    help="the variant the speed-ups are measured against")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats of a step")
     p.add_argument("--epoch-repeats", type=int, default=1, help="timed repeats of an epoch / eval")
-    p.add_argument("--data-dir", default=os.environ.get("TALL_JAX_DATA", str(REPO.parent / "shared" / "data")),
+    p.add_argument("--data-dir", default=os.environ.get("TALL_JAX_DATA", ""),
                    help="folder with ml-1m/tall_split (else random data of the ML-1M shape)")
     p.add_argument("--timeout", type=float, default=1200, help="seconds per subprocess")
     p.add_argument("--name", default=None, help="results file name (default: bench_<time>.json)")

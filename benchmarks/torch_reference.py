@@ -19,7 +19,7 @@ except ImportError as err:  # pragma: no cover - exercised only without torch
 
 
 class _MultVAE(nn.Module):
-    """One TALL expert (spec §4): Linear(M → 2d) encoder, Linear(d → M) decoder, no tanh."""
+    """One TALL expert (docs/fidelity.md#multvae): Linear(M → 2d) encoder, Linear(d → M) decoder, no tanh."""
 
     def __init__(self, n_items: int, latent: int, gen: torch.Generator):
         super().__init__()
@@ -46,10 +46,10 @@ class _MultVAE(nn.Module):
 
 
 class TorchTALL:
-    """E MultVAE experts trained jointly by TALL's loss (spec §5), one optimiser over all of them.
+    """E MultVAE experts trained jointly by TALL's loss (docs/fidelity.md#tall), one optimiser over all of them.
 
     `step` runs one training step on a dense batch and returns the loss before the update. After a step,
-    `last_user_loss` holds the recorded mixture validation loss ℓ_u (spec §5.3) and `last_gate` the gate.
+    `last_user_loss` holds the recorded mixture validation loss ℓ_u (docs/fidelity.md#loss) and `last_gate` the gate.
     """
 
     def __init__(self, n_items: int, n_experts: int, latent: int = 100, reg: float = 1e-3, seed: int = 0,
@@ -69,12 +69,12 @@ class TorchTALL:
         self.last_gate: torch.Tensor | None = None
 
     def _make_optimizer(self) -> None:
-        # torch Adam's weight_decay is coupled L2 on every parameter, biases included (spec §4, §5.1).
+        # torch Adam's weight_decay is coupled L2 on every parameter, biases included (docs/fidelity.md#multvae, #experts).
         self.opt = torch.optim.Adam(self.experts.parameters(), lr=self.lr, betas=(0.9, 0.999), eps=1e-8,
                                     weight_decay=self.reg / self.n_experts)
 
     def load_params(self, enc_w_ExMx2d, enc_b_Ex2d, dec_w_ExdxM, dec_b_ExM) -> None:
-        """Set every expert's parameters from stacked numpy arrays (the JAX layout of spec §10) and reset
+        """Set every expert's parameters from stacked numpy arrays (the JAX layout of tall_jax.vae) and reset
         the Adam state."""
         E, M, d = self.n_experts, self.n_items, self.latent
         want = {"enc_w_ExMx2d": (E, M, 2 * d), "enc_b_Ex2d": (E, 2 * d), "dec_w_ExdxM": (E, d, M),
@@ -101,7 +101,7 @@ class TorchTALL:
                 "dec_b_ExM": stack(ex.dec.bias for ex in self.experts)}
 
     def loss(self, x_BxM: torch.Tensor, v_BxM: torch.Tensor, w_B: torch.Tensor, beta: float) -> torch.Tensor:
-        """TALL's training loss on one batch (spec §5.2-5.3), differentiable w.r.t. every expert."""
+        """TALL's training loss on one batch (docs/fidelity.md#gate, #loss), differentiable w.r.t. every expert."""
         logits, kls = [], []
         for ex in self.experts:  # the authors' per-expert loop
             o, kl = ex(x_BxM, self._noise_gen, self.noise)

@@ -40,7 +40,7 @@ OVERRIDES = {
     "matmul_precision": "matmul_precision", "forward_impl": "forward_impl", "encoder": "encoder",
     "ks": "ks",
 }
-# CLI flag -> BaselineConfig field for --model loca / lft / enlft (spec §6.2-6.4).
+# CLI flag -> BaselineConfig field for --model loca / lft / enlft (docs/fidelity.md#loca, #lft, #enlft).
 BASELINE_OVERRIDES = {"local_models": "n_local", "anchors": "n_anchors", "users": "users",
                       "epochs": "max_epochs", "train_h": "train_h", "test_h": "test_h",
                       "chunk": "chunk", "patience": "patience", "ft_epochs": "ft_epochs"}

@@ -1,7 +1,7 @@
 """The epoch loop shared by every MultVAE-family model: train, validate, early-stop, checkpoint.
 
-Per epoch (spec §5.5): adaptive weights, a shuffled on-device epoch, the loss-change window, then
-validation and test NDCG@{1,5,10,20} of every user. Early stopping (spec §3): the score is the mean of
+Per epoch (docs/fidelity.md#epoch): adaptive weights, a shuffled on-device epoch, the loss-change window, then
+validation and test NDCG@{1,5,10,20} of every user. Early stopping (docs/fidelity.md#early-stopping): the score is the mean of
 the four validation NDCGs; the first epoch always improves, later ones only if strictly better; training
 stops after ``patience`` epochs without improvement. The reported test result is the one of the best
 epoch. The model is not reloaded (the authors' code does not either).

@@ -1,4 +1,4 @@
-"""Datasets by name: ml-1m (authors' split or a seeded re-split), yelp, cds, synthetic (spec §1).
+"""Datasets by name: ml-1m (authors' split or a seeded re-split), yelp, cds, synthetic (docs/fidelity.md#data).
 
 Raw files are looked up, in order, in an explicit ``data_dir``, in ``$TALL_JAX_DATA`` (a folder laid
 out like ``ml-1m/tall_split/...``, ``ml-1m/raw/ratings.dat``, ``yelp/yelp.rating``,

@@ -14,7 +14,7 @@ class Dataset:
     """A user-item implicit-feedback dataset split into train / validation / test.
 
     All three parts are binary ``scipy.sparse.csr_matrix`` of shape ``[N, M]`` (float32, data all 1);
-    they are disjoint. ``train`` is the model input for every purpose (spec §1.5); ``valid`` drives
+    they are disjoint. ``train`` is the model input for every purpose (docs/fidelity.md#inputs); ``valid`` drives
     early stopping, TALL's gate and its adaptive weights; ``test`` is only scored.
     """
 

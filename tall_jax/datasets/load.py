@@ -1,4 +1,4 @@
-"""``load_dataset``: find (or download) the raw files, filter, split, cache (spec §1); own files too."""
+"""``load_dataset``: find (or download) the raw files, filter, split, cache (docs/fidelity.md#data); own files too."""
 from __future__ import annotations
 
 import inspect

@@ -1,4 +1,4 @@
-"""Readers for the original rating files (spec §1.1).
+"""Readers for the original rating files (docs/fidelity.md#data).
 
 Every reader returns the raw ``(users_R, items_R)`` id pairs in file order, with repeated
 (user, item) pairs dropped (the first is kept, the count dropped is logged). Ratings and
@@ -167,7 +167,7 @@ def read_amazon_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """The 2018 Amazon ratings-only CSV (``item,user,rating,time``, no header, LF or CRLF).
 
     The string ids are coded as integers in order of first appearance in the file (which the
-    re-indexing of spec §1.3 preserves), so the result is ``(user_codes_R, item_codes_R)``.
+    re-indexing of docs/fidelity.md#reindexing preserves), so the result is ``(user_codes_R, item_codes_R)``.
     """
     path = Path(path)
     text = _read_text(path)

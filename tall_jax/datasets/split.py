@@ -1,4 +1,4 @@
-"""k-core filter, re-indexing and the seeded 70/10/20 split (spec §1.2-§1.4)."""
+"""k-core filter, re-indexing and the seeded 70/10/20 split (docs/fidelity.md#filter, #reindexing, #split)."""
 from __future__ import annotations
 
 import logging
@@ -9,7 +9,7 @@ import scipy.sparse as sp
 
 log = logging.getLogger("tall_jax.datasets")
 
-# (loop threshold, user threshold, item threshold) per dataset, spec §1.2: keep users with
+# (loop threshold, user threshold, item threshold) per dataset, docs/fidelity.md#filter: keep users with
 # count > user threshold and items with count > item threshold, while the loop condition holds.
 KCORE_THRESHOLDS: dict[str, tuple[int, int, int]] = {
     "ml-1m": (9, 9, 9),
@@ -26,7 +26,7 @@ def kcore_filter(
     user_threshold: int,
     item_threshold: int,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """The authors' iterative filter, spec §1.2; returns ``(keep_R, stats)``.
+    """The authors' iterative filter (docs/fidelity.md#filter); returns ``(keep_R, stats)``.
 
     While the smallest count among the remaining users is <= ``loop_threshold``: drop users with
     count <= ``user_threshold``; recompute item counts and drop items with count <= ``item_threshold``;
@@ -71,7 +71,7 @@ def kcore_filter(
 
 
 def reindex_first_appearance(ids_R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Contiguous ids 0..K-1 in order of first appearance (spec §1.3); returns (new_R, raw_ids_K)."""
+    """Contiguous ids 0..K-1 in order of first appearance (docs/fidelity.md#reindexing); returns (new_R, raw_ids_K)."""
     uniq, first, inv = np.unique(ids_R, return_index=True, return_inverse=True)
     order = np.argsort(first, kind="stable")  # uniq[order] = raw ids by first appearance
     rank = np.empty_like(order)
@@ -101,7 +101,7 @@ def random_split(
     valid_frac: float = 0.1,
     test_frac: float = 0.2,
 ) -> tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix]:
-    """Global random split over interactions with the per-user repair, spec §1.4.
+    """Global random split over interactions with the per-user repair (docs/fidelity.md#split).
 
     Interactions are first put in canonical (user, item) order, so the result depends only on the
     set of pairs and ``seed``. ``int(valid_frac*R)`` interactions are drawn as validation, then
