@@ -60,10 +60,10 @@ class TALLConfig:
     seed: int = 0
     # --- execution (no effect on the maths) ---
     eval_batch_size: int = 0  # users per evaluation call (0: same as batch_size)
-    # experts per chunk of the training/eval forward (0: all E at once, the default). With c > 0 the
-    # [E, B, M] logits are never materialised: the gate pass and the mixture pass each run over E / c
-    # chunks under jax.checkpoint, so peak activation memory is about c/E of the default (logits are
-    # recomputed: ~2x decoder FLOPs). Same maths; must divide n_experts.
+    # experts per chunk (must divide n_experts). Fused path: the chunk of the gate's loss scan (0:
+    # tall_jax.head.auto_chunk, about a cache's worth of logits on a CPU). Reference path: 0 holds all
+    # E logits at once; c > 0 runs the gate pass and the mixture pass over E / c chunks under
+    # jax.checkpoint (peak activation memory about c/E, decoder recomputed). Same maths.
     expert_chunk: int = 0
     # "fused" (default): the mixture head of tall_jax.head, which never holds all experts' logits
     # (the gate's losses from a scan over expert chunks with a recomputing custom VJP, the mixture as

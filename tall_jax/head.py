@@ -26,6 +26,21 @@ import jax.numpy as jnp
 from tall_jax import precision as prec
 
 
+# Bytes of one chunk's logits [c, B, M] that the auto chunk size aims for: about a cache's worth on a
+# CPU (one ML-1M expert is 7.6 MB), a large slice of memory on an accelerator.
+CHUNK_BYTES = {"cpu": 8 << 20}
+ACCELERATOR_CHUNK_BYTES = 2 << 30
+
+
+def auto_chunk(n_experts: int, batch: int, n_items: int) -> int:
+    """The largest divisor c of E whose [c, B, M] float32 logits fit the backend's chunk budget
+    (at least 1)."""
+    budget = CHUNK_BYTES.get(jax.default_backend(), ACCELERATOR_CHUNK_BYTES)
+    fits = [c for c in range(1, n_experts + 1)
+            if n_experts % c == 0 and c * batch * n_items * 4 <= budget]
+    return max(fits, default=1)
+
+
 def _chunks(a: jax.Array, chunk: int) -> jax.Array:
     return a.reshape((a.shape[0] // chunk, chunk) + a.shape[1:])
 
@@ -98,8 +113,15 @@ def mixture_logits(gate_BxE: jax.Array, z_ExBxD: jax.Array, dec_w_ExDxM: jax.Arr
 
 def encode_experts(enc_w_ExMxH: jax.Array, enc_b_ExH: jax.Array, xn_BxM: jax.Array,
                    precision: str = "float32") -> tuple[jax.Array, jax.Array]:
-    """(mu, log sigma^2), each [E, B, d], of every expert's linear encoder on the normalised rows."""
-    h_ExBxH = prec.einsum("bm,emh->ebh", xn_BxM, enc_w_ExMxH, precision) + enc_b_ExH[:, None, :]
+    """(mu, log sigma^2), each [E, B, d], of every expert's linear encoder on the normalised rows.
+
+    On a CPU the E products [B, M] x [M, 2d] run one after another (``lax.map``): XLA's CPU
+    batched matmul is slower than its plain one (benchmarks/README.md); elsewhere one einsum."""
+    if jax.default_backend() == "cpu":
+        h_ExBxH = jax.lax.map(lambda w_MxH: prec.matmul(xn_BxM, w_MxH, precision), enc_w_ExMxH)
+    else:
+        h_ExBxH = prec.einsum("bm,emh->ebh", xn_BxM, enc_w_ExMxH, precision)
+    h_ExBxH = h_ExBxH + enc_b_ExH[:, None, :]
     latent = h_ExBxH.shape[-1] // 2
     return h_ExBxH[..., :latent], h_ExBxH[..., latent:]
 

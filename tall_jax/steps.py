@@ -89,7 +89,7 @@ def _forward_fused(params: Params, xn_BxM: jax.Array, x_BxM: jax.Array, v_BxM: j
         z_ExBxD = mu_ExBxD + config.noise_std * eps * jnp.exp(0.5 * logvar_ExBxD)
     else:
         z_ExBxD = mu_ExBxD
-    chunk = config.expert_chunk or 1
+    chunk = config.expert_chunk or head.auto_chunk(n_experts, *x_BxM.shape)
     gate_BxE = _gate(params, x_BxM, v_BxM, config, n_experts, lambda: head.expert_validation_losses(
         z_ExBxD, experts["dec_w"], experts["dec_b"], x_BxM, v_BxM, chunk, precision).T)
     mix_BxM = head.mixture_logits(gate_BxE, z_ExBxD, experts["dec_w"], experts["dec_b"], precision)

@@ -82,7 +82,8 @@ def test_mixture_is_the_gated_sum_of_expert_logits():
                                rtol=RTOL, atol=1e-5)
 
 
-MODELS = ["multvae", "wl", "moe", "lmoe", "uniform_moe", "tall"]
+# lmoe and wl share tall's and multvae's loss_fn (they differ in the weights passed in)
+MODELS = ["multvae", "moe", "uniform_moe", "tall"]
 
 
 def _config(model, **kw):
@@ -90,7 +91,7 @@ def _config(model, **kw):
     return make_config("ml-1m", model, latent=D, batch_size=B, gate_hidden=5, **n_experts, **kw)
 
 
-@pytest.mark.parametrize("model,chunk", [(m, 0) for m in MODELS] + [("tall", 3), ("moe", 2)])
+@pytest.mark.parametrize("model,chunk", [(m, 0) for m in MODELS] + [("tall", 3)])
 def test_fused_loss_grads_and_recorded_losses_match_reference(model, chunk):
     data = _data()
     ref = _config(model, forward_impl="reference")
