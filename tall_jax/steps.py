@@ -90,9 +90,15 @@ def _forward_fused(params: Params, xn_BxM: jax.Array, x_BxM: jax.Array, v_BxM: j
     else:
         z_ExBxD = mu_ExBxD
     chunk = config.expert_chunk or head.auto_chunk(n_experts, *x_BxM.shape)
-    gate_BxE = _gate(params, x_BxM, v_BxM, config, n_experts, lambda: head.expert_validation_losses(
-        z_ExBxD, experts["dec_w"], experts["dec_b"], x_BxM, v_BxM, chunk, precision).T)
-    mix_BxM = head.mixture_logits(gate_BxE, z_ExBxD, experts["dec_w"], experts["dec_b"], precision)
+    decoder = (z_ExBxD, experts["dec_w"], experts["dec_b"])
+    if config.gate == "loss" and not config.gate_stop_gradient:
+        gate_fn = functools.partial(gate_lib.loss_gate, temperature=config.gate_temperature)
+        mix_BxM, gate_BxE = head.loss_gated_mixture(*decoder, x_BxM, v_BxM, gate_fn, chunk,
+                                                    precision)
+    else:  # the gate takes no gradient through the experts' validation losses
+        gate_BxE = _gate(params, x_BxM, v_BxM, config, n_experts, lambda: head.expert_validation_losses(
+            *jax.lax.stop_gradient(decoder), x_BxM, v_BxM, chunk, precision).T)
+        mix_BxM = head.mixture_logits(gate_BxE, *decoder, precision)
     return dict(kl_ExB=vae.kl_per_user(mu_ExBxD, logvar_ExBxD), gate_BxE=gate_BxE, mix_BxM=mix_BxM)
 
 
