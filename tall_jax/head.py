@@ -26,9 +26,10 @@ import jax.numpy as jnp
 from tall_jax import precision as prec
 
 
-# Bytes of one chunk's logits [c, B, M] that the auto chunk size aims for: about a cache's worth on a
-# CPU (one ML-1M expert is 7.6 MB), a large slice of memory on an accelerator.
-CHUNK_BYTES = {"cpu": 8 << 20}
+# Bytes of one chunk's logits [c, B, M] that the auto chunk size aims for: on a CPU about two ML-1M
+# experts (7.6 MB each; 2 ran fastest of 1, 2, 4, 5, 10 on the 2-core benchmark machine), a large slice
+# of memory on an accelerator.
+CHUNK_BYTES = {"cpu": 16 << 20}
 ACCELERATOR_CHUNK_BYTES = 2 << 30
 
 

@@ -292,13 +292,16 @@ def eval_step(params: Params, batch: Batch, test_idx_BxP: jax.Array,
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
+def evaluate_batch(params: Params, data: UserData, users_B: jax.Array,
+                   config: TALLConfig) -> dict[str, jax.Array]:
+    """:func:`eval_step` for the users ``users_B`` (N = padding), gathered from ``data``; jitted."""
+    return eval_step(params, make_batch(data, users_B), data.test_idx[users_B], config)
+
+
 def evaluate(params: Params, data: UserData, config: TALLConfig) -> dict[str, jax.Array]:
-    """All users' per-user metrics in one compiled pass (``lax.map`` over fixed-size batches)."""
-    order = jnp.asarray(sequential_order(data.n_users, config.eval_batch))
-
-    def one(users_B: jax.Array):
-        batch = make_batch(data, users_B)
-        return eval_step(params, batch, data.test_idx[users_B], config)
-
-    stacked = jax.lax.map(one, order)
-    return jax.tree.map(lambda a: a.reshape(-1)[: data.n_users], stacked)
+    """All users' per-user metrics: one compiled :func:`evaluate_batch` per fixed-size batch, issued
+    from the host (asynchronously). A device-side loop (``lax.map``) over the batches ran 1.7-2.2x
+    slower on a CPU, where XLA runs the loop body's operations with less parallelism."""
+    order = sequential_order(data.n_users, config.eval_batch)
+    parts = [evaluate_batch(params, data, jnp.asarray(users_B), config) for users_B in order]
+    return jax.tree.map(lambda *a: jnp.concatenate(a)[: data.n_users], *parts)
