@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tall_jax.baselines import BASELINES, BaselineConfig, make_baseline_config
 from tall_jax.baselines.config import SYNTHETIC_LFT, global_config
+from tall_jax.cli import HelpFormatter, Parser
 from tall_jax.configs import (DATASET_PRESETS, ENCODERS, FORWARD_IMPLS, MODEL_PRESETS, MODELS,
                              TALLConfig, make_config)
 from tall_jax.datasets import KNOWN_DATASETS, DownloadError, load_dataset, register_dataset
@@ -58,21 +59,6 @@ def _preset(field: str) -> str:
 
 def _baseline_default(field: str) -> str:
     return f"default: {BaselineConfig.__dataclass_fields__[field].default}"
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps the description's layout; adds "(default: X)" where the help does not state it."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if "default" in text or action.default in (None, argparse.SUPPRESS) or not action.option_strings:
-            return text
-        return text + " (default: %(default)s)"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage dump
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def _nonneg_int(text: str) -> int:
@@ -122,7 +108,7 @@ def _dataset(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(description=__doc__, formatter_class=_Formatter, allow_abbrev=False)
+    p = Parser(description=__doc__, formatter_class=HelpFormatter, allow_abbrev=False)
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default="synthetic", type=_dataset, metavar="NAME|FILE",
                    help=f"a built-in dataset ({', '.join(KNOWN_DATASETS)}) or the path of your own "

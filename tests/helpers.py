@@ -27,3 +27,22 @@ def tiny_dataset(n_users: int = 37, n_items: int = 23, seed: int = 0, *,
     valid[list(empty_valid_users)] = False
     part = lambda m: sp.csr_matrix(m.astype(np.float32))
     return Dataset("tiny", "random", seed, part(train), part(valid), part(test))
+
+
+def tiny_user_data(n_users: int = 12, n_items: int = 30, seed: int = 0):
+    """A random UserData of ``n_users`` x ``n_items``; every user has item 0 in train, user 0 has no
+    validation item (the uniform-gate branch of the loss gate)."""
+    import jax.numpy as jnp
+
+    from tall_jax import batching
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(size=(n_users, n_items)) < 0.25
+    x[:, 0] = True
+    v = (rng.uniform(size=(n_users, n_items)) < 0.2) & ~x
+    v[0] = False
+    t = (rng.uniform(size=(n_users, n_items)) < 0.2) & ~x & ~v
+    csr = lambda a: sp.csr_matrix(a.astype(np.float32))  # noqa: E731
+    return batching.UserData(
+        train_idx=jnp.asarray(batching.padded_rows(csr(x))),
+        valid_idx=jnp.asarray(batching.padded_rows(csr(v))),
+        test_idx=jnp.asarray(batching.padded_rows(csr(t))), n_users=n_users, n_items=n_items)

@@ -13,22 +13,14 @@ from tall_jax import batching, gate, head, steps
 from tall_jax import state as state_lib
 from tall_jax.configs import make_config
 
+from helpers import tiny_user_data
+
 N, M, E, B, D = 12, 30, 6, 8, 4
 RTOL, ATOL = 2e-5, 1e-6  # float32: the fused path sums in another order
 
 
 def _data(seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(size=(N, M)) < 0.25
-    x[:, 0] = True
-    v = (rng.uniform(size=(N, M)) < 0.2) & ~x
-    v[0] = False  # one user without validation items (uniform gate branch)
-    t = (rng.uniform(size=(N, M)) < 0.2) & ~x & ~v
-    csr = lambda a: sp.csr_matrix(a.astype(np.float32))  # noqa: E731
-    return batching.UserData(
-        train_idx=jnp.asarray(batching.padded_rows(csr(x))),
-        valid_idx=jnp.asarray(batching.padded_rows(csr(v))),
-        test_idx=jnp.asarray(batching.padded_rows(csr(t))), n_users=N, n_items=M)
+    return tiny_user_data(N, M, seed)
 
 
 def _assert_trees_close(a, b, rtol=RTOL, atol=ATOL):

@@ -1,38 +1,31 @@
-"""The ``expert_chunk`` memory option (configs.TALLConfig) computes the same loss, gradients, recorded
-losses and predictions as the default all-experts-at-once step, to float tolerance."""
+"""The ``expert_chunk`` memory option of the reference path (``forward_impl="reference"``) computes the
+same loss, gradients, recorded losses and predictions as its all-experts-at-once step, to float
+tolerance."""
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
 from tall_jax import batching, steps
 from tall_jax import state as state_lib
 from tall_jax.configs import make_config
 
+from helpers import tiny_user_data
+
 N, M, E, B = 12, 30, 6, 8
 
 
 def _data(seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(size=(N, M)) < 0.25
-    x[:, 0] = True
-    v = (rng.uniform(size=(N, M)) < 0.2) & ~x
-    v[0] = False  # one user without validation items (uniform gate branch)
-    t = (rng.uniform(size=(N, M)) < 0.2) & ~x & ~v
-    csr = lambda a: sp.csr_matrix(a.astype(np.float32))  # noqa: E731
-    return batching.UserData(
-        train_idx=jnp.asarray(batching.padded_rows(csr(x))),
-        valid_idx=jnp.asarray(batching.padded_rows(csr(v))),
-        test_idx=jnp.asarray(batching.padded_rows(csr(t))), n_users=N, n_items=M)
+    return tiny_user_data(N, M, seed)
 
 
 @pytest.mark.parametrize("model", ["tall", "moe", "uniform_moe"])
 def test_chunked_loss_and_grads_match_default(model):
     data = _data()
-    cfg = make_config("ml-1m", model, n_experts=E, latent=4, batch_size=B, gate_hidden=5)
+    cfg = make_config("ml-1m", model, n_experts=E, latent=4, batch_size=B, gate_hidden=5,
+                      forward_impl="reference")
     chunked = cfg.replace(expert_chunk=2)
     params = state_lib.init(jax.random.PRNGKey(0), cfg, N, M).params
     batch = batching.make_batch(data, jnp.array([0, 1, 2, 3, 4, 5, 6, N]))  # with a padding user
@@ -53,7 +46,8 @@ def test_chunked_loss_and_grads_match_default(model):
 
 def test_chunked_train_epoch_and_evaluate_match_default():
     data = _data(1)
-    cfg = make_config("ml-1m", "tall", n_experts=E, latent=4, batch_size=5, gap=0)
+    cfg = make_config("ml-1m", "tall", n_experts=E, latent=4, batch_size=5, gap=0,
+                      forward_impl="reference")
     chunked = cfg.replace(expert_chunk=3)
     s0 = state_lib.init(jax.random.PRNGKey(1), cfg, N, M)
     s1 = state_lib.init(jax.random.PRNGKey(1), chunked, N, M)

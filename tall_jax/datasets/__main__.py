@@ -14,24 +14,10 @@ import time
 import numpy as np
 
 from tall_jax import protocol
+from tall_jax.cli import HelpFormatter, Parser
 from tall_jax.datasets import KNOWN_DATASETS, load_dataset
 from tall_jax.datasets.download import DEFAULT_TIMEOUT, ENV_OFFLINE, ENV_TIMEOUT, DownloadError, check_timeout
 from tall_jax.datasets.own import DEFAULT_KCORE, looks_like_path, parse_columns
-
-
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Adds "(default: X)" where the help text does not state its default already."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if "default" in text or action.default in (None, argparse.SUPPRESS) or not action.option_strings:
-            return text
-        return text + " (default: %(default)s)"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage dump
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def _typed(convert):
@@ -71,11 +57,11 @@ def _finite(text: str) -> float:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m tall_jax.datasets", description=__doc__, allow_abbrev=False,
+    p = Parser(prog="python -m tall_jax.datasets", description=__doc__, allow_abbrev=False,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     s = sub.add_parser("stats", help="print users, items, split sizes, mainstream groups",
-                       formatter_class=_Formatter, allow_abbrev=False)
+                       formatter_class=HelpFormatter, allow_abbrev=False)
     s.add_argument("--dataset", required=True, type=_typed(_dataset), metavar="NAME|FILE",
                    help=f"one of {', '.join(KNOWN_DATASETS)}, or the path of your own .csv/.tsv/.dat "
                         "file (required, no default)")

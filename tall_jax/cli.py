@@ -1,0 +1,22 @@
+"""Shared pieces of the command-line programs: a help formatter that shows defaults and a parser whose
+errors are one line with exit status 2."""
+from __future__ import annotations
+
+import argparse
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the description's layout; adds "(default: X)" where the help does not state it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr and exit status 2."""
+
+    def error(self, message: str):  # one line, no usage dump
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
