@@ -11,8 +11,11 @@ expert's logits o_uk = z_uk W_k + b_k at once, [E, B, M], and makes several pass
 
       o_u = sum_k g_uk (z_uk W_k + b_k) = [g_u1 z_u1, ..., g_uE z_uE] @ [W_1; ...; W_E] + g_u @ b,
 
-  one plain GEMM of the gated latents [B, E d] against the stacked decoder [E d, M]; its gradients
-  are plain GEMMs too (autodiff, no custom rule).
+  one plain GEMM of the gated latents [B, E d] against the stacked decoder [E d, M]
+  (:func:`mixture_logits`; its gradients by autodiff are plain GEMMs too);
+- with the loss gate and its gradient (the faithful default), :func:`loss_gated_mixture` puts the
+  losses, the gate and the mixture under one custom VJP, so each expert's decoder gradient is formed
+  once per chunk from the mixture's and the gate's cotangents together.
 
 Peak activation memory is O(B M (chunk + a few)) instead of O(E B M).
 """
