@@ -52,14 +52,19 @@ print("RESULT" + json.dumps(out))
 """
 
 
-def test_sharded_step_matches_single_device():
+def _run_on_four_host_devices(script: str) -> dict:
+    """Run ``script`` in a fresh interpreter with 4 forced CPU devices; return its RESULT json."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=REPO, capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1]
-    out = json.loads(line[len("RESULT"):])
+    return json.loads(line[len("RESULT"):])
+
+
+def test_sharded_step_matches_single_device():
+    out = _run_on_four_host_devices(SCRIPT)
     for name, r in out.items():
         assert r["n_shards"] == 4, (name, r)
         assert r["shard_shape"][0] == (2 if name == "expert4" else 4), (name, r)
@@ -99,13 +104,7 @@ print("RESULT" + json.dumps(dict(
 
 
 def test_fit_with_an_expert_mesh_matches_single_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
-               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-c", FIT_SCRIPT], env=env, cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1]
-    out = json.loads(line[len("RESULT"):])
+    out = _run_on_four_host_devices(FIT_SCRIPT)
     assert out["n_shards"] == 4
     np.testing.assert_allclose(out["loss"], out["ref_loss"], rtol=1e-5)
     assert out["ndcg"] == pytest.approx(out["ref_ndcg"], abs=1e-6)
