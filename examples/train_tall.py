@@ -22,7 +22,7 @@ from pathlib import Path
 from tall_jax.baselines import BASELINES, BaselineConfig, make_baseline_config
 from tall_jax.baselines.config import SYNTHETIC_LFT, global_config
 from tall_jax.cli import HelpFormatter, Parser
-from tall_jax.configs import (DATASET_PRESETS, ENCODERS, FORWARD_IMPLS, MODEL_PRESETS, MODELS,
+from tall_jax.configs import (DATASET_PRESETS, ENCODERS, FORWARD_IMPLS, GATES, MODEL_PRESETS, MODELS,
                              TALLConfig, make_config)
 from tall_jax.datasets import KNOWN_DATASETS, DownloadError, load_dataset, register_dataset
 from tall_jax.datasets.download import DEFAULT_TIMEOUT, ENV_OFFLINE, ENV_TIMEOUT, check_timeout
@@ -39,7 +39,7 @@ OVERRIDES = {
     "kkt_mode": "kkt_mode", "gate_temperature": "gate_temperature", "kl_reduction": "kl_reduction",
     "wl_gamma": "wl_gamma", "dropout": "dropout", "expert_chunk": "expert_chunk",
     "matmul_precision": "matmul_precision", "forward_impl": "forward_impl", "encoder": "encoder",
-    "ks": "ks",
+    "ks": "ks", "gate": "gate", "weight_cap": "weight_cap",
 }
 # CLI flag -> BaselineConfig field for --model loca / lft / enlft (docs/fidelity.md#loca, #lft, #enlft).
 BASELINE_OVERRIDES = {"local_models": "n_local", "anchors": "n_anchors", "users": "users",
@@ -152,13 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "); LOCA: per local model (" + _baseline_default("patience") + ")")
     m.add_argument("--kkt-mode", choices=["paper", "exact"],
                    help="paper: Eq. 3 + clamp; exact: simplex projection (" + _preset("kkt_mode") + ")")
-    m.add_argument("--gate-temperature", type=float, help="tau of the loss gate (" + _preset("gate_temperature") + ")")
+    m.add_argument("--gate", choices=list(GATES),
+                   help="loss: softmax(1/L_uk) (the paper's); route: softmax(-L_uk/|V_u|/tau), a gate "
+                        "that routes (option); uniform; mlp (default: the model's preset)")
+    m.add_argument("--gate-temperature", type=float, help="tau of the loss / route gate (" + _preset("gate_temperature") + ")")
     m.add_argument("--gate-stop-gradient", action="store_true", default=None,
                    help="detach the gate (default: off, gradients flow through it)")
     m.add_argument("--kl-reduction", choices=["sum_users", "mean", "per_user"],
                    help="how the KL term is reduced over users (" + _preset("kl_reduction") + ")")
     m.add_argument("--weight-per-item", action="store_true", default=None,
                    help="adaptive-weight signal l_u/|V_u| instead of l_u (default: off)")
+    m.add_argument("--weight-cap", type=float,
+                   help="cap the adaptive weights at this value, then rescale them to mean 1 (" + _preset("weight_cap") + ", 0 = no cap)")
     m.add_argument("--wl-gamma", type=float, help="WL exponent (" + _preset("wl_gamma") + ")")
     m.add_argument("--dropout", type=float, help="input dropout in [0, 1) (" + _preset("dropout") + ")")
     m.add_argument("--expert-chunk", type=int,

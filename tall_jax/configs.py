@@ -12,7 +12,7 @@ from typing import Any
 from tall_jax.precision import PRECISIONS
 
 MODELS = ("multvae", "wl", "moe", "lmoe", "lmoe_lc", "lmoe_gap_l", "tall", "uniform_moe")
-GATES = ("loss", "uniform", "mlp", "none")
+GATES = ("loss", "route", "uniform", "mlp", "none")
 KL_REDUCTIONS = ("sum_users", "mean", "per_user")
 ADAPTIVE = ("none", "loss_change", "raw_loss", "wl")
 KKT_MODES = ("paper", "exact")
@@ -40,8 +40,8 @@ class TALLConfig:
     total_anneal_steps: int = 200_000
     constant_beta: float | None = None  # fixed beta instead of annealing (LFT uses 0.2)
     # --- gate (paper §3.1, docs/fidelity.md#gate) ---
-    gate: str = "loss"  # "loss": softmax_k(1/L_uk); "uniform"; "mlp" (MoE ablation); "none" (E = 1)
-    gate_temperature: float = 1.0  # tau in softmax_k((1/L_uk) / tau); 1 is faithful
+    gate: str = "loss"  # "loss": softmax_k(1/L_uk); "route": softmax_k(-L_uk/|V_u|/tau) (option); "uniform"; "mlp" (MoE ablation); "none" (E = 1)
+    gate_temperature: float = 1.0  # tau of the "loss" / "route" gate; 1 is faithful for "loss"
     gate_stop_gradient: bool = False  # detach the gate (faithful: gradients flow through it)
     gate_hidden: int = 2000  # width of the MLP gate M -> 2000 -> E (docs/fidelity.md#ablations)
     kl_reduction: str = "sum_users"  # "sum_users" (faithful, docs/fidelity.md#kl), "mean", "per_user"
@@ -52,6 +52,7 @@ class TALLConfig:
     window: int = 8  # L, length of the loss-change window
     kkt_mode: str = "paper"  # "paper": Eq. 3 with the 1e-8 clamp; "exact": simplex projection
     weight_per_item: bool = False  # use l_u / |V_u| as the weight signal (docs/fidelity.md#weights-and-validation-size option)
+    weight_cap: float = 0.0  # > 0: w_u <- min(w_u, cap), then rescaled to mean 1 (option; 0 = the authors' uncapped weights)
     wl_gamma: float = 1.2  # WL exponent (TALL repo 1.2, LFT repo 1.5; docs/fidelity.md#wl)
     wl_double_step: bool = True  # TALL-repo WL quirk: an unweighted then a weighted Adam step
     # --- loop ---
@@ -100,6 +101,8 @@ class TALLConfig:
                 raise ValueError(f"config field {name!r} must be > 0, got {value!r}")
         if any(not isinstance(k, int) or k < 1 for k in self.ks):
             raise ValueError(f"config field 'ks' must hold positive integers, got {self.ks!r}")
+        if not 0 <= self.weight_cap < float("inf"):
+            raise ValueError(f"config field 'weight_cap' must be >= 0 (0 = no cap), got {self.weight_cap!r}")
         if self.gap < 0:
             raise ValueError(f"config field 'gap' must be >= 0, got {self.gap}")
         if not 0.0 < self.lr < float("inf"):

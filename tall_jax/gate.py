@@ -1,4 +1,5 @@
-"""TALL's loss-driven gate and the logit-space mixture (paper §3.1, docs/fidelity.md#gate), plus the MLP gate of
+"""TALL's loss-driven gate and the logit-space mixture (paper §3.1, docs/fidelity.md#gate), a routing gate of
+per-item losses (an option), plus the MLP gate of
 the "MoE" ablation (docs/fidelity.md#ablations) and gate diagnostics (docs/fidelity.md#near-uniform-gate)."""
 from __future__ import annotations
 
@@ -36,6 +37,31 @@ def loss_gate(loss_BxE: jax.Array, has_valid_B: jax.Array, *, temperature: float
     logits = jnp.where(has_valid_B[:, None], 1.0 / (safe_loss * temperature), 0.0)
     gate = jax.nn.softmax(logits, axis=-1)
     return jax.lax.stop_gradient(gate) if stop_gradient else gate
+
+
+def route_gate(loss_BxE: jax.Array, n_valid_B: jax.Array, *, temperature: float = 1.0,
+               stop_gradient: bool = False) -> jax.Array:
+    """A gate that routes (an option, not the paper's): g_uk = softmax_k(−(L_uk / |V_u|) / temperature).
+
+    The loss gate's 1/L_uk differs between experts by about 1/L² · ΔL, so it is uniform to five
+    decimals; this gate compares the experts' per-item validation losses directly, and a small
+    temperature makes it pick the few experts that fit the user best. Users without validation items
+    get the uniform gate.
+    """
+    has_valid_B = n_valid_B > 0
+    per_item_BxE = loss_BxE / jnp.maximum(n_valid_B, 1.0)[:, None]
+    logits = jnp.where(has_valid_B[:, None], -per_item_BxE / temperature, 0.0)
+    gate = jax.nn.softmax(logits, axis=-1)
+    return jax.lax.stop_gradient(gate) if stop_gradient else gate
+
+
+def validation_gate(loss_BxE: jax.Array, n_valid_B: jax.Array, *, kind: str = "loss",
+                    temperature: float = 1.0, stop_gradient: bool = False) -> jax.Array:
+    """The gate of the experts' validation losses L_uk ([B, E]) for users with |V_u| = ``n_valid_B``
+    validation items: :func:`loss_gate` (``kind="loss"``, the paper's) or :func:`route_gate` ("route")."""
+    if kind == "route":
+        return route_gate(loss_BxE, n_valid_B, temperature=temperature, stop_gradient=stop_gradient)
+    return loss_gate(loss_BxE, n_valid_B > 0, temperature=temperature, stop_gradient=stop_gradient)
 
 
 def init_mlp_gate(key: jax.Array, n_items: int, hidden: int, n_experts: int) -> Params:

@@ -122,7 +122,7 @@ expert_validation_losses.defvjp(_validation_losses_fwd, _validation_losses_bwd)
 def loss_gated_mixture(z_ExBxD: jax.Array, dec_w_ExDxM: jax.Array, dec_b_ExM: jax.Array,
                        x_BxM: jax.Array, v_BxM: jax.Array, gate_fn, chunk: int = 1,
                        precision: str = "float32") -> tuple[jax.Array, jax.Array]:
-    """(o_BxM, g_BxE): the loss gate g = gate_fn(L^T, has_valid_B) of the experts' validation losses
+    """(o_BxM, g_BxE): the loss gate g = gate_fn(L^T, n_valid_B) (n_valid_B = |V_u|) of the experts' validation losses
     L (:func:`expert_validation_losses`) and the mixture o = :func:`mixture_logits`, with one custom
     VJP for both, so each expert's decoder gradient is formed once, from
 
@@ -137,7 +137,7 @@ def loss_gated_mixture(z_ExBxD: jax.Array, dec_w_ExDxM: jax.Array, dec_b_ExM: ja
 
 def _gated_fwd(z, w, b, x, v, gate_fn, chunk, precision):
     loss_ExB, (*_, lse) = _validation_losses_fwd(z, w, b, x, v, chunk, precision)
-    gate_BxE = gate_fn(loss_ExB.T, jnp.sum(v, axis=-1) > 0)
+    gate_BxE = gate_fn(loss_ExB.T, jnp.sum(v, axis=-1))
     mix_BxM = mixture_logits(gate_BxE, z, w, b, precision)
     return (mix_BxM, gate_BxE), (z, w, b, x, v, lse, loss_ExB, gate_BxE)
 
@@ -150,8 +150,8 @@ def _gated_bwd(gate_fn, chunk, precision, residuals, cotangents):
                                precision).reshape(batch, n_experts, latent)
     dgate_BxE = (dgate_BxE + jnp.einsum("bed,ebd->be", w_dmix_BxExD, z)
                  + prec.einsum("bm,em->be", dmix_BxM, b, precision))
-    has_valid_B = jnp.sum(v, axis=-1) > 0
-    _, gate_vjp = jax.vjp(lambda loss_BxE: gate_fn(loss_BxE, has_valid_B), loss_ExB.T)
+    n_valid_B = jnp.sum(v, axis=-1)
+    _, gate_vjp = jax.vjp(lambda loss_BxE: gate_fn(loss_BxE, n_valid_B), loss_ExB.T)
     (dloss_BxE,) = gate_vjp(dgate_BxE)
     grads = _backward_scan(z, w, b, x, v, lse, dloss_BxE.T, chunk, precision,
                            gate_ExB=gate_BxE.T, dmix_BxM=dmix_BxM)

@@ -26,6 +26,7 @@ KS = DEFAULT_KS  # early-stopping cut-offs of the faithful default (docs/fidelit
 _NOISE, _SHUFFLE, _DROPOUT = 0, 1, 2
 # encoder="auto" encodes sparsely below this share of nonzeros in the batch (benchmarks/README.md)
 SPARSE_ENCODER_DENSITY = 0.02
+VALIDATION_GATES = ("loss", "route")  # gates of the experts' validation losses L_uk
 
 
 def beta_at(step: jax.Array, config: TALLConfig) -> jax.Array:
@@ -91,8 +92,9 @@ def _forward_fused(params: Params, xn_BxM: jax.Array, x_BxM: jax.Array, v_BxM: j
         z_ExBxD = mu_ExBxD
     chunk = config.expert_chunk or head.auto_chunk(n_experts, *x_BxM.shape)
     decoder = (z_ExBxD, experts["dec_w"], experts["dec_b"])
-    if config.gate == "loss" and not config.gate_stop_gradient:
-        gate_fn = functools.partial(gate_lib.loss_gate, temperature=config.gate_temperature)
+    if config.gate in VALIDATION_GATES and not config.gate_stop_gradient:
+        gate_fn = functools.partial(gate_lib.validation_gate, kind=config.gate,
+                                    temperature=config.gate_temperature)
         mix_BxM, gate_BxE = head.loss_gated_mixture(*decoder, x_BxM, v_BxM, gate_fn, chunk,
                                                     precision)
     else:  # the gate takes no gradient through the experts' validation losses
@@ -105,11 +107,10 @@ def _forward_fused(params: Params, xn_BxM: jax.Array, x_BxM: jax.Array, v_BxM: j
 def _gate(params: Params, x_BxM: jax.Array, v_BxM: jax.Array, config: TALLConfig, n_experts: int,
           validation_loss_BxE) -> jax.Array:
     """g [B, E] of the configured gate; ``validation_loss_BxE()`` gives L_uk for the loss gate."""
-    if config.gate == "loss":
-        has_valid = jnp.sum(v_BxM, axis=-1) > 0
-        return gate_lib.loss_gate(validation_loss_BxE(), has_valid,
-                                  temperature=config.gate_temperature,
-                                  stop_gradient=config.gate_stop_gradient)
+    if config.gate in VALIDATION_GATES:
+        return gate_lib.validation_gate(validation_loss_BxE(), jnp.sum(v_BxM, axis=-1),
+                                        kind=config.gate, temperature=config.gate_temperature,
+                                        stop_gradient=config.gate_stop_gradient)
     if config.gate == "mlp":
         gate_BxE = gate_lib.mlp_gate(params["gate"], x_BxM)
         return jax.lax.stop_gradient(gate_BxE) if config.gate_stop_gradient else gate_BxE
@@ -234,7 +235,8 @@ def begin_epoch(state: TrainState, config: TALLConfig, n_valid_N: jax.Array) -> 
     w_N = weights.adaptive_weights(
         state.epoch + 1, config.gap, config.alpha, signal=config.adaptive,
         window_NxL=state.window_NxL, count=state.window_count, last_loss_N=state.loss_N,
-        mode=config.kkt_mode, per_item=config.weight_per_item, n_valid_N=n_valid_N)
+        mode=config.kkt_mode, per_item=config.weight_per_item, n_valid_N=n_valid_N,
+        cap=config.weight_cap)
     return state.replace(weights_N=w_N)
 
 

@@ -86,6 +86,17 @@ def kkt_weights(scores_N: jax.Array, alpha: float | jax.Array, *, mode: str = "p
     return jnp.where(mask_N, jnp.maximum(v_N - theta, 0.0), 0.0)
 
 
+def cap_weights(w_N: jax.Array, cap: float, mask_N: jax.Array | None = None) -> jax.Array:
+    """w'_u = min(w_u, cap) · N / Σ_v min(w_v, cap) over the real users (an option, not the paper's):
+    late in training the paper's weights reach 100-200 for a few users, so a handful of users can own a
+    batch's loss; the cap bounds them and the rescale keeps Σ w' = N (mean 1). Users outside
+    ``mask_N`` keep weight 0."""
+    mask_N = _mask_or_all(mask_N, jnp.shape(w_N)[0])
+    capped_N = jnp.where(mask_N, jnp.minimum(w_N, cap), 0.0)
+    n_real = jnp.sum(mask_N).astype(jnp.float32)
+    return capped_N * n_real / jnp.maximum(jnp.sum(capped_N), 1e-30)
+
+
 def init_window(n_users: int, length: int = WINDOW_LEN) -> tuple[jax.Array, jax.Array]:
     """An empty loss-change window: (zeros f32[N, L], count = 0) (docs/fidelity.md#adaptive-weights)."""
     if length < 1:
@@ -130,7 +141,7 @@ def adaptive_weights(epoch: int | jax.Array, gap: int | jax.Array, alpha: float 
                      signal: str = "loss_change", window_NxL: jax.Array | None = None,
                      count: int | jax.Array | None = None, last_loss_N: jax.Array | None = None,
                      mode: str = "paper", per_item: bool = False, n_valid_N: jax.Array | None = None,
-                     mask_N: jax.Array | None = None) -> jax.Array:
+                     mask_N: jax.Array | None = None, cap: float = 0.0) -> jax.Array:
     """The weights w_N held fixed during epoch `epoch` (1-based) (paper Eq. 3, docs/fidelity.md#adaptive-weights).
 
     - While epoch ≤ gap (T): w = 1 (the gap mechanism).
@@ -140,7 +151,8 @@ def adaptive_weights(epoch: int | jax.Array, gap: int | jax.Array, alpha: float 
       `last_loss_N`; w = 1 at epoch 1 (no loss recorded yet).
     - per_item (docs/fidelity.md#weights-and-validation-size option): the signal is divided by |V_u| = `n_valid_N`; users with |V_u| = 0 get
       signal 0.
-    Then w = `kkt_weights(signal, alpha, mode=mode, mask_N=mask_N)`. Users outside `mask_N` get 0 in all
+    Then w = `kkt_weights(signal, alpha, mode=mode, mask_N=mask_N)`, capped by :func:`cap_weights` when
+    `cap` > 0 (static). Users outside `mask_N` get 0 in all
     cases. Jittable with traced epoch/gap/alpha/count; `signal`, `mode`, `per_item` are static.
     """
     if signal not in SIGNALS:
@@ -165,6 +177,8 @@ def adaptive_weights(epoch: int | jax.Array, gap: int | jax.Array, alpha: float 
         s_N = jnp.where(n_valid_N > 0, s_N / jnp.maximum(n_valid_N, 1.0), 0.0)
     mask_N = _mask_or_all(mask_N, s_N.shape[0])
     w_N = kkt_weights(s_N, alpha, mode=mode, mask_N=mask_N)
+    if cap > 0:
+        w_N = cap_weights(w_N, cap, mask_N)
     active = (jnp.asarray(epoch) > jnp.asarray(gap)) & has_signal
     return jnp.where(active, w_N, jnp.where(mask_N, 1.0, 0.0))
 

@@ -57,6 +57,29 @@ def test_loss_gate_equals_softmax_of_reciprocal_and_uniform_without_validation()
             np.testing.assert_allclose(g[u], expected, rtol=1e-5)
 
 
+def test_route_gate_is_softmax_of_negative_per_item_loss_and_routes():
+    o, x, v = random_case(2)
+    loss = numpy_masked_loss(o, x, v).T  # [B, E]
+    n_valid = v.sum(-1)
+    for temperature in (1.0, 0.05):
+        g = np.asarray(gate.validation_gate(jnp.asarray(loss, jnp.float32), jnp.asarray(n_valid),
+                                            kind="route", temperature=temperature))
+        for u in range(loss.shape[0]):
+            if n_valid[u] > 0:
+                z = -loss[u] / n_valid[u] / temperature
+                expected = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+            else:
+                expected = np.full(loss.shape[1], 1.0 / loss.shape[1])
+            np.testing.assert_allclose(g[u], expected, rtol=1e-5, atol=1e-7)
+    # a small temperature routes: the gate's entropy is far below log E, unlike the loss gate's
+    sharp = gate.validation_gate(jnp.asarray(loss, jnp.float32), jnp.asarray(n_valid), kind="route",
+                                 temperature=0.05)
+    flat = gate.validation_gate(jnp.asarray(loss, jnp.float32), jnp.asarray(n_valid), kind="loss")
+    has = n_valid > 0
+    assert np.mean(np.asarray(gate.gate_diagnostics(sharp)[0])[has]) < 0.5 * np.log(loss.shape[1])
+    assert np.mean(np.asarray(gate.gate_diagnostics(flat)[0])[has]) > 0.99 * np.log(loss.shape[1])
+
+
 def test_gate_gradient_is_finite_for_users_without_validation():
     loss = jnp.array([[3.0, 4.0], [0.0, 0.0]])
     has_valid = jnp.array([True, False])

@@ -83,10 +83,11 @@ def _config(model, **kw):
     return make_config("ml-1m", model, latent=D, batch_size=B, gate_hidden=5, **n_experts, **kw)
 
 
-@pytest.mark.parametrize("model,chunk", [(m, 0) for m in MODELS] + [("tall", 3)])
-def test_fused_loss_grads_and_recorded_losses_match_reference(model, chunk):
+@pytest.mark.parametrize("model,chunk,gate", [(m, 0, None) for m in MODELS] + [("tall", 3, None),
+                                                                                ("tall", 0, "route")])
+def test_fused_loss_grads_and_recorded_losses_match_reference(model, chunk, gate):
     data = _data()
-    ref = _config(model, forward_impl="reference")
+    ref = _config(model, forward_impl="reference", **({"gate": gate, "gate_temperature": 0.1} if gate else {}))
     fused = ref.replace(forward_impl="fused", expert_chunk=chunk if ref.n_experts > 1 else 0)
     params = state_lib.init(jax.random.PRNGKey(0), ref, N, M, ms_N=np.linspace(0, 1, N)).params
     batch = batching.make_batch(data, jnp.array([0, 1, 2, 3, 4, 5, 6, N]))  # a padding user

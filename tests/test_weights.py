@@ -210,3 +210,22 @@ def test_weight_stats_vs_scipy():
     assert st["share_clamped"] == np.mean(w <= 1e-8) > 0
     assert st["w_min"] == pytest.approx(w.min()) and st["w_max"] == pytest.approx(w.max())
     assert np.isnan(W.spearman(np.ones(5), np.arange(5)))
+
+
+def test_cap_weights_bounds_and_keeps_mean_one_brute_force():
+    rng = np.random.default_rng(0)
+    w = np.concatenate([rng.uniform(0.0, 3.0, 20), [150.0, 210.0]]).astype(np.float32)
+    mask = np.ones(23, bool); mask[-1] = False  # a padding user
+    w = np.append(w, 7.0).astype(np.float32)
+    out = np.asarray(W.cap_weights(jnp.asarray(w), 5.0, jnp.asarray(mask)))
+    capped = np.minimum(w[:-1], 5.0)
+    np.testing.assert_allclose(out[:-1], capped * 22 / capped.sum(), rtol=1e-6)
+    assert out[-1] == 0.0
+    np.testing.assert_allclose(out[:-1].mean(), 1.0, rtol=1e-6)
+    # inside adaptive_weights: cap 0 is the authors' weights, cap > 0 bounds the late spikes
+    window = jnp.asarray(rng.normal(scale=50.0, size=(22, 8)), jnp.float32)
+    plain = W.adaptive_weights(50, 40, 0.08, window_NxL=window, count=8)
+    capped_w = W.adaptive_weights(50, 40, 0.08, window_NxL=window, count=8, cap=5.0)
+    assert float(jnp.max(plain)) > 50.0
+    np.testing.assert_allclose(np.asarray(capped_w),
+                               np.minimum(plain, 5.0) * 22 / np.minimum(plain, 5.0).sum(), rtol=1e-5)
