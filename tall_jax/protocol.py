@@ -1,13 +1,12 @@
 """Mainstream scores and the five user groups (docs/fidelity.md#groups).
 
-Data flows datasets -> protocol: this module imports only :mod:`tall_jax.datasets.base`.
+Data flows datasets -> protocol: this module imports only :mod:`tall_jax.datasets.base` (and
+:mod:`tall_jax.files`).
 """
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import scipy.sparse as sp
 from tqdm import tqdm
 
 from tall_jax.datasets.base import Dataset
+from tall_jax.files import atomic_savez
 
 log = logging.getLogger("tall_jax.protocol")
 
@@ -103,14 +103,6 @@ def dataset_groups(dataset: Dataset, n_groups: int = 5) -> tuple[np.ndarray, np.
     ms_N = mainstream_scores(train)
     groups_N = user_groups(ms_N, n_groups)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, ms=ms_N, groups=groups_N, n_groups=np.asarray(n_groups),
-                         fingerprint=np.asarray(fp))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_savez(path, ms=ms_N, groups=groups_N, n_groups=np.asarray(n_groups),
+                     fingerprint=np.asarray(fp))
     return ms_N, groups_N

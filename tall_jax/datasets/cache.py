@@ -13,12 +13,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+
+from tall_jax.files import atomic_savez
 
 log = logging.getLogger("tall_jax.datasets")
 
@@ -71,21 +72,6 @@ def find_file(rel_paths: list[str], data_dir: str | Path | None) -> tuple[Path |
     return None, looked
 
 
-def atomic_write(dest: Path, write: Callable[[Any], None], mode: str = "wb") -> Path:
-    """Call ``write(f)`` on a temporary file beside ``dest``, then rename it onto ``dest``."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache file is ordinary data
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dest
-
-
 def split_key(name: str, split: str, seed: int | None, filt: tuple | None, extra: str = "") -> str:
     """Folder name of a processed split; changes whenever its content would."""
     parts = [name, split]
@@ -130,7 +116,7 @@ def save_split(path: Path, parts: tuple[sp.csr_matrix, ...], info: dict[str, Any
     for name, m in zip(("train", "valid", "test"), parts):
         arrays[f"{name}_indptr"] = m.indptr.astype(np.int64)
         arrays[f"{name}_indices"] = m.indices.astype(np.int32)
-    return atomic_write(path, lambda f: np.savez(f, **arrays))
+    return atomic_savez(path, **arrays)
 
 
 def load_split(path: Path) -> tuple[tuple[sp.csr_matrix, ...], dict[str, Any]] | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .cache import atomic_write
+from tall_jax.files import atomic_write
 
 log = logging.getLogger("tall_jax.datasets")
 
