@@ -1,0 +1,130 @@
+"""What a study's runs say: per-group test NDCG@20 over seeds, paired tests against a reference
+variant, the smoothed model selection, and the gate / weight diagnostics.
+
+Selection. The runs report the test result of the epoch with the best validation score (the
+authors' rule); a single validation spike can pick an epoch whose test result is luck. The smoothed
+selection takes instead the epoch whose centred 3-epoch moving average of the validation score is
+best, and reads that epoch's test NDCG@20 per group from the run's history (evaluated every epoch,
+never used to select).
+
+Significance. Against the reference (faithful TALL), over the seeds both variants have:
+- over users: each user's NDCG@20 difference, averaged over the common seeds, tested with the
+  Wilcoxon signed-rank test (two-sided) within each group;
+- over seeds: the per-seed group means, paired by seed, tested with a paired t-test.
+Neither is corrected for the number of variants compared; the page says so.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.stats
+
+from tall_jax.metrics import GROUP_NAMES
+
+METRIC = "ndcg@20"
+COLUMNS = ("overall",) + GROUP_NAMES
+SMOOTH_WIDTH = 3
+
+
+@dataclasses.dataclass
+class RunSummary:
+    variant: str
+    seed: int
+    best: dict[str, float]  # column -> test NDCG@20 at the best-validation epoch
+    smoothed: dict[str, float]  # column -> test NDCG@20 at the smoothed-selection epoch
+    best_epoch: int
+    smoothed_epoch: int
+    epochs_run: int
+    wall_time_s: float
+    valid_score: float  # best mean validation NDCG@{1,5,10,20}
+    gate_entropy: float | None  # mean over users at the best epoch (nats)
+    weights: dict[str, float]  # weight statistics at the best epoch (empty without weights)
+    per_user_N: np.ndarray  # test NDCG@20 per user, best epoch
+    groups_N: np.ndarray
+
+
+def smoothed_epoch(history: list[dict[str, Any]], width: int = SMOOTH_WIDTH) -> int:
+    """The epoch at the centre of the best ``width``-epoch moving average of the validation score
+    (full windows only; the best single epoch when the run is shorter than a window)."""
+    scores = np.array([h["valid_score"] for h in history], float)
+    if len(scores) < width:
+        return int(history[int(np.argmax(scores))]["epoch"])
+    averages = np.convolve(scores, np.ones(width) / width, mode="valid")
+    return int(history[int(np.argmax(averages)) + width // 2]["epoch"])
+
+
+def load_run(out_dir: str | Path, variant: str, seed: int) -> RunSummary | None:
+    """The summary of a finished run folder (None if it has not finished)."""
+    out = Path(out_dir)
+    if not (out / "results.json").exists():
+        return None
+    res = json.loads((out / "results.json").read_text())
+    history = res["history"]
+    by_epoch = {h["epoch"]: h for h in history}
+    best_h = by_epoch[res["best_epoch"]]
+    s_epoch = smoothed_epoch(history)
+    s_h = by_epoch[s_epoch]
+    best = {"overall": res["test"]["overall"][METRIC]}
+    best.update({g: res["test"]["groups"][g][METRIC] for g in GROUP_NAMES if g in res["test"]["groups"]})
+    smoothed = {"overall": s_h["test_ndcg@20"], **s_h["test_ndcg@20_by_group"]}
+    per_user = np.load(out / "per_user_test.npz")
+    return RunSummary(
+        variant=variant, seed=seed, best=best, smoothed=smoothed, best_epoch=res["best_epoch"],
+        smoothed_epoch=s_epoch, epochs_run=res["epochs_run"], wall_time_s=res["wall_time_s"],
+        valid_score=best_h["valid_score"],
+        gate_entropy=best_h["gate"]["entropy_mean"] if "gate" in best_h else None,
+        weights=dict(best_h.get("weights", {})),
+        per_user_N=np.asarray(per_user[METRIC], float), groups_N=np.asarray(per_user["groups"]))
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; 0 for a single value)."""
+    a = np.asarray(values, float)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+@dataclasses.dataclass
+class PairedTest:
+    column: str
+    n_seeds: int
+    n_users: int
+    mean_diff: float  # mean over users of the seed-averaged per-user difference
+    p_users: float  # Wilcoxon signed-rank over users
+    p_seeds: float  # paired t over seeds (nan with < 2 seeds)
+
+
+def paired_tests(runs: list[RunSummary], reference: list[RunSummary]) -> list[PairedTest]:
+    """Per column (overall and each group), ``runs`` minus ``reference`` on their common seeds."""
+    ref = {r.seed: r for r in reference}
+    common = sorted(r.seed for r in runs if r.seed in ref)
+    if not common:
+        return []
+    mine = {r.seed: r for r in runs}
+    diff_N = np.mean([mine[s].per_user_N - ref[s].per_user_N for s in common], axis=0)
+    groups_N = ref[common[0]].groups_N
+    tests = []
+    for col in COLUMNS:
+        users = np.ones_like(groups_N, bool) if col == "overall" else groups_N == GROUP_NAMES.index(col)
+        d = diff_N[users & np.isfinite(diff_N)]
+        p_users = float("nan")
+        if len(d) and np.any(d != 0):
+            p_users = float(scipy.stats.wilcoxon(d, zero_method="wilcox").pvalue)
+        a = [mine[s].best[col] for s in common]
+        b = [ref[s].best[col] for s in common]
+        p_seeds = float(scipy.stats.ttest_rel(a, b).pvalue) if len(common) > 1 else float("nan")
+        tests.append(PairedTest(col, len(common), int(len(d)), float(np.mean(d)) if len(d) else
+                                float("nan"), p_users, p_seeds))
+    return tests
+
+
+def collect(folders: dict[str, dict[int, Path]]) -> dict[str, list[RunSummary]]:
+    """variant -> its finished runs, from ``folders[variant][seed]``."""
+    out: dict[str, list[RunSummary]] = {}
+    for variant, seeds in folders.items():
+        done = [load_run(path, variant, seed) for seed, path in sorted(seeds.items())]
+        out[variant] = [r for r in done if r is not None]
+    return out

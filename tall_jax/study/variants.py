@@ -1,0 +1,103 @@
+"""The named variants of the ablation study: controls, faithful TALL, and one change at a time.
+
+Each variant is a model of :data:`tall_jax.configs.MODEL_PRESETS` plus config overrides; its name
+is the folder it trains into, so a variant's meaning must never change under its name (the study
+refuses a folder whose recorded settings differ). ``tune`` variants are trained for the first seed
+only: they choose a hyper-parameter (the routing gate's temperature) on the validation score, and
+the chosen value is then a variant of its own with every seed.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from tall_jax.configs import DATASET_PRESETS, MODEL_PRESETS, TALLConfig, make_config
+
+# Temperatures of the routing gate tried on the first seed (selected on validation NDCG).
+ROUTE_TEMPERATURES = (0.3, 0.1, 0.03)
+ROUTE_TEMPERATURE = 0.1  # the one the multi-seed "route" variants use
+WEIGHT_CAP = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    name: str
+    model: str
+    overrides: tuple[tuple[str, Any], ...]  # config field -> value (hashable)
+    about: str  # one line: what it changes and the question it answers
+    tune: bool = False  # first seed only (a hyper-parameter sweep)
+
+    def config(self, dataset: str, n_experts: int, seed: int) -> TALLConfig:
+        """The resolved configuration of this variant (E applies to mixtures only)."""
+        extra = dict(self.overrides)
+        if MODEL_PRESETS[self.model].get("n_experts") != 1:
+            extra.setdefault("n_experts", n_experts)
+        return make_config(dataset, self.model, seed=seed, **extra)
+
+
+def _v(name: str, model: str, about: str, tune: bool = False, **overrides: Any) -> Variant:
+    return Variant(name, model, tuple(sorted(overrides.items())), about, tune)
+
+
+def ablation_variants(dataset: str, n_experts: int) -> list[Variant]:
+    """Every variant of the study, controls first. Those needing the dataset's preset (the mixture's
+    weight decay reg / E) read it from :data:`DATASET_PRESETS`."""
+    reg_over_e = DATASET_PRESETS[dataset]["reg"] / n_experts
+    route = dict(gate="route", gate_temperature=ROUTE_TEMPERATURE)
+    variants = [
+        _v("multvae", "multvae", "one MultVAE: the control without experts"),
+        _v("multvae_mix_reg", "multvae",
+           "one MultVAE with the mixture's regularisation: KL summed over users, weight decay reg/E "
+           "— does a single VAE with TALL's regularisation get LMoE's gain?",
+           kl_reduction="sum_users", reg=reg_over_e),
+        _v("lmoe", "lmoe", "loss-driven gate, no adaptive weights"),
+        _v("lmoe_uniform", "uniform_moe", "LMoE with a uniform gate: is the loss gate an average?"),
+        _v("moe", "moe", "a learned MLP gate (the paper's MoE ablation)"),
+        _v("tall", "tall", "faithful TALL: loss gate + loss-change adaptive weights (gap, window)"),
+        _v("tall_per_item", "tall", "TALL with the weight signal per validation item, l_u/|V_u|",
+           weight_per_item=True),
+        _v("tall_exact_kkt", "tall", "TALL with the exact KKT solution (simplex projection)",
+           kkt_mode="exact"),
+        _v("tall_cap", "tall", f"TALL with the weights capped at {WEIGHT_CAP:g} and rescaled to mean 1",
+           weight_cap=WEIGHT_CAP),
+        _v("lmoe_route", "lmoe", f"LMoE with a gate that routes: softmax of -l_uk/|V_u| / {ROUTE_TEMPERATURE:g}",
+           **route),
+        _v("tall_route", "tall", "TALL with the routing gate", **route),
+        _v("tall_route_item_cap", "tall",
+           "the combination: routing gate, per-item weight signal, capped weights",
+           weight_per_item=True, weight_cap=WEIGHT_CAP, **route),
+    ]
+    for tau in ROUTE_TEMPERATURES:
+        if tau != ROUTE_TEMPERATURE:
+            variants.append(_v(f"lmoe_route_t{tau:g}", "lmoe",
+                               f"temperature sweep of the routing gate (tau = {tau:g}; first seed)",
+                               tune=True, gate="route", gate_temperature=tau))
+    return variants
+
+
+def precision_variants() -> list[Variant]:
+    """bf16 inputs with f32 accumulation against the f32 default, for LMoE and TALL (speed issue)."""
+    return [_v("lmoe_bf16", "lmoe", "LMoE with bf16 matmul inputs (f32 accumulation)",
+               matmul_precision="bfloat16"),
+            _v("tall_bf16", "tall", "TALL with bf16 matmul inputs (f32 accumulation)",
+               matmul_precision="bfloat16")]
+
+
+def precision_study(dataset: str, n_experts: int) -> list[Variant]:
+    """LMoE and TALL in f32 (shared with the ablations) and in bf16."""
+    shared = [v for v in ablation_variants(dataset, n_experts) if v.name in ("lmoe", "tall")]
+    return shared + precision_variants()
+
+
+STUDIES = {"ablations": ablation_variants, "precision": precision_study}
+
+
+def select(variants: list[Variant], names: list[str] | None) -> list[Variant]:
+    """The variants named in ``names`` (all when None), in the study's order."""
+    if not names:
+        return variants
+    known = {v.name: v for v in variants}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return [v for v in variants if v.name in names]

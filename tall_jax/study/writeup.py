@@ -1,0 +1,177 @@
+"""A study's page: Markdown tables, one CSV row per run, and a bar plot of NDCG@20 per group."""
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tall_jax.study.analysis import COLUMNS, RunSummary, mean_std, paired_tests
+from tall_jax.study.variants import Variant
+
+ALPHA = 0.05
+
+
+def _ms(values: list[float], digits: int = 4) -> str:
+    if not values:
+        return "–"
+    m, s = mean_std(values)
+    return f"{m:.{digits}f} ± {s:.{digits}f}" if len(values) > 1 else f"{m:.{digits}f}"
+
+
+def _p(p: float) -> str:
+    if math.isnan(p):
+        return "–"
+    mark = "*" if p < ALPHA else ""
+    return f"{p:.1e}{mark}" if p < 1e-3 else f"{p:.3f}{mark}"
+
+
+def _num(x: float | None, fmt: str = ".3f") -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def results_table(variants: list[Variant], runs: dict[str, list[RunSummary]], key: str) -> list[str]:
+    lines = ["| variant | seeds | " + " | ".join(COLUMNS) + " |", "|---|---:|" + "---:|" * len(COLUMNS)]
+    for v in variants:
+        rs = runs.get(v.name, [])
+        if rs:
+            cells = [_ms([getattr(r, key)[c] for r in rs]) for c in COLUMNS]
+            lines.append(f"| {v.name} | {len(rs)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def paired_table(variants: list[Variant], runs: dict[str, list[RunSummary]], reference: str) -> list[str]:
+    lines = ["| variant | seeds | " + " | ".join(COLUMNS) + " |", "|---|---:|" + "---:|" * len(COLUMNS)]
+    ref = runs.get(reference, [])
+    for v in variants:
+        if v.name == reference or not runs.get(v.name) or not ref:
+            continue
+        tests = paired_tests(runs[v.name], ref)
+        if not tests:
+            continue
+        cells = [f"{t.mean_diff:+.4f} ({_p(t.p_users)}; {_p(t.p_seeds)})" for t in tests]
+        lines.append(f"| {v.name} | {tests[0].n_seeds} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def selection_table(variants: list[Variant], runs: dict[str, list[RunSummary]]) -> list[str]:
+    lines = ["| variant | best epoch | smoothed epoch | overall: best | overall: smoothed | low: best | low: smoothed | high: best | high: smoothed |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for v in variants:
+        rs = runs.get(v.name, [])
+        if not rs:
+            continue
+        cells = [_ms([r.best_epoch for r in rs], 1), _ms([r.smoothed_epoch for r in rs], 1)]
+        for col in ("overall", "low", "high"):
+            cells += [_ms([r.best[col] for r in rs]), _ms([r.smoothed[col] for r in rs])]
+        lines.append(f"| {v.name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def diagnostics_table(variants: list[Variant], runs: dict[str, list[RunSummary]], n_experts: int) -> list[str]:
+    lines = [f"| variant | gate entropy (log E = {math.log(n_experts):.4f}) | max w | std w | Spearman(abs(w-1), abs V_u) | epochs run | seconds per run |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for v in variants:
+        rs = runs.get(v.name, [])
+        if not rs:
+            continue
+        ent = [r.gate_entropy for r in rs if r.gate_entropy is not None]
+        w = [r.weights for r in rs if r.weights]
+        cells = [_ms(ent, 5) if ent else "–",
+                 _ms([x["w_max"] for x in w], 1) if w else "–",
+                 _ms([x["w_std"] for x in w], 2) if w else "–",
+                 _ms([x["spearman_n_valid"] for x in w if not math.isnan(x["spearman_n_valid"])], 2) if w else "–",
+                 _ms([r.epochs_run for r in rs], 0), _ms([r.wall_time_s for r in rs], 0)]
+        lines.append(f"| {v.name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_csv(path: Path, runs: dict[str, list[RunSummary]]) -> None:
+    fields = (["variant", "seed", "best_epoch", "smoothed_epoch", "epochs_run", "wall_time_s", "valid_score",
+               "gate_entropy", "w_max", "w_std"] + [f"best_{c}" for c in COLUMNS] + [f"smoothed_{c}" for c in COLUMNS])
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(fields)
+        for rs in runs.values():
+            for r in rs:
+                w.writerow([r.variant, r.seed, r.best_epoch, r.smoothed_epoch, r.epochs_run,
+                            f"{r.wall_time_s:.1f}", f"{r.valid_score:.6f}", _num(r.gate_entropy, ".6f"),
+                            _num(r.weights.get("w_max"), ".4f"), _num(r.weights.get("w_std"), ".4f")]
+                           + [f"{r.best[c]:.6f}" for c in COLUMNS] + [f"{r.smoothed[c]:.6f}" for c in COLUMNS])
+
+
+def plot(path: Path, variants: list[Variant], runs: dict[str, list[RunSummary]], title: str) -> Path | None:
+    from tall_jax.plots import new_figure
+
+    shown = [v.name for v in variants if runs.get(v.name)]
+    if not shown:
+        return None
+    fig = new_figure((max(8.0, 1.1 * len(COLUMNS) * len(shown) / 4), 4.8))
+    ax = fig.subplots()
+    width = 0.8 / len(shown)
+    for i, name in enumerate(shown):
+        values = np.array([[r.best[c] for c in COLUMNS] for r in runs[name]])
+        err = values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros(len(COLUMNS))
+        ax.bar(np.arange(len(COLUMNS)) + (i - (len(shown) - 1) / 2) * width, values.mean(axis=0),
+               width, yerr=err, label=f"{name} ({len(values)})", capsize=1.5)
+    ax.set_xticks(np.arange(len(COLUMNS)), COLUMNS)
+    ax.set_ylabel("test NDCG@20 (best-validation epoch)")
+    ax.set_title(title)
+    ax.legend(fontsize="x-small", ncol=3)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def write_page(out: Path, *, study: str, command: str, dataset: str, n_experts: int,
+               seeds: list[int], variants: list[Variant], runs: dict[str, list[RunSummary]],
+               reference: str = "tall", environment: dict[str, Any] | None = None) -> list[Path]:
+    """Write ``<out>.md``, ``<out>.csv`` and ``<out>.png``; returns their paths."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    png = plot(out.with_suffix(".png"), variants, runs, f"{dataset}, E = {n_experts}: test NDCG@20 per group")
+    write_csv(out.with_suffix(".csv"), runs)
+    n_done = sum(len(r) for r in runs.values())
+    main = [v for v in variants if not v.tune]
+    tuned = [v for v in variants if v.tune or v.name.startswith("lmoe_route")]
+    lines = [f"# {study.capitalize()} study: {dataset}, E = {n_experts}", "",
+             f"Produced by `{command}` on {time.strftime('%Y-%m-%d')} ({n_done} finished runs; seeds asked: "
+             f"{' '.join(map(str, seeds))}). Rerun the command to resume it and to refresh this page.", ""]
+    if environment:
+        lines += ["Environment: " + ", ".join(f"{k} {v}" for k, v in environment.items()) + ".", ""]
+    lines += ["## Variants", "", "| variant | model | changes | what it asks |", "|---|---|---|---|"]
+    for v in variants:
+        changes = ", ".join(f"{k}={val}" for k, val in v.overrides) or "(preset)"
+        lines.append(f"| {v.name} | {v.model} | {changes} | {v.about} |")
+    lines += ["", "## Test NDCG@20 per group (best-validation epoch), mean ± std over seeds", ""]
+    lines += results_table(main, runs, "best")
+    lines += ["", f"## Paired difference to `{reference}` (test NDCG@20)", "",
+              "Each cell: the mean over users of the per-user difference (averaged over the seeds both "
+              "variants have), then in brackets the p-value of the Wilcoxon signed-rank test over the group's "
+              "users and of the paired t-test over seeds; * marks p < 0.05. Not corrected for the number of "
+              "variants compared.", ""]
+    lines += paired_table(main, runs, reference)
+    lines += ["", "## Model selection: best epoch vs smoothed", "",
+              "Best: the epoch with the best validation score (the authors' rule). Smoothed: the centre of the "
+              f"best {3}-epoch moving average of the validation score; its test NDCG@20 comes from the run's "
+              "per-epoch history. A large gap means the best epoch was a validation spike.", ""]
+    lines += selection_table(main, runs)
+    lines += ["", "## Gate and weights at the best epoch", "",
+              "Gate entropy: mean over users of -Σ_k g_uk log g_uk (log E for a uniform gate). Weights: the "
+              "adaptive weights of the best epoch (max, std over users, Spearman correlation of |w_u - 1| "
+              "with the number of validation items).", ""]
+    lines += diagnostics_table(main, runs, n_experts)
+    if any(runs.get(v.name) for v in tuned):
+        lines += ["", "## Routing-gate temperature (first seed, chosen on validation)", "",
+                  "| variant | validation score (mean NDCG@{1,5,10,20}) | gate entropy | test NDCG@20 |", "|---|---:|---:|---:|"]
+        for v in tuned:
+            for r in runs.get(v.name, [])[:1]:
+                lines.append(f"| {v.name} (seed {r.seed}) | {r.valid_score:.4f} | {_num(r.gate_entropy, '.4f')} | "
+                             f"{r.best['overall']:.4f} |")
+    lines += ["", f"![NDCG@20 per group]({png.name})" if png else "", "",
+              f"Per-run values: [{out.with_suffix('.csv').name}]({out.with_suffix('.csv').name}).", ""]
+    out.with_suffix(".md").write_text("\n".join(lines))
+    return [p for p in (out.with_suffix(".md"), out.with_suffix(".csv"), png) if p is not None]
