@@ -1,0 +1,106 @@
+"""tall_jax.study: the variants resolve to the configs they claim, the plan is seed-major and resumable,
+a folder of other settings is refused, the statistics equal scipy's and hand-worked values, and one
+tiny study runs end to end and writes its page."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from tall_jax.configs import make_config
+from tall_jax.metrics import GROUP_NAMES
+from tall_jax.study import analysis, runner, variants as V
+from tall_jax.study.__main__ import main
+from tall_jax.study.writeup import write_page
+
+
+def test_variants_resolve_to_their_configs():
+    vs = {v.name: v for v in V.ablation_variants("ml-1m", 10)}
+    assert vs["tall"].config("ml-1m", 10, 3) == make_config("ml-1m", "tall", n_experts=10, seed=3)
+    mix_reg = vs["multvae_mix_reg"].config("ml-1m", 10, 0)
+    assert mix_reg.n_experts == 1 and mix_reg.kl_reduction == "sum_users"
+    assert mix_reg.weight_decay == pytest.approx(make_config("ml-1m", "tall", n_experts=10).weight_decay)
+    route = vs["tall_route"].config("ml-1m", 10, 0)
+    assert (route.gate, route.gate_temperature, route.adaptive) == ("route", V.ROUTE_TEMPERATURE, "loss_change")
+    assert vs["lmoe_uniform"].config("ml-1m", 10, 0).gate == "uniform"
+    assert len(vs) == len(V.ablation_variants("ml-1m", 10))  # names are unique
+    with pytest.raises(ValueError, match="unknown variant"):
+        V.select(list(vs.values()), ["nope"])
+
+
+def test_plan_is_seed_major_and_tune_variants_take_the_first_seed(tmp_path):
+    vs = V.select(V.ablation_variants("ml-1m", 10), ["multvae", "tall", "lmoe_route_t0.3"])
+    runs = runner.plan(vs, [4, 1], tmp_path, "ml-1m", 10)
+    assert [r.label for r in runs] == ["multvae/seed4", "tall/seed4", "lmoe_route_t0.3/seed4",
+                                       "multvae/seed1", "tall/seed1"]
+    assert runs[1].out_dir == tmp_path / "ml-1m" / "E10" / "tall" / "seed4"
+
+
+def test_a_folder_made_for_other_settings_is_refused(tmp_path):
+    v = V.select(V.ablation_variants("ml-1m", 10), ["tall"])[0]
+    run = runner.plan([v], [0], tmp_path, "ml-1m", 10)[0]
+    run.out_dir.mkdir(parents=True)
+    record = run.record("ml-1m", 10)
+    record["overrides"] = {"weight_cap": 3.0}
+    (run.out_dir / runner.RECORD).write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="overrides"):
+        runner.check_folder(run, "ml-1m", 10)
+
+
+def test_smoothed_epoch_hand_worked():
+    # a spike at epoch 3; the best 3-epoch average is centred on epoch 6 (.5+.6+.5)
+    scores = [.1, .2, .9, .1, .5, .6, .5, .2]
+    history = [{"epoch": e + 1, "valid_score": s} for e, s in enumerate(scores)]
+    assert analysis.smoothed_epoch(history) == 6
+    assert analysis.smoothed_epoch(history[:2]) == 2
+
+
+def _summary(variant, seed, per_user, groups):
+    best = {"overall": float(per_user.mean())}
+    best.update({g: float(per_user[groups == i].mean()) for i, g in enumerate(GROUP_NAMES)})
+    return analysis.RunSummary(variant, seed, best, dict(best), 5, 5, 20, 10.0, 0.3, 2.3, {}, per_user, groups)
+
+
+def test_paired_tests_equal_scipy():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(5), 40)
+    ref = [_summary("tall", s, rng.random(200), groups) for s in range(3)]
+    mine = [_summary("x", s, r.per_user_N + rng.normal(0.02, 0.05, 200), groups) for s, r in enumerate(ref)]
+    tests = {t.column: t for t in analysis.paired_tests(mine, ref)}
+    d = np.mean([m.per_user_N - r.per_user_N for m, r in zip(mine, ref)], axis=0)
+    low = groups == 0
+    assert tests["low"].mean_diff == pytest.approx(d[low].mean())
+    assert tests["low"].p_users == pytest.approx(scipy.stats.wilcoxon(d[low]).pvalue)
+    assert tests["overall"].p_seeds == pytest.approx(
+        scipy.stats.ttest_rel([m.best["overall"] for m in mine], [r.best["overall"] for r in ref]).pvalue)
+    assert tests["overall"].n_seeds == 3 and tests["overall"].n_users == 200
+    assert analysis.paired_tests(mine, []) == []
+
+
+def test_page_from_summaries(tmp_path):
+    rng = np.random.default_rng(1)
+    groups = np.repeat(np.arange(5), 10)
+    vs = V.select(V.ablation_variants("ml-1m", 10), ["multvae", "tall"])
+    runs = {v.name: [_summary(v.name, s, rng.random(50), groups) for s in range(2)] for v in vs}
+    written = write_page(tmp_path / "page", study="ablations", command="cmd", dataset="ml-1m",
+                         n_experts=10, seeds=[0, 1], variants=vs, runs=runs)
+    text = (tmp_path / "page.md").read_text()
+    assert "| multvae | 2 |" in text and "Paired difference to `tall`" in text
+    assert len((tmp_path / "page.csv").read_text().splitlines()) == 1 + 4
+    assert len(written) == 3 and (tmp_path / "page.png").stat().st_size > 0
+
+
+def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
+    argv = ["ablations", "--dataset", "synthetic", "--experts", "2", "--seeds", "0", "--variants",
+            "multvae", "--root", str(tmp_path / "runs"), "--page", str(tmp_path / "page"), "--no-progress"]
+    assert main(argv) == 0
+    folder = tmp_path / "runs" / "synthetic" / "E2" / "multvae" / "seed0"
+    assert (folder / "results.json").exists() and (folder / "train.log").exists()
+    before = (folder / "results.json").stat().st_mtime_ns
+    assert main(argv) == 0  # finished runs are skipped
+    assert (folder / "results.json").stat().st_mtime_ns == before
+    assert "| multvae | 1 |" in (tmp_path / "page.md").read_text()
+    assert main(argv[:-1] + ["--jobs", "0"]) == 2
+    assert "error:" in capsys.readouterr().err
