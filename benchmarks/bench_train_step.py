@@ -165,6 +165,8 @@ def child_jax(args, ds) -> dict:
         out["compile_note"] = "first evaluation incl. compilation"
         out["wall"], out["cpu"] = timed(lambda: steps.evaluate(state.params, data, cfg),
                                         args.epoch_repeats, jax.block_until_ready)
+    elif args.mode.startswith("seeds_"):
+        out.update(_child_seeds(args, cfg, ds, data))
     else:  # epoch, fit_epoch
         t0 = time.perf_counter()
         compiled = steps.train_epoch.lower(state, data, cfg).compile()
@@ -180,6 +182,36 @@ def child_jax(args, ds) -> dict:
         run()  # warm-up
         out["wall"], out["cpu"] = timed(run, args.epoch_repeats, jax.block_until_ready)
         out["steps_per_epoch"] = -(-ds.n_users // cfg.batch_size)
+    return out
+
+
+def _child_seeds(args, cfg, ds, data) -> dict:
+    """``--runs`` seeds' fit_epoch (train epoch + evaluation): one after another, or as one program
+    (tall_jax.multirun). The time is for all runs together."""
+    import jax
+    from tall_jax import multirun, steps
+    from tall_jax import state as state_lib
+    seeds = list(range(args.runs))
+    if args.mode == "seeds_vmapped":
+        holder = [multirun.init_runs(cfg, seeds, ds.n_users, ds.n_items)]
+
+        def run():
+            holder[0], _ = multirun.train_epochs(holder[0], data, cfg)
+            return multirun.evaluate_runs(holder[0].params, data, cfg)
+    else:
+        holder = [state_lib.init(jax.random.PRNGKey(s), cfg, ds.n_users, ds.n_items) for s in seeds]
+
+        def run():
+            out = []
+            for r in range(len(seeds)):
+                holder[r], _ = steps.train_epoch(holder[r], data, cfg)
+                out.append(steps.evaluate(holder[r].params, data, cfg))
+            return out
+    t0 = time.perf_counter()
+    jax.block_until_ready(run())
+    out = {"compile_s": time.perf_counter() - t0, "compile_note": "first epoch incl. compilation",
+           "runs": len(seeds)}
+    out["wall"], out["cpu"] = timed(run, args.epoch_repeats, jax.block_until_ready)
     return out
 
 
@@ -267,9 +299,8 @@ def run_child(args) -> None:
         out = child_matmul(args)
     else:
         ds = load(args.dataset, args.data_dir)
-        fn = {"vmapped": child_jax, "epoch": child_jax, "eval": child_jax, "fit_epoch": child_jax,
-              "loop": child_loop, "torch": child_torch}
-        out = fn[args.mode](args, ds)
+        fn = {"loop": child_loop, "torch": child_torch}
+        out = fn.get(args.mode, child_jax)(args, ds)
         out["data_source"] = ds.source
     out["peak_rss_mb"] = peak_rss_mb()
     if args.mode != "torch":
@@ -316,8 +347,8 @@ def batch_nnz(ds, B: int) -> int:
     return int(ds.train[:B].nnz)
 
 
-MODES = ["vmapped", "epoch", "eval", "fit_epoch", "loop", "torch"]
-JAX_MODES = ("vmapped", "epoch", "eval", "fit_epoch")
+MODES = ["vmapped", "epoch", "eval", "fit_epoch", "seeds_serial", "seeds_vmapped", "loop", "torch"]
+JAX_MODES = ("vmapped", "epoch", "eval", "fit_epoch", "seeds_serial", "seeds_vmapped")
 
 
 def parse_variants(items: list[str]) -> dict[str, dict]:
@@ -353,6 +384,8 @@ def speedups(runs: list[dict], baseline_variant: str) -> list[dict]:
         base = med.get((ds, k, baseline_variant, mode))
         if base is not None:
             row[f"x_vs_{baseline_variant}"] = base / t
+        if mode == "seeds_vmapped" and (ds, k, var, "seeds_serial") in med:
+            row["x_vs_seeds_serial"] = med[(ds, k, var, "seeds_serial")] / t
         torch_t = med.get((ds, k, "-", "torch"))
         if torch_t is not None and mode == "vmapped":
             row["x_vs_torch"] = torch_t / t
@@ -374,6 +407,7 @@ def main(argv=None) -> None:
                    help="the variant the speed-ups are measured against")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats of a step")
     p.add_argument("--epoch-repeats", type=int, default=1, help="timed repeats of an epoch / eval")
+    p.add_argument("--runs", type=int, default=5, help="seeds of the seeds_* modes")
     p.add_argument("--data-dir", default=os.environ.get("TALL_JAX_DATA", ""),
                    help="folder with ml-1m/tall_split (else random data of the ML-1M shape)")
     p.add_argument("--timeout", type=float, default=1200, help="seconds per subprocess")
@@ -390,7 +424,7 @@ def main(argv=None) -> None:
     if any(k < 1 for k in args.experts):
         p.error(f"--experts must be >= 1, got {args.experts}")
     variants = parse_variants(args.variants)
-    common = ["--repeats", str(args.repeats), "--epoch-repeats", str(args.epoch_repeats),
+    common = ["--repeats", str(args.repeats), "--epoch-repeats", str(args.epoch_repeats), "--runs", str(args.runs),
               "--data-dir", args.data_dir]
     result = dict(versions=versions(), loadavg_start=os.getloadavg(), variants=variants,
                   started=time.strftime("%Y-%m-%dT%H:%M:%S"), runs=[])

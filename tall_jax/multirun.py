@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from tall_jax import state as state_lib
 from tall_jax import steps
-from tall_jax.batching import UserData, sequential_order
+from tall_jax.batching import UserData, make_batch, sequential_order
 from tall_jax.configs import TALLConfig
 from tall_jax.datasets.base import Dataset
 from tall_jax.fit import FitResult, _epoch_record
@@ -55,7 +55,8 @@ def train_epochs(states: state_lib.TrainState, data: UserData, config: TALLConfi
 
 @functools.partial(jax.jit, static_argnames=("config",))
 def _evaluate_batch(params: Any, data: UserData, users_B: jax.Array, config: TALLConfig):
-    return jax.vmap(lambda p: steps.evaluate_batch(p, data, users_B, config))(params)
+    batch, test_idx_BxP = make_batch(data, users_B), data.test_idx[users_B]
+    return jax.vmap(lambda p: steps.eval_step(p, batch, test_idx_BxP, config))(params)
 
 
 def evaluate_runs(params: Any, data: UserData, config: TALLConfig) -> dict[str, jax.Array]:
