@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -97,6 +98,8 @@ def execute(runs: list[Run], *, dataset: str, n_experts: int, data_dir: str | No
     if jobs > 1:
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + SINGLE_THREAD_XLA).strip()
     running: dict[str, tuple[subprocess.Popen, Any, float]] = {}
+    # a SIGTERM (kill, a stopped session) unwinds like Ctrl-C, so the children are stopped too
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     failed: list[str] = []
     bar = tqdm(total=len(runs), initial=len(runs) - len(todo), disable=not progress, unit="run",
                desc="study", dynamic_ncols=True)
@@ -129,6 +132,7 @@ def execute(runs: list[Run], *, dataset: str, n_experts: int, data_dir: str | No
             proc.terminate()
             proc.wait()
             log.close()
+        signal.signal(signal.SIGTERM, previous)
         bar.close()
     return failed
 
