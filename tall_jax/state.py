@@ -12,6 +12,7 @@ from flax import serialization, struct
 from tall_jax import gate as gate_lib
 from tall_jax import vae, weights
 from tall_jax.configs import TALLConfig
+from tall_jax.optim import adam_l2
 from tall_jax.vae import Params
 
 
@@ -32,12 +33,8 @@ class TrainState:
 
 
 def make_optimizer(config: TALLConfig) -> optax.GradientTransformation:
-    """torch.optim.Adam(lr, weight_decay=wd): coupled L2 on every parameter, then Adam (docs/fidelity.md#implementation)."""
-    return optax.chain(
-        optax.add_decayed_weights(config.weight_decay),
-        optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8),
-        optax.scale(-config.lr),
-    )
+    """The TALL family's optimizer: :func:`tall_jax.optim.adam_l2` of (config.lr, config.weight_decay)."""
+    return adam_l2(config.lr, config.weight_decay)
 
 
 def wl_weights(ms_N: np.ndarray, gamma: float) -> np.ndarray:

@@ -3,10 +3,12 @@
 ``train_step(state, batch, config) -> (state, metrics)`` is one Adam step on one batch (docs/fidelity.md#loss);
 ``train_epoch`` runs a whole epoch as a ``lax.scan`` on the device, with the adaptive weights set at its
 start and the loss-change window updated at its end (docs/fidelity.md#adaptive-weights, #epoch); ``evaluate`` scores all users'
-validation and test rankings in one compiled pass. ``config`` is static everywhere.
+validation and test rankings through the one evaluator (:mod:`tall_jax.evaluation`) with
+:class:`MixtureScorer`. ``config`` is static everywhere.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -14,16 +16,16 @@ import jax.numpy as jnp
 import optax
 
 from tall_jax import gate as gate_lib
-from tall_jax import head, vae, weights
-from tall_jax.batching import Batch, UserData, dense_rows, epoch_order, make_batch, sequential_order
+from tall_jax import evaluation, head, objective, vae, weights
+from tall_jax.batching import Batch, UserData, dense_rows, epoch_order, make_batch
 from tall_jax.configs import TALLConfig
-from tall_jax.metrics import DEFAULT_KS, valid_test_metrics
+from tall_jax.metrics import DEFAULT_KS, normalise_ks
+from tall_jax.objective import NOISE, SHUFFLE
 from tall_jax.state import TrainState, make_optimizer
 from tall_jax.vae import Params
 
-KS = DEFAULT_KS  # early-stopping cut-offs of the faithful default (docs/fidelity.md#metrics); eval_step
-# also ranks at the cut-offs of a config that has a ``ks`` field (valid_test_metrics sorts the union)
-_NOISE, _SHUFFLE, _DROPOUT = 0, 1, 2
+KS = DEFAULT_KS  # early-stopping cut-offs of the faithful default (docs/fidelity.md#metrics); evaluation
+# also ranks at the cut-offs of the config's ``ks`` field (the union, sorted)
 # encoder="auto" encodes sparsely below this share of nonzeros in the batch (benchmarks/README.md)
 SPARSE_ENCODER_DENSITY = 0.02
 VALIDATION_GATES = ("loss", "route")  # gates of the experts' validation losses L_uk
@@ -45,16 +47,15 @@ def forward(params: Params, x_BxM: jax.Array, v_BxM: jax.Array, key: jax.Array,
     the train nonzeros of the batch (``Batch.nnz_cap``; 0 = unknown, which rules out the sparse
     encoder)."""
     xn = vae.normalise(x_BxM)
-    if train and config.dropout > 0:
-        keep = jax.random.bernoulli(jax.random.fold_in(key, _DROPOUT), 1 - config.dropout, xn.shape)
-        xn = jnp.where(keep, xn / (1 - config.dropout), 0.0)
+    if train:
+        xn = objective.input_dropout(xn, key, config.dropout)
     n_experts = params["experts"]["dec_b"].shape[0]
     if config.forward_impl == "fused":
         return _forward_fused(params, xn, x_BxM, v_BxM, key, config, train=train, nnz_cap=nnz_cap)
     if 0 < config.expert_chunk < n_experts:
         return _forward_chunked(params, xn, x_BxM, v_BxM, key, config, train=train)
     logits_ExBxM, kl_ExB = vae.experts_forward(
-        params["experts"], xn, jax.random.fold_in(key, _NOISE), train=train,
+        params["experts"], xn, jax.random.fold_in(key, NOISE), train=train,
         noise_std=config.noise_std, precision=config.matmul_precision)
     gate_BxE = _gate(params, x_BxM, v_BxM, config, n_experts,
                      lambda: gate_lib.masked_validation_loss(logits_ExBxM, x_BxM, v_BxM).T)
@@ -85,7 +86,7 @@ def _forward_fused(params: Params, xn_BxM: jax.Array, x_BxM: jax.Array, v_BxM: j
         mu_ExBxD, logvar_ExBxD = head.encode_experts(experts["enc_w"], experts["enc_b"], xn_BxM,
                                                      precision)
     if train:
-        keys = jax.random.split(jax.random.fold_in(key, _NOISE), n_experts)
+        keys = jax.random.split(jax.random.fold_in(key, NOISE), n_experts)
         eps = jax.vmap(lambda k: jax.random.normal(k, mu_ExBxD.shape[1:], mu_ExBxD.dtype))(keys)
         z_ExBxD = mu_ExBxD + config.noise_std * eps * jnp.exp(0.5 * logvar_ExBxD)
     else:
@@ -130,7 +131,7 @@ def _forward_chunked(params: Params, xn_BxM: jax.Array, x_BxM: jax.Array, v_BxM:
     experts = params["experts"]
     n_experts, batch = experts["dec_b"].shape[0], x_BxM.shape[0]
     n_chunks = n_experts // config.expert_chunk
-    keys = jax.random.split(jax.random.fold_in(key, _NOISE), n_experts)
+    keys = jax.random.split(jax.random.fold_in(key, NOISE), n_experts)
     chunk = lambda a: a.reshape((n_chunks, config.expert_chunk) + a.shape[1:])  # noqa: E731
     params_C, keys_C = jax.tree.map(chunk, experts), chunk(keys)
 
@@ -172,7 +173,7 @@ def loss_fn(params: Params, batch: Batch, w_B: jax.Array, beta: jax.Array, key: 
     out = forward(params, x_BxM, v_BxM, key, config, train=True, nnz_cap=batch.nnz_cap)
     mask_B = batch.mask
     n_real = jnp.sum(mask_B)
-    ce_B = -jnp.sum(x_BxM * jax.nn.log_softmax(out["mix_BxM"], axis=-1), axis=-1)
+    ce_B = objective.multinomial_ce(out["mix_BxM"], x_BxM)
     w_B = w_B * mask_B
     ce = jnp.sum(w_B * ce_B) / jnp.maximum(jnp.sum(w_B), 1e-30)
     gate_BxE, kl_ExB = out["gate_BxE"], out["kl_ExB"]
@@ -196,7 +197,7 @@ def _apply(params: Params, opt_state: optax.OptState, grads: Params, config: TAL
 
 
 def _train_step(state: TrainState, batch: Batch, config: TALLConfig):
-    key = jax.random.fold_in(jax.random.fold_in(state.rng, _NOISE), state.step)
+    key = jax.random.fold_in(jax.random.fold_in(state.rng, NOISE), state.step)
     w_B = state.weights_N.at[batch.users].get(mode="fill", fill_value=0.0)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     params, opt_state, step = state.params, state.opt_state, state.step
@@ -206,7 +207,7 @@ def _train_step(state: TrainState, batch: Batch, config: TALLConfig):
                                 config)
         params, opt_state = _apply(params, opt_state, grads, config)
         step = step + 1
-        key = jax.random.fold_in(jax.random.fold_in(state.rng, _NOISE), step)
+        key = jax.random.fold_in(jax.random.fold_in(state.rng, NOISE), step)
     (loss, aux), grads = grad_fn(params, batch, w_B, beta_at(step, config), key, config)
     params, opt_state = _apply(params, opt_state, grads, config)
     loss_N = state.loss_N.at[batch.users].set(aux["recorded_B"], mode="drop")
@@ -261,7 +262,7 @@ def train_epoch(state: TrainState, data: UserData, config: TALLConfig):
     """
     n_valid_N = jnp.sum(data.valid_idx[:-1] < data.n_items, axis=-1).astype(jnp.float32)
     state = begin_epoch(state, config, n_valid_N)
-    shuffle_key = jax.random.fold_in(jax.random.fold_in(state.rng, _SHUFFLE), state.epoch)
+    shuffle_key = jax.random.fold_in(jax.random.fold_in(state.rng, SHUFFLE), state.epoch)
     order = epoch_order(shuffle_key, data.n_users, config.batch_size)
 
     def body(carry: TrainState, users_B: jax.Array):
@@ -281,29 +282,30 @@ def predict(params: Params, batch: Batch, config: TALLConfig):
     return out["mix_BxM"], out["gate_BxE"], x_BxM, v_BxM
 
 
+@dataclasses.dataclass(frozen=True)
+class MixtureScorer:
+    """The TALL family's scorer for :mod:`tall_jax.evaluation`: eval-mode mixture logits and the
+    gate's per-user entropy and max/min ratio. Hashable (a static argument of the jitted batch)."""
+
+    config: TALLConfig
+
+    def __call__(self, params: Params, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+        mix_BxM, gate_BxE, _, _ = predict(params, batch, self.config)
+        entropy_B, ratio_B = gate_lib.gate_diagnostics(gate_BxE)
+        return mix_BxM, {"gate/entropy": entropy_B, "gate/max_min_ratio": ratio_B}
+
+
 def eval_step(params: Params, batch: Batch, test_idx_BxP: jax.Array,
               config: TALLConfig) -> dict[str, jax.Array]:
-    """Per-user validation and test NDCG/Recall@{1,5,10,20} for one batch (docs/fidelity.md#metrics): train items are
-    excluded from both rankings; validation items stay candidates in the test ranking."""
-    mix_BxM, gate_BxE, x_BxM, v_BxM = predict(params, batch, config)
-    out = valid_test_metrics(mix_BxM, x_BxM, v_BxM, dense_rows(test_idx_BxP, batch.n_items),
-                             (*KS, *config.ks))
-    entropy_B, ratio_B = gate_lib.gate_diagnostics(gate_BxE)
-    out.update({"gate/entropy": entropy_B, "gate/max_min_ratio": ratio_B})
-    return out
-
-
-@functools.partial(jax.jit, static_argnames=("config",))
-def evaluate_batch(params: Params, data: UserData, users_B: jax.Array,
-                   config: TALLConfig) -> dict[str, jax.Array]:
-    """:func:`eval_step` for the users ``users_B`` (N = padding), gathered from ``data``; jitted."""
-    return eval_step(params, make_batch(data, users_B), data.test_idx[users_B], config)
+    """Per-user validation and test metrics @{1,5,10,20} (and ``config.ks``) of one batch, with the
+    gate diagnostics (docs/fidelity.md#metrics): train items are excluded from both rankings;
+    validation items stay candidates in the test ranking."""
+    return evaluation.batch_metrics(MixtureScorer(config), params, batch, test_idx_BxP,
+                                    normalise_ks((*KS, *config.ks)))
 
 
 def evaluate(params: Params, data: UserData, config: TALLConfig) -> dict[str, jax.Array]:
-    """All users' per-user metrics: one compiled :func:`evaluate_batch` per fixed-size batch, issued
-    from the host (asynchronously). A device-side loop (``lax.map``) over the batches ran 1.7-2.2x
-    slower on a CPU, where XLA runs the loop body's operations with less parallelism."""
-    order = sequential_order(data.n_users, config.eval_batch)
-    parts = [evaluate_batch(params, data, jnp.asarray(users_B), config) for users_B in order]
-    return jax.tree.map(lambda *a: jnp.concatenate(a)[: data.n_users], *parts)
+    """All users' per-user metrics through the one evaluator (:func:`tall_jax.evaluation.evaluate`,
+    ``config.eval_batch`` users per compiled call)."""
+    return evaluation.evaluate(MixtureScorer(config), params, data, batch_size=config.eval_batch,
+                               ks=(*KS, *config.ks))
