@@ -9,6 +9,7 @@ TALL's adaptive weights, and the evaluation pass.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -20,11 +21,11 @@ from tall_jax.datasets import load_dataset
 from tall_jax.protocol import dataset_groups
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--experts", type=int, default=10)
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     dataset = load_dataset("synthetic", seed=0)
     _, groups_N = dataset_groups(dataset)
@@ -49,7 +50,8 @@ def main() -> None:
         print(f"epoch {epoch:2d}  loss {float(np.mean(jax.device_get(losses))):7.2f}  "
               f"test NDCG@20 {np.nanmean(ndcg):.4f}  low..high {by_group}  w in [{w.min():.2f}, {w.max():.2f}]")
     print(f"train_step compiled {tall_jax.train_step._cache_size()} time(s)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -5,8 +5,10 @@
     python examples/train_tall.py --dataset ml-1m --model tall --experts 10 --data-dir /path/to/data
     python examples/train_tall.py --dataset my/interactions.csv --model multvae tall   # your own data
 
-Each model writes results.json, per_user_test.npz and PNG curves into --out/<dataset>/<model>/seed<k>
-(for your own file, <dataset> is its file name). A mistake in the command line, the data or a setting
+Each model writes settings.json, results.json, per_user_test.npz and PNG curves into
+--out/<dataset>/<model>-E<E>-<hash>/seed<k> (baselines: <model>-<hash>; <hash> covers every setting but
+the seed and the execution-only options, so two settings never share a folder; for your own file,
+<dataset> is its file name). --resume refuses a folder whose settings.json differs. A mistake in the command line, the data or a setting
 ends with one "error: ..." line and exit status 2, before any run folder is made.
 """
 from __future__ import annotations
@@ -28,8 +30,9 @@ from tall_jax.datasets import KNOWN_DATASETS, DownloadError, load_dataset, regis
 from tall_jax.datasets.download import DEFAULT_TIMEOUT, ENV_OFFLINE, ENV_TIMEOUT, check_timeout
 from tall_jax.datasets.own import DEFAULT_KCORE, looks_like_path, parse_columns
 from tall_jax.metrics import RankingResult
+from tall_jax.identity import check_settings
 from tall_jax.precision import PRECISIONS
-from tall_jax.run import run_experiment
+from tall_jax.run import default_out_dir, run_experiment, run_settings
 from tall_jax.sharding import make_mesh, parse_mesh
 
 # CLI flag -> TALLConfig field (preset overrides; unset flags keep the faithful preset).
@@ -199,7 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--ks", type=int, nargs="+", default=None, metavar="K",
                    help="cut-offs reported beside the faithful 1 5 10 20, e.g. --ks 10 20 50 (default: none)")
     r = p.add_argument_group("running")
-    r.add_argument("--resume", action="store_true", help="continue from <out>/.../last_state.msgpack")
+    r.add_argument("--resume", action="store_true",
+                   help="continue from the run folder's last_state.msgpack; refused when its settings.json "
+                        "records other settings (default: off, start afresh)")
     r.add_argument("--no-progress", action="store_true", help="log one line per epoch instead of a progress bar")
     r.add_argument("--mesh", default=None, metavar="expert=N",
                    help="split a mixture's experts over N devices (tall_jax.sharding; E divisible by N; "
@@ -263,10 +268,19 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     cfg = make_config(dataset, model, seed=seed, **model_overrides(model))
                 shown.setdefault(model, cfg)
+        split_of = {}
         for seed in dict.fromkeys(args.seed):  # find, download, split and cache the data
-            load_dataset(dataset, split=args.split, seed=seed, data_dir=args.data_dir,
-                         download=None if args.offline is None else not args.offline,
-                         download_timeout=args.download_timeout)
+            split_of[seed] = load_dataset(dataset, split=args.split, seed=seed, data_dir=args.data_dir,
+                                          download=None if args.offline is None else not args.offline,
+                                          download_timeout=args.download_timeout).split
+        outs = {}
+        for seed in args.seed:  # each run's folder, named by its settings
+            for model in args.model:
+                settings = run_settings(dataset, model, split=split_of[seed], seed=seed,
+                                        overrides=model_overrides(model))
+                outs[seed, model] = default_out_dir(args.out, settings)
+                if args.resume:
+                    check_settings(outs[seed, model], settings)
     except USER_ERRORS as e:
         return _fail(e)
     except KeyboardInterrupt:
@@ -279,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for seed in args.seed:
             for model in args.model:
-                out = Path(args.out) / dataset / model / f"seed{seed}"
+                out = outs[seed, model]
                 res = run_experiment(dataset, model, out_dir=out, split=args.split, seed=seed,
                                      data_dir=args.data_dir, progress=not args.no_progress,
                                      resume=args.resume, overrides=model_overrides(model),

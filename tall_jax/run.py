@@ -6,18 +6,15 @@ settings, wall time), the per-user arrays and the plots.
 """
 from __future__ import annotations
 
-import json
 import logging
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
-from tall_jax import paper, plots, sharding
-from tall_jax.configs import EXECUTION_FIELDS, MODELS, make_config, variant
+from tall_jax import identity, plots, results as results_lib, sharding
+from tall_jax.configs import EXECUTION_FIELDS, MODELS, make_config
 from tall_jax.datasets import load_dataset
 from tall_jax.fit import fit
 from tall_jax.protocol import dataset_groups
@@ -31,8 +28,11 @@ def run_experiment(dataset: str, model: str, *, out_dir: str | Path, split: str 
                    overrides: dict[str, Any] | None = None,
                    global_from: str | Path | None = None,
                    mesh: str | None = None) -> dict[str, Any]:
-    """Train ``model`` on ``dataset`` and write results.json, per_user_test.npz and PNG curves into
-    ``out_dir``. Returns the results dict (also written as JSON). The local-learning baselines
+    """Train ``model`` on ``dataset`` and write settings.json, results.json, per_user_test.npz and PNG
+    curves into exactly ``out_dir`` (:func:`default_out_dir` names the command line's folder).
+    ``resume=True`` continues a checkpoint there and raises ValueError naming each field when the
+    folder's settings.json records other settings (:func:`tall_jax.identity.check_settings`).
+    Returns the results dict (also written as JSON). The local-learning baselines
     (``loca``, ``lft``, ``enlft``) go to :func:`tall_jax.baselines.run_baseline`, with ``overrides``
     as :class:`tall_jax.baselines.BaselineConfig` fields and ``global_from`` as their reusable global
     model run. ``mesh`` ("expert=N") splits a mixture's experts over N devices
@@ -42,7 +42,7 @@ def run_experiment(dataset: str, model: str, *, out_dir: str | Path, split: str 
         raise ValueError(f"--mesh applies to the MultVAE family, not to {model!r}")
     if model in BASELINES:
         return run_baseline(dataset, model, out_dir=out_dir, split=split, seed=seed, data_dir=data_dir,
-                            progress=progress, overrides=overrides, global_from=global_from)
+                            progress=progress, overrides=overrides, global_from=global_from, resume=resume)
     if global_from is not None:
         raise ValueError(f"global_from applies to the baselines {', '.join(BASELINES)} only, not {model!r}")
     if model not in MODELS:
@@ -52,7 +52,11 @@ def run_experiment(dataset: str, model: str, *, out_dir: str | Path, split: str 
     device_mesh = sharding.make_mesh(*sharding.parse_mesh(mesh)) if mesh else None
     t0 = time.perf_counter()
     ds = load_dataset(dataset, split=split, seed=seed, data_dir=data_dir)
+    settings = run_settings(dataset, model, split=ds.split, seed=seed, overrides=overrides)
+    if resume:
+        identity.check_settings(out, settings)
     out.mkdir(parents=True, exist_ok=True)  # only once the config and the data are known to be good
+    identity.write_settings(out, settings)
     ms_N, groups_N = dataset_groups(ds)
     log.info("%s/%s: %d users, %d items, %d interactions (%.1fs to load and group)", ds.name,
              ds.split, ds.n_users, ds.n_items, ds.n_interactions, time.perf_counter() - t0)
@@ -63,18 +67,38 @@ def run_experiment(dataset: str, model: str, *, out_dir: str | Path, split: str 
     figures = plots.plot_run(result.history, out, f"{model} on {dataset}", result.best_epoch)
     results = {
         "dataset": dataset, "model": model, "seed": seed, "split": ds.split,
-        "variant": variant(config, make_config(dataset, model, seed=seed),
-                           ignore=("seed",) + EXECUTION_FIELDS),
+        "variant": settings["variant"],
         "test": test.to_json(), "valid": valid.to_json(),  # each with its "fairness" over the groups
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
         "wall_time_s": result.wall_time_s,
         "seconds_per_epoch": float(np.median([h["seconds"] for h in result.history])),
         "settings": config.to_dict(), "dataset_counts": ds.counts(),
-        "paper": paper.paper_row(dataset, model),
+        **results_lib.reference_rows(dataset, model),
         "model_selection": "test metrics of the epoch with the best mean validation NDCG@{1,5,10,20}",
         "history": result.history, "figures": [str(p.name) for p in figures],
-        "environment": {"jax": jax.__version__, "backend": jax.default_backend(),
-                        "devices": [str(d) for d in jax.devices()], "python": platform.python_version()},
     }
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
+    results_lib.write_results(out, results)
     return results
+
+
+def run_settings(dataset: str, model: str, *, split: str, seed: int = 0,
+                 overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``settings.json`` record of a run (:func:`tall_jax.identity.settings_record`): its resolved
+    config, dataset, split, seed, variant and identity hash. ``split`` is the resolved split name."""
+    from tall_jax.baselines import BASELINES, make_baseline_config
+    from tall_jax.baselines.experiment import baseline_settings
+
+    if model in BASELINES:
+        config = make_baseline_config(model, seed=seed, dataset=dataset, **(overrides or {}))
+        return baseline_settings(config, dataset=dataset, split=split)
+    config = make_config(dataset, model, seed=seed, **(overrides or {}))
+    faithful = make_config(dataset, model, seed=seed)
+    return identity.settings_record(config, dataset=dataset, split=split, execution_fields=EXECUTION_FIELDS,
+                                    variant=results_lib.variant(config, faithful, EXECUTION_FIELDS))
+
+
+def default_out_dir(root: str | Path, settings: dict[str, Any]) -> Path:
+    """The command line's folder of a run with these :func:`run_settings`:
+    ``root/<dataset>/<model>-E<E>-<hash>/seed<k>`` (baselines ``<model>-<hash>``); the hash covers
+    every setting but the seed and the execution-only fields, so two settings never share a folder."""
+    return identity.run_dir(root, settings)

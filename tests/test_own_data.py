@@ -146,7 +146,11 @@ def test_train_on_own_data_end_to_end(tmp_path, capsys):
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "since_best=" in captured.err and "/2" in captured.err  # the bar: epochs since best / patience
-    res = json.loads((out / "ratings.tsv" / "tall" / "seed0" / "results.json").read_text())
+    (run,) = (out / "ratings.tsv").glob("tall-E2-*/seed0")
+    res = json.loads((run / "results.json").read_text())
+    settings = json.loads((run / "settings.json").read_text())
+    assert settings["data"] == {"columns": ["user", "item", "rating", "timestamp"], "min_rating": 2.0,
+                                "kcore": [10, 10]} and settings["config"]["n_experts"] == 2
     assert res["dataset"] == "ratings.tsv" and res["split"] == "random" and res["epochs_run"] <= 3
     n_users = res["dataset_counts"]["users"]
     assert 40 < n_users <= 50  # ratings < 2 dropped, then the 10-core

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -13,10 +12,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from tall_jax import paper
+from tall_jax import identity
+from tall_jax import results as results_lib
 from tall_jax import state as state_lib
 from tall_jax.baselines.config import BASELINES, global_config, make_baseline_config
-from tall_jax.configs import EXECUTION_FIELDS, variant
+from tall_jax.configs import EXECUTION_FIELDS as GLOBAL_EXECUTION
 from tall_jax.baselines.enlft import run_enlft
 from tall_jax.baselines.lft import run_lft
 from tall_jax.baselines.loca import run_loca
@@ -27,6 +27,9 @@ from tall_jax.metrics import RankingResult
 from tall_jax.protocol import dataset_groups
 
 log = logging.getLogger("tall_jax.baselines")
+# BaselineConfig fields that change how a baseline executes, not its maths (never a variant; a saved
+# run that differs only in them is the same run).
+EXECUTION_FIELDS = ("chunk", "memory_budget_gb", "eval_batch")
 
 
 def same_model(saved: dict[str, Any], gcfg) -> bool:
@@ -34,7 +37,7 @@ def same_model(saved: dict[str, Any], gcfg) -> bool:
     ignored and a field the saved run predates counts as its default value."""
     defaults = {f.name: f.default for f in dataclasses.fields(gcfg)}
     want = gcfg.to_dict()
-    return all(saved.get(k, defaults.get(k)) == v for k, v in want.items() if k not in EXECUTION_FIELDS)
+    return all(saved.get(k, defaults.get(k)) == v for k, v in want.items() if k not in GLOBAL_EXECUTION)
 
 
 def global_model(ds, gcfg, ms_N, groups_N, folder: Path, which: str, progress: bool,
@@ -76,16 +79,25 @@ def global_model(ds, gcfg, ms_N, groups_N, folder: Path, which: str, progress: b
         final, best = res.state, res.best_params
         meta = {"config": gcfg.to_dict(), "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
                 "wall_time_s": res.wall_time_s, "test": res.test.to_json()}
-        meta_path.write_text(json.dumps(meta, default=float))
+        results_lib.write_json(meta_path, meta)
     params = final.params if which == "final" else best
     return jax.tree.map(lambda a: jax.numpy.asarray(a)[0], params["experts"]), meta
+
+
+def baseline_settings(config, *, dataset: str, split: str) -> dict[str, Any]:
+    """The ``settings.json`` record of a baseline run (:func:`tall_jax.identity.settings_record`)."""
+    faithful = make_baseline_config(config.model, seed=config.seed)
+    return identity.settings_record(config, dataset=dataset, split=split, execution_fields=EXECUTION_FIELDS,
+                                    variant=results_lib.variant(config, faithful, EXECUTION_FIELDS))
 
 
 def run_baseline(dataset: str, model: str, *, out_dir: str | Path, split: str | None = None,
                  seed: int = 0, data_dir: str | Path | None = None, progress: bool = True,
                  overrides: dict[str, Any] | None = None,
-                 global_from: str | Path | None = None) -> dict[str, Any]:
-    """Run LOCA / LFT / EnLFT on ``dataset`` and write results.json and per_user_test.npz.
+                 global_from: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
+    """Run LOCA / LFT / EnLFT on ``dataset`` and write settings.json, results.json and per_user_test.npz
+    into exactly ``out_dir``. ``resume=True`` refuses a folder whose settings.json records other
+    settings (ValueError naming each field); finished LOCA local models are reused either way.
 
     ``global_from``: reuse a finished MultVAE (LOCA) or WL (LFT, EnLFT) run folder as the global
     model instead of training one (its settings must equal the baseline's global config)."""
@@ -95,7 +107,11 @@ def run_baseline(dataset: str, model: str, *, out_dir: str | Path, split: str | 
     out = Path(out_dir)
     t0 = time.perf_counter()
     ds = load_dataset(dataset, split=split, seed=seed, data_dir=data_dir)
+    settings = baseline_settings(config, dataset=dataset, split=ds.split)
+    if resume:
+        identity.check_settings(out, settings)
     out.mkdir(parents=True, exist_ok=True)  # only once the config and the data are known to be good
+    identity.write_settings(out, settings)
     ms_N, groups_N = dataset_groups(ds)
     gcfg = global_config(dataset, config)
     which = config.loca_global_state if model == "loca" else "best"
@@ -121,21 +137,17 @@ def run_baseline(dataset: str, model: str, *, out_dir: str | Path, split: str | 
     subset = len(users) < ds.n_users
     results = {
         "dataset": dataset, "model": model, "seed": seed, "split": ds.split,
-        "variant": variant(config, make_baseline_config(model, seed=seed),
-                           ignore=("seed", "chunk", "memory_budget_gb", "eval_batch")),
+        "variant": settings["variant"],
         "test": test.to_json(), "valid": valid.to_json(),
         "evaluated_users": ("all" if not subset else
                             f"seeded random subset of {len(users)} of {ds.n_users} users (seed {seed}); "
                             "metrics are means over these users only; ids in evaluated_users.npy"),
         "wall_time_s": time.perf_counter() - t0, "global_model_seconds": t_global,
         "model_seconds": t_model, "settings": config.to_dict(), "global_model": gmeta,
-        "global_state_used": which, "dataset_counts": ds.counts(), "paper": paper.paper_row(dataset, model),
-        "lft_repo": paper.paper_row(dataset, model, "lft_repo"),
+        "global_state_used": which, "dataset_counts": ds.counts(), **results_lib.reference_rows(dataset, model),
         "model_selection": ("LOCA: each local model keeps its best-validation state (patience on its "
                             "candidates); LFT/EnLFT: no validation selection (final fine-tuned state)"),
         "diagnostics": info,
-        "environment": {"jax": jax.__version__, "backend": jax.default_backend(),
-                        "devices": [str(d) for d in jax.devices()], "python": platform.python_version()},
     }
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
+    results_lib.write_results(out, results)
     return results

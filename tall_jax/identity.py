@@ -1,0 +1,101 @@
+"""Run identity: which settings a run folder holds, its default name, and the resume check.
+
+A run's *identity* is its resolved configuration without the seed and the execution-only fields,
+plus the dataset and its split (and, for your own file, how it was read). The default folder is
+``<root>/<dataset>/<model>-E<E>-<hash>/seed<k>`` (baselines: ``<model>-<hash>``), ``<hash>`` being
+the first 8 hex digits of the identity's sha256, so runs with different settings never share a
+folder. Beside ``results.json`` every run writes ``settings.json`` (:func:`settings_record`), and a
+resumed run refuses a folder whose recorded settings differ (:func:`check_settings`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from tall_jax.files import atomic_write_text
+
+SETTINGS_FILE = "settings.json"
+_MISSING = object()
+
+
+def data_options(dataset: str) -> dict[str, Any]:
+    """How your own interaction file was read (columns, min_rating, kcore); {} for a built-in dataset."""
+    from tall_jax.datasets import KNOWN_DATASETS
+    from tall_jax.datasets.own import own_data
+
+    spec = None if dataset in KNOWN_DATASETS else own_data(dataset)
+    if spec is None:
+        return {}
+    return {"columns": spec.columns, "min_rating": spec.min_rating, "kcore": list(spec.kcore)}
+
+
+def identity(config: Any, *, dataset: str, split: str, execution_fields: tuple[str, ...]) -> dict[str, Any]:
+    """The settings that make two runs the same experiment (seeds aside): the config's fields except
+    ``seed`` and ``execution_fields``, the dataset, its split and how it was read."""
+    fields = {k: v for k, v in config.to_dict().items() if k != "seed" and k not in execution_fields}
+    return {"dataset": dataset, "split": split, "data": data_options(dataset), "config": fields}
+
+
+def short_hash(settings: dict[str, Any], n: int = 8) -> str:
+    """The first ``n`` hex digits of the sha256 of ``settings`` as canonical JSON."""
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]
+
+
+def run_dir(root: str | Path, record: dict[str, Any]) -> Path:
+    """``root/<dataset>/<model>-E<E>-<hash>/seed<k>`` of a :func:`settings_record` (``<model>-<hash>``
+    for a config without experts): the folder the command line writes a run into."""
+    experts = record["config"].get("n_experts")
+    name = "-".join([record["model"]] + ([f"E{experts}"] if experts is not None else []) + [record["identity"]])
+    return Path(root) / record["dataset"] / name / f"seed{record['seed']}"
+
+
+def settings_record(config: Any, *, dataset: str, split: str, variant: str,
+                    execution_fields: tuple[str, ...]) -> dict[str, Any]:
+    """The readable ``settings.json`` of a run: the resolved config, dataset, split, seed, variant and
+    the identity hash (execution fields included in ``config``, but not in the hash)."""
+    ident = identity(config, dataset=dataset, split=split, execution_fields=execution_fields)
+    return {"dataset": dataset, "split": split, "data": ident["data"], "model": config.model,
+            "seed": config.seed, "variant": variant, "identity": short_hash(ident),
+            "execution_fields": list(execution_fields), "config": config.to_dict()}
+
+
+def _flat(record: dict[str, Any]) -> dict[str, Any]:
+    skip = set(record.get("execution_fields", ()))
+    out = {k: v for k, v in record.items() if k not in ("config", "data", "identity", "execution_fields",
+                                                        "variant")}
+    out.update({f"data.{k}": v for k, v in (record.get("data") or {}).items()})
+    out.update({k: v for k, v in (record.get("config") or {}).items() if k not in skip})
+    return json.loads(json.dumps(out, default=str))  # tuples -> lists, as read back from JSON
+
+
+def settings_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """``"field: saved value (in settings.json) vs wanted value (now)"`` for every differing field,
+    execution-only fields ignored."""
+    a, b = _flat(saved), _flat(wanted)
+    show = lambda d, k: repr(d[k]) if k in d else "<absent>"  # noqa: E731
+    return [f"{k}: {show(a, k)} in settings.json vs {show(b, k)} now"
+            for k in sorted(set(a) | set(b)) if a.get(k, _MISSING) != b.get(k, _MISSING)]
+
+
+def check_settings(out_dir: str | Path, wanted: dict[str, Any]) -> None:
+    """Raise ValueError naming each differing field when ``out_dir/settings.json`` exists and records
+    other settings than ``wanted`` (a folder without one, from before settings.json, passes)."""
+    path = Path(out_dir) / SETTINGS_FILE
+    if not path.is_file():
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: unreadable ({e}); move the folder away or choose another --out") from None
+    diff = settings_differences(saved, wanted)
+    if diff:
+        raise ValueError(f"cannot resume {out_dir}: its settings differ ({'; '.join(diff)}); "
+                         "run without --resume into another folder, or remove this one")
+
+
+def write_settings(out_dir: str | Path, record: dict[str, Any]) -> Path:
+    """Write ``settings.json`` into ``out_dir`` atomically."""
+    return atomic_write_text(Path(out_dir) / SETTINGS_FILE, json.dumps(record, indent=1, default=str))

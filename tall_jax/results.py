@@ -1,0 +1,68 @@
+"""The one writer of a run's ``results.json``: the environment block, the variant string, the
+reference (paper) rows and the atomic write, shared by the MultVAE family (:mod:`tall_jax.run`), the
+baselines (:mod:`tall_jax.baselines.experiment`) and the two-tower model (its
+``two_tower_results.json``, a sibling schema: the same ``environment``, ``variant`` and ``settings``
+keys around its own AP tables).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+from tall_jax import paper
+from tall_jax.configs import variant as _variant
+from tall_jax.files import atomic_write_text
+
+RESULTS_FILE = "results.json"
+
+
+def environment() -> dict[str, Any]:
+    """Where a run ran: JAX version and backend, the devices, Python, the platform and the UTC date."""
+    import jax
+
+    return {"jax": jax.__version__, "backend": jax.default_backend(),
+            "devices": [str(d) for d in jax.devices()], "python": platform.python_version(),
+            "platform": platform.platform(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def variant(config: Any, faithful: Any, execution_fields: tuple[str, ...]) -> str:
+    """"field=value, ..." where ``config`` departs from ``faithful``, ignoring the seed and the
+    execution-only fields (they never make a run a variant of the model)."""
+    return _variant(config, faithful, ignore=("seed",) + tuple(execution_fields))
+
+
+def reference_rows(dataset: str, model: str) -> dict[str, dict[str, float] | None]:
+    """The reference NDCG@20 rows of (dataset, model): ``paper`` (TALL paper) and ``lft_repo``."""
+    return {source: paper.paper_row(dataset, model, source) for source in ("paper", "lft_repo")}
+
+
+def to_jsonable(obj: Any) -> Any:
+    """NumPy arrays / scalars -> lists / floats / ints (non-finite floats -> None), recursively."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        return None if not np.isfinite(obj) else float(obj)
+    if isinstance(obj, (np.integer, np.bool_)):
+        return obj.item()
+    return obj
+
+
+def write_json(path: str | Path, record: dict[str, Any]) -> Path:
+    """``record`` as indented JSON at ``path``, written atomically (NumPy scalars become floats)."""
+    return atomic_write_text(path, json.dumps(record, indent=1, default=float))
+
+
+def write_results(out_dir: str | Path, results: dict[str, Any], name: str = RESULTS_FILE) -> Path:
+    """Write ``results`` plus its ``environment`` block to ``out_dir/name`` atomically; returns the path."""
+    results.setdefault("environment", environment())
+    return write_json(Path(out_dir) / name, results)
