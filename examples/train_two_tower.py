@@ -1,7 +1,9 @@
 """Train the baseline, baseline + upsampling and MTL two-tower models (Gampa et al. 2023) on synthetic
 multi-territory data or the ML-1M zip-region adaptation, for one or several seeds, under the paper's
 incremental day-by-day protocol (default) or one-shot; print the per-group AP table and relative gains;
-write two_tower_results.json and PNG plots into --out.
+write settings.json, two_tower_results.json and PNG plots into --out (default:
+runs/two_tower/<dataset>-<hash>, <hash> naming every setting but the seeds, so two settings never
+share a folder).
 
     python examples/train_two_tower.py --dataset synthetic --seed 0 1 2 --out runs/two_tower/synthetic
     python examples/train_two_tower.py --dataset ml-1m --data-dir /path/to/data --seed 0 1 2
@@ -9,19 +11,20 @@ write two_tower_results.json and PNG plots into --out.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
 
-from tall_jax.two_tower.cli import check_args, make_builder, make_parser, models_of, run_main, train_config
+from tall_jax import identity, results
+from tall_jax.two_tower.cli import (check_args, make_builder, make_parser, models_of, run_main, settings_of,
+                                    train_config, variant_of)
 
 
 def parse_args(argv=None):
     p = make_parser(__doc__.split("\n\n")[0], default_seeds=[0, 1, 2])
     p.add_argument("--out", default=None,
-                   help="output folder for two_tower_results.json and PNGs (default: runs/two_tower/<dataset>)")
+                   help="output folder for settings.json, two_tower_results.json and PNGs "
+                        "(default: runs/two_tower/<dataset>-<hash of the settings>)")
     return check_args(p, p.parse_args(argv))
 
 
@@ -29,12 +32,15 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from tall_jax.two_tower.experiment import run_seed
     from tall_jax.two_tower.plots import plot_gains, plot_title_histograms
-    from tall_jax.two_tower.report import summarise, text_report, to_jsonable
+    from tall_jax.two_tower.report import summarise, text_report
 
-    out = Path(args.out) if args.out else Path("runs") / "two_tower" / args.dataset
-    out.mkdir(parents=True, exist_ok=True)
+    settings = {**settings_of(args), "variant": variant_of(args)}
+    name = f"{args.dataset}-{identity.short_hash(settings_of(args))}"
+    out = Path(args.out) if args.out else Path("runs") / "two_tower" / name
     cfg = train_config(args)
     build = make_builder(args)
+    out.mkdir(parents=True, exist_ok=True)
+    results.write_json(out / identity.SETTINGS_FILE, {**settings, "seeds": args.seeds})
     runs, infos, started = [], [], time.perf_counter()
     for seed in args.seeds:
         data = build(seed)
@@ -45,11 +51,12 @@ def main(argv=None) -> int:
     print(text_report(summary))
     plot_title_histograms(summary["title_hist"], [c["name"] for c in data.case_titles], out / "title_histograms.png")
     plot_gains(data.territory_names, summary["gain"]["territory"], out / "territory_gains.png")
-    record = {"dataset": args.dataset, "seeds": args.seeds, "train_config": dataclasses.asdict(cfg),
-              "args": vars(args), "data_info": infos, "seconds": time.perf_counter() - started,
+    record = {"dataset": args.dataset, "seeds": args.seeds, "variant": settings["variant"],
+              "settings": settings_of(args), "train_config": settings["train"], "args": vars(args),
+              "data_info": infos, "seconds": time.perf_counter() - started,
               "note": "AP per cell is averaged over test days; gains are per-day gains averaged over days, "
                       "then mean and sample std over seeds", **summary}
-    (out / "two_tower_results.json").write_text(json.dumps(to_jsonable(record), indent=1))
+    results.write_results(out, results.to_jsonable(record), name="two_tower_results.json")
     print(f"wrote {out / 'two_tower_results.json'} and PNGs", file=sys.stderr)
     return 0
 

@@ -219,13 +219,14 @@ def test_example_exits_2_on_missing_data_and_lets_real_errors_surface(tmp_path, 
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith("error:") and "ratings.dat" in err and "--data-dir" in err
     # an AttributeError inside the embedding code is not turned into a silent SVD fallback
-    import tall_jax.two_tower.ml1m as ml1m
+    import tall_jax.two_tower.embedding as embedding
+    import tall_jax.two_tower.ml1m.days as days
 
     def broken(*a, **k):
         raise AttributeError("broken MultVAE API")
 
-    monkeypatch.setattr(ml1m, "multvae_user_embedding", broken)
-    monkeypatch.setattr(ml1m, "read_timed_ratings", lambda d: (np.array([[1, 1, 5, 100], [1, 2, 5, 200],
+    monkeypatch.setattr(embedding, "multvae_user_embedding", broken)
+    monkeypatch.setattr(days, "read_timed_ratings", lambda d: (np.array([[1, 1, 5, 100], [1, 2, 5, 200],
                                                                          [2, 1, 4, 300], [2, 2, 3, 400]]), tmp_path))
     with pytest.raises(AttributeError, match="broken MultVAE API"):
         ex.main(["--dataset", "ml-1m", "--user-embedding", "multvae", "--no-progress", "--out", str(tmp_path / "o")])
@@ -275,7 +276,7 @@ def test_paired_test_matches_scipy():
 def test_ml1m_days_come_from_timestamps_and_test_users_are_disjoint(shared_data):
     from tall_jax.two_tower.ml1m import make_ml1m_days, read_timed_ratings
 
-    data = make_ml1m_days(shared_data, seed=0, progress=False)
+    data = make_ml1m_days(shared_data, seed=0)
     arr, _ = read_timed_ratings(shared_data)
     assert len(data.days) == 8 and data.n_test_days == 3
     edges = np.r_[-np.inf, data.info["day_edges_ts"], np.inf]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import re
 import sys
 from typing import Callable
@@ -108,6 +109,20 @@ def data_settings(args) -> dict:
     return {k: getattr(args, k) for k in keys}
 
 
+def settings_of(args) -> dict:
+    """The resolved settings of a two-tower run, seeds aside: data, training config, models."""
+    return {"data": data_settings(args), "train": dataclasses.asdict(train_config(args)),
+            "models": list(models_of(args))}
+
+
+def variant_of(args) -> str:
+    """How the training config departs from ``TrainConfig``'s paper values (d 512, batch 8192, ...);
+    ``eval_batch_size`` only changes how scoring is batched."""
+    from tall_jax.results import variant
+
+    return variant(train_config(args), TrainConfig(), execution_fields=("eval_batch_size",))
+
+
 def make_builder(args) -> Callable[[int], object]:
     """``seed -> TwoTowerData``; a seed-independent ML-1M user embedding is computed once."""
     from tall_jax.two_tower.data import SyntheticConfig, make_synthetic_two_tower
@@ -118,24 +133,30 @@ def make_builder(args) -> Callable[[int], object]:
         return lambda seed: make_synthetic_two_tower(syn, seed)
     progress = not args.no_progress
     if args.ml1m_days == "timestamps":
-        from tall_jax.two_tower.ml1m import history_embedding, make_ml1m_days, read_timed_ratings  # noqa: F401
+        from tall_jax.two_tower.ml1m import make_ml1m_days
 
+        embed = args.user_embedding
+        if embed == "multvae":  # trained here, in the experiment layer; the data builder trains nothing
+            from tall_jax.two_tower.embedding import multvae_history_embedding
+
+            embed = functools.partial(multvae_history_embedding, vae_epochs=args.vae_epochs, progress=progress)
         cache: dict = {}
 
         def build(seed: int):
             if "emb" not in cache:
-                first = make_ml1m_days(args.data_dir, seed=seed, alpha=args.alpha, progress=progress,
-                                       user_embedding=args.user_embedding)
+                first = make_ml1m_days(args.data_dir, seed=seed, alpha=args.alpha, user_embedding=embed)
                 cache["emb"] = (first.user_x, first.info["user_embedding"])
                 return first
             return make_ml1m_days(args.data_dir, seed=seed, alpha=args.alpha, user_embedding=cache["emb"])
 
         return build
     from tall_jax.datasets import load_dataset
-    from tall_jax.two_tower.ml1m import make_ml1m_two_tower, multvae_user_embedding, svd_user_embedding
+    from tall_jax.two_tower.ml1m import make_ml1m_two_tower, svd_user_embedding
 
     ds = load_dataset("ml-1m", split="authors", data_dir=args.data_dir, download=False)
     if args.user_embedding == "multvae":
+        from tall_jax.two_tower.embedding import multvae_user_embedding
+
         emb, name = multvae_user_embedding(ds, max_epochs=args.vae_epochs, progress=progress), "multvae_mu"
     else:
         emb, name = svd_user_embedding(ds.train), "svd64"
@@ -160,4 +181,4 @@ def run_main(main: Callable[[], int], prog: str) -> None:
 
 
 __all__ = ["PRESETS", "ALL_MODELS", "make_parser", "check_args", "models_of", "train_config", "make_builder",
-           "data_settings", "run_main"]
+           "data_settings", "settings_of", "variant_of", "run_main"]

@@ -65,18 +65,3 @@ def text_report(summary: dict[str, Any]) -> str:
         parts.append("title-level relative gain %\n" + format_table(
             titles, {k: (v["mean"], v["std"]) for k, v in summary["gain"]["title"].items()}, fmt="{:+.2f}"))
     return "\n\n".join(parts)
-
-
-def to_jsonable(obj: Any) -> Any:
-    """NumPy arrays / scalars -> lists / floats (NaN -> None) for ``json.dump``."""
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, (np.floating, float)):
-        return None if not np.isfinite(obj) else float(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
