@@ -78,11 +78,12 @@ def evaluate(score_fn: Scorer, params: Any, data: UserData, *, batch_size: int,
     return jax.tree.map(lambda *a: jnp.concatenate(a)[:n], *parts)
 
 
-def ranking_results(evals: Mapping[str, Any],
-                    groups_N: np.ndarray | None = None) -> dict[str, RankingResult]:
+def ranking_results(evals: Mapping[str, Any], groups_N: np.ndarray | None = None,
+                    n_items: int | None = None) -> dict[str, RankingResult]:
     """``{"valid": RankingResult, "test": RankingResult}`` from :func:`evaluate`'s prefixed keys
-    (the ranked items become ``top_items``); extras without a prefix are left out."""
+    (the ranked items become ``top_items``; ``n_items`` enables coverage); extras without a prefix
+    are left out."""
     host = jax.device_get(dict(evals))
     return {split: RankingResult({k[len(split) + 1:]: np.asarray(v) for k, v in host.items()
-                                  if k.startswith(split + "/")}, groups=groups_N)
+                                  if k.startswith(split + "/")}, groups=groups_N, n_items=n_items)
             for split in ("valid", "test")}

@@ -1,22 +1,21 @@
 """The epoch loop shared by every MultVAE-family model: train, validate, early-stop, checkpoint.
 
 Per epoch (docs/fidelity.md#epoch): adaptive weights, a shuffled on-device epoch, the loss-change window, then
-validation and test NDCG@{1,5,10,20} of every user. Early stopping (docs/fidelity.md#early-stopping): the score is the mean of
-the four validation NDCGs; the first epoch always improves, later ones only if strictly better; training
-stops after ``patience`` epochs without improvement. The reported test result is the one of the best
-epoch. The model is not reloaded (the authors' code does not either).
+validation and test NDCG@{1,5,10,20} of every user. Early stopping (docs/fidelity.md#early-stopping,
+:mod:`tall_jax.stopping`): the score is the mean of the four validation NDCGs; the first epoch always
+improves, later ones only if strictly better; training stops after ``patience`` epochs without
+improvement. The reported test result is the one of the best epoch. The model is not reloaded (the
+authors' code does not either).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -25,11 +24,12 @@ from tall_jax import state as state_lib
 from tall_jax.batching import UserData
 from tall_jax.configs import TALLConfig
 from tall_jax.datasets.base import Dataset
+from tall_jax.evaluation import ranking_results
 from tall_jax.metrics import GROUP_NAMES, RankingResult
+from tall_jax.stopping import EarlyStopping, validation_score
 from tall_jax.weights import weight_stats
 
 log = logging.getLogger("tall_jax")
-VALID_KEYS = tuple(f"valid/ndcg@{k}" for k in steps.KS)
 
 
 @dataclasses.dataclass
@@ -57,7 +57,7 @@ def _group_means(values_N: np.ndarray, groups_N: np.ndarray | None) -> dict[str,
 def _epoch_record(epoch: int, train_metrics: dict, evals: dict, state: state_lib.TrainState,
                   groups_N: np.ndarray | None, n_valid_N: np.ndarray, ms_N: np.ndarray | None,
                   config: TALLConfig, seconds: float) -> dict[str, Any]:
-    valid_score = float(np.mean([np.nanmean(evals[k]) for k in VALID_KEYS]))
+    valid_score = validation_score(evals)
     w_N = np.asarray(state.weights_N)
     record: dict[str, Any] = {
         "epoch": epoch,
@@ -93,13 +93,14 @@ def fit(dataset: Dataset, config: TALLConfig, *, groups_N: np.ndarray | None = N
     """Train ``config`` on ``dataset`` to early stop and return the best epoch's results.
 
     ``groups_N`` (0 = low .. 4 = high) gives the per-group curves; ``ms_N`` is needed by WL and for
-    weight diagnostics. With ``out_dir``, the best parameters are written to ``best_params.msgpack``
-    at the end and the full state to ``last_state.msgpack`` every ``checkpoint_every`` epochs;
-    ``resume=True`` continues from that file. With ``mesh`` (:func:`tall_jax.sharding.make_mesh`)
-    the experts and their Adam moments are split over its ``"expert"`` axis and the data replicated;
-    the steps are partitioned by ``jax.jit`` (same result up to reduction order). A ``"data"`` axis
-    above 1 is for hand-written loops (:func:`tall_jax.sharding.shard_batch`): the epoch scan
-    builds its batches on the device.
+    weight diagnostics. With ``out_dir``, the run checkpoint ``<out_dir>/checkpoint/`` (the state,
+    the best parameters and metrics, the history: one atomic unit, :func:`tall_jax.state.save_checkpoint`)
+    is written every ``checkpoint_every`` epochs and at the end, before ``on_epoch`` sees the
+    epoch; ``resume=True`` continues from it, bit for bit as if never interrupted. With ``mesh``
+    (:func:`tall_jax.sharding.make_mesh`) the experts and their Adam moments are split over its
+    ``"expert"`` axis and the data replicated; the steps are partitioned by ``jax.jit`` (same result
+    up to reduction order). A ``"data"`` axis above 1 is for hand-written loops
+    (:func:`tall_jax.sharding.shard_batch`): the epoch scan builds its batches on the device.
     """
     started = time.perf_counter()
     step_config = config.for_steps()
@@ -109,15 +110,15 @@ def fit(dataset: Dataset, config: TALLConfig, *, groups_N: np.ndarray | None = N
                            dataset.n_items, ms_N=ms_N)
     out = Path(out_dir) if out_dir is not None else None
     history: list[dict[str, Any]] = []
-    best = {"score": -np.inf, "epoch": 0, "evals": None, "params": None}
+    stop = EarlyStopping(config.patience)
+    best_evals, best_params = None, None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        if resume and (out / "last_state.msgpack").exists():
-            state = state_lib.load_state(out / "last_state.msgpack", state)
-            saved = json.loads((out / "last_state.json").read_text())
-            history, best["score"], best["epoch"] = saved["history"], saved["best_score"], saved["best_epoch"]
-            best["evals"] = {k: np.asarray(v, np.float32) for k, v in np.load(out / "best_evals.npz").items()}
-            best["params"] = state_lib.load_params(out / "best_params.msgpack", state.params)
+        saved = state_lib.load_checkpoint(out, state) if resume else None
+        if saved is not None:
+            state, history, best_evals, best_params = (saved.state, saved.history, saved.best_evals,
+                                                       saved.best_params)
+            stop = EarlyStopping(config.patience, saved.best_score, saved.best_epoch)
     if mesh is not None:
         if mesh.shape[sharding.DATA] != 1:
             raise ValueError("fit shards the expert axis only; use a mesh with data=1")
@@ -128,8 +129,7 @@ def fit(dataset: Dataset, config: TALLConfig, *, groups_N: np.ndarray | None = N
     bar = tqdm(initial=int(state.epoch), disable=not progress, desc=f"{config.model} E={config.n_experts}",
                unit="epoch", dynamic_ncols=True,
                bar_format="{desc}: epoch {n_fmt}" + cap + " [{elapsed}, {rate_fmt}]{postfix}")
-    since_best = int(state.epoch) - best["epoch"]
-    while int(state.epoch) < config.max_epochs and since_best < config.patience:
+    while int(state.epoch) < config.max_epochs and not stop.should_stop(int(state.epoch)):
         tick = time.perf_counter()
         state, train_metrics = steps.train_epoch(state, data, step_config)
         evals = jax.device_get(steps.evaluate(state.params, data, step_config))
@@ -141,37 +141,32 @@ def fit(dataset: Dataset, config: TALLConfig, *, groups_N: np.ndarray | None = N
         record = _epoch_record(epoch, train_metrics, evals, state, groups_N, n_valid_N, ms_N,
                                config, time.perf_counter() - tick)
         history.append(record)
-        if best["evals"] is None or record["valid_score"] > best["score"]:
-            best.update(score=record["valid_score"], epoch=epoch, evals=evals,
-                        params=jax.device_get(state.params))
-        since_best = epoch - best["epoch"]
+        stop, improved = stop.update(epoch, record["valid_score"])
+        if improved:
+            best_evals, best_params = evals, jax.device_get(state.params)
         bar.set_postfix(loss=f"{record['loss']:.2f}", val=f"{record['valid_score']:.4f}",
-                        best=best["epoch"], since_best=f"{since_best}/{config.patience}", refresh=False)
+                        best=stop.best_epoch, since_best=f"{stop.since_best(epoch)}/{config.patience}",
+                        refresh=False)
         bar.update(1)
         if not progress:
             log.info("epoch %d: loss %.3f, valid %.4f (best %.4f at %d), test NDCG@20 %.4f, %.2fs",
-                     epoch, record["loss"], record["valid_score"], best["score"], best["epoch"],
+                     epoch, record["loss"], record["valid_score"], stop.best_score, stop.best_epoch,
                      record["test_ndcg@20"], record["seconds"])
+        if out is not None and checkpoint_every and epoch % checkpoint_every == 0:
+            _checkpoint(out, state, best_params, best_evals, history, stop)
         if on_epoch is not None:
             on_epoch(record)
-        if out is not None and checkpoint_every and epoch % checkpoint_every == 0:
-            _checkpoint(out, state, history, best)
     bar.close()
     if out is not None:
-        _checkpoint(out, state, history, best)
-    ks_metrics = [k for k in best["evals"] if k.startswith("test/")]
-    test = RankingResult({k[5:]: np.asarray(best["evals"][k]) for k in ks_metrics}, groups=groups_N)
-    valid = RankingResult({k[6:]: np.asarray(v) for k, v in best["evals"].items()
-                           if k.startswith("valid/")}, groups=groups_N)
-    return FitResult(config=config, test=test, valid=valid, best_epoch=best["epoch"],
-                     epochs_run=int(state.epoch), history=history,
-                     wall_time_s=time.perf_counter() - started, best_params=best["params"],
-                     state=state)
+        _checkpoint(out, state, best_params, best_evals, history, stop)
+    results = ranking_results(best_evals, groups_N)
+    return FitResult(config=config, test=results["test"], valid=results["valid"],
+                     best_epoch=stop.best_epoch, epochs_run=int(state.epoch), history=history,
+                     wall_time_s=time.perf_counter() - started, best_params=best_params, state=state)
 
 
-def _checkpoint(out: Path, state: state_lib.TrainState, history: list, best: dict) -> None:
-    state_lib.save_state(out / "last_state.msgpack", state)
-    state_lib.save_params(out / "best_params.msgpack", best["params"])
-    np.savez(out / "best_evals.npz", **{k: np.asarray(v) for k, v in best["evals"].items()})
-    (out / "last_state.json").write_text(json.dumps(
-        {"history": history, "best_score": best["score"], "best_epoch": best["epoch"]}))
+def _checkpoint(out: Path, state: state_lib.TrainState, best_params, best_evals, history: list,
+                stop: EarlyStopping) -> None:
+    state_lib.save_checkpoint(out, state_lib.RunCheckpoint(
+        state=state, best_params=best_params, best_evals=best_evals, history=history,
+        best_score=stop.best_score, best_epoch=stop.best_epoch))

@@ -33,7 +33,7 @@ import dataclasses
 import functools
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -530,45 +530,3 @@ class RankingResult:
         n_items = arrays.pop("n_items", None)
         return cls(arrays, arrays.pop("groups", None), group_names, arrays.pop("top_items", None),
                    None if n_items is None else int(n_items))
-
-
-def _dense_rows(mat: Any, rows: np.ndarray) -> np.ndarray:
-    if sp.issparse(mat):
-        return mat[rows].toarray() != 0
-    return np.asarray(mat)[rows] != 0
-
-
-def evaluate_scores(
-    score_fn: Callable[[jax.Array], jax.Array],
-    n_users: int,
-    exclude: Any,
-    targets: Any,
-    ks: Sequence[int] = DEFAULT_KS,
-    batch_size: int = 1024,
-    groups: np.ndarray | None = None,
-    popularity: np.ndarray | None = None,
-) -> RankingResult:
-    """Rank every user in fixed-size batches (one compilation) and collect per-user metrics.
-
-    ``score_fn(users_B) -> scores_BxM``; ``exclude``/``targets`` are [n_users, M] scipy sparse or dense
-    0/1 matrices (train items / held-out items). The last batch is padded with user 0 and cut off. The
-    result holds the ranked items (so ``coverage@K``) and, with ``popularity`` (f[M], e.g.
-    :func:`item_popularity` of the train matrix), the per-user ``popularity@K`` from the kernel.
-    """
-    ks = normalise_ks(ks)
-    pop = None if popularity is None else jnp.asarray(popularity, jnp.float32)
-    out: dict[str, list[np.ndarray]] = {}
-    n_items = None
-    for start in range(0, n_users, batch_size):
-        n = min(batch_size, n_users - start)
-        users_B = np.zeros(batch_size, np.int32)
-        users_B[:n] = np.arange(start, start + n)
-        scores = score_fn(jnp.asarray(users_B))
-        n_items = int(scores.shape[-1])
-        res = rank_metrics(scores, jnp.asarray(_dense_rows(exclude, users_B)),
-                           jnp.asarray(_dense_rows(targets, users_B)), ks, pop, return_items=True)
-        for k, v in res.items():
-            out.setdefault(k, []).append(np.asarray(v)[:n])
-    if not out:
-        return RankingResult({k: np.zeros(0) for k in metric_names(ks, popularity is not None)}, groups)
-    return RankingResult({k: np.concatenate(v) for k, v in out.items()}, groups, n_items=n_items)

@@ -1,7 +1,11 @@
-"""TrainState: everything a TALL-family training run carries from step to step, as one pytree."""
+"""TrainState: everything a TALL-family training run carries from step to step, as one pytree; its
+files (checked against a template) and the run checkpoint the epoch loop resumes from."""
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -9,9 +13,10 @@ import numpy as np
 import optax
 from flax import serialization, struct
 
+from tall_jax import checkpoint, vae, weights
 from tall_jax import gate as gate_lib
-from tall_jax import vae, weights
 from tall_jax.configs import TALLConfig
+from tall_jax.files import atomic_write_bytes
 from tall_jax.optim import adam_l2
 from tall_jax.vae import Params
 
@@ -73,28 +78,74 @@ def init(key: jax.Array, config: TALLConfig, n_users: int, n_items: int,
     )
 
 
-def _write_atomically(path: str | Path, payload: bytes) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(payload)
-    tmp.replace(path)
-
-
 def save_state(path: str | Path, state: TrainState) -> None:
-    """Write the state as msgpack bytes (bit-exact; read back with :func:`load_state`)."""
-    _write_atomically(path, serialization.to_bytes(jax.device_get(state)))
+    """Write the state as msgpack bytes, atomically (bit-exact; read back with :func:`load_state`)."""
+    atomic_write_bytes(path, checkpoint.to_bytes(state))
 
 
 def load_state(path: str | Path, template: TrainState) -> TrainState:
-    """Read a state written by :func:`save_state` into the structure of ``template``."""
-    return serialization.from_bytes(template, Path(path).read_bytes())
+    """Read a state written by :func:`save_state` into the structure of ``template``; ValueError
+    naming the leaves whose shape or dtype differ from the template's."""
+    return checkpoint.from_bytes(template, Path(path).read_bytes(), str(path))
 
 
 def save_params(path: str | Path, params: Params) -> None:
-    """Write a parameter pytree as msgpack bytes."""
-    _write_atomically(path, serialization.to_bytes(jax.device_get(params)))
+    """Write a parameter pytree as msgpack bytes, atomically."""
+    atomic_write_bytes(path, checkpoint.to_bytes(params))
 
 
 def load_params(path: str | Path, template: Params) -> Params:
-    """Read parameters written by :func:`save_params` into the structure of ``template``."""
-    return serialization.from_bytes(template, Path(path).read_bytes())
+    """Read parameters written by :func:`save_params` into the structure of ``template`` (checked)."""
+    return checkpoint.from_bytes(template, Path(path).read_bytes(), str(path))
+
+
+CHECKPOINT = "checkpoint"  # the run checkpoint's folder inside a run folder
+_LEGACY = ("last_state.msgpack", "last_state.json", "best_params.msgpack", "best_evals.npz")
+
+
+@dataclasses.dataclass
+class RunCheckpoint:
+    """Everything :func:`tall_jax.fit.fit` needs to continue a run exactly where it stopped."""
+
+    state: TrainState  # the state after the last completed epoch
+    best_params: Params  # host copy of the parameters of the best epoch
+    best_evals: dict[str, np.ndarray]  # the best epoch's per-user metrics (evaluate's keys)
+    history: list[dict[str, Any]]  # one record per completed epoch
+    best_score: float
+    best_epoch: int
+
+
+def save_checkpoint(run_dir: str | Path, ckpt: RunCheckpoint) -> Path:
+    """Write ``<run_dir>/checkpoint/`` (state.msgpack, best.msgpack, progress.json) as one atomic
+    unit (:func:`tall_jax.checkpoint.write_folder`)."""
+    best = {"params": ckpt.best_params, "evals": {k: np.asarray(v) for k, v in ckpt.best_evals.items()}}
+    progress = {"history": ckpt.history, "best_score": ckpt.best_score, "best_epoch": ckpt.best_epoch}
+    return checkpoint.write_folder(Path(run_dir) / CHECKPOINT, {
+        "state.msgpack": checkpoint.to_bytes(ckpt.state),
+        "best.msgpack": checkpoint.to_bytes(best),
+        "progress.json": json.dumps(progress).encode(),
+    })
+
+
+def load_checkpoint(run_dir: str | Path, template: TrainState) -> RunCheckpoint | None:
+    """The run checkpoint in ``run_dir`` read into ``template`` (shapes and dtypes checked), or None
+    without one. Runs written before the checkpoint folder (``last_state.msgpack``,
+    ``last_state.json``, ``best_params.msgpack``, ``best_evals.npz`` side by side) are read too."""
+    run_dir = Path(run_dir)
+    folder = checkpoint.complete_folder(run_dir / CHECKPOINT)
+    if folder is not None:
+        state = load_state(folder / "state.msgpack", template)
+        best = serialization.msgpack_restore((folder / "best.msgpack").read_bytes())
+        params = checkpoint.restore(template.params, best["params"], str(folder / "best.msgpack"))
+        evals = {k: np.asarray(v) for k, v in best["evals"].items()}
+        progress = json.loads((folder / "progress.json").read_text())
+    elif all((run_dir / name).exists() for name in _LEGACY):
+        state = load_state(run_dir / "last_state.msgpack", template)
+        params = load_params(run_dir / "best_params.msgpack", template.params)
+        with np.load(run_dir / "best_evals.npz") as z:
+            evals = {k: z[k] for k in z.files}
+        progress = json.loads((run_dir / "last_state.json").read_text())
+    else:
+        return None
+    return RunCheckpoint(state, params, evals, progress["history"], float(progress["best_score"]),
+                         int(progress["best_epoch"]))

@@ -8,9 +8,12 @@ import scipy.sparse as sp
 
 from tall_jax import vae
 from tall_jax.baselines import lft_neighbourhoods, make_baseline_config
-from tall_jax.baselines import local
+from tall_jax.baselines import scoring
 from tall_jax.baselines.lft import finetune_chunk, finetune_config, select_users, user_keys
-from test_local_training import M, N, tiny_data
+
+from helpers import split_user_data
+
+N, M = 40, 24
 
 
 def _ref_neighbourhoods(x: np.ndarray, sim_t, cos_t, min_size, max_size, alpha=0.7):
@@ -60,7 +63,7 @@ def test_lft_neighbourhoods_match_numpy_loop():
 
 
 def test_lft_chunk_equals_one_by_one():
-    data = tiny_data(3)
+    data = split_user_data(N, M, 3)
     cfg = make_baseline_config("lft", ft_epochs=3, ft_batch=4)
     lcfg = finetune_config(cfg)
     global_params = jax.tree.map(lambda a: a[0], vae.init_experts(jax.random.PRNGKey(0), 1, M, 4))
@@ -73,13 +76,13 @@ def test_lft_chunk_equals_one_by_one():
     idx = np.asarray(data.train_idx)[users]
     for r, row in enumerate(idx):
         x[r, row[row < M]] = 1
-    logits = np.asarray(local.own_user_logits(together.params, jnp.asarray(x)))
+    logits = np.asarray(scoring.own_user_logits(together.params, jnp.asarray(x)))
     for k in range(3):
         alone = finetune_chunk(data, global_params, users[k:k + 1], lists[k:k + 1], keys[k:k + 1], lcfg)
         assert int(alone.epochs_run_K[0]) == 3
         for leaf_t, leaf_a in zip(jax.tree.leaves(together.params), jax.tree.leaves(alone.params)):
             np.testing.assert_allclose(leaf_t[k], leaf_a[0], rtol=1e-4, atol=1e-5)
-        own = local.own_user_logits(alone.params, jnp.asarray(x[k:k + 1]))
+        own = scoring.own_user_logits(alone.params, jnp.asarray(x[k:k + 1]))
         np.testing.assert_allclose(logits[k], own[0], rtol=1e-4, atol=1e-5)
     # copies really moved away from the global model, each differently
     assert not np.allclose(together.params["dec_b"][0], together.params["dec_b"][1])

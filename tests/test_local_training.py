@@ -4,24 +4,17 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.sparse as sp
 
 from tall_jax import vae
-from tall_jax.baselines import local
-from tall_jax.batching import UserData, padded_rows
+from tall_jax.baselines import local, queue, scoring
+
+from helpers import split_user_data
 
 N, M, D = 40, 24, 4
 
 
-def tiny_data(seed: int = 0) -> UserData:
-    rng = np.random.default_rng(seed)
-    full = rng.random((N, M)) < 0.3
-    full[np.arange(N), rng.integers(0, M, N)] = True
-    part = rng.random((N, M))
-    train, valid, test = full & (part < 0.7), full & (part >= 0.7) & (part < 0.85), full & (part >= 0.85)
-    csr = lambda a: sp.csr_matrix(a.astype(np.float32))
-    return UserData(jnp.asarray(padded_rows(csr(train))), jnp.asarray(padded_rows(csr(valid))),
-                    jnp.asarray(padded_rows(csr(test))), N, M)
+def tiny_data(seed: int = 0):
+    return split_user_data(N, M, seed)
 
 
 def _train(data, params_K, rng_K, lists, weights, cands, cfg):
@@ -93,8 +86,8 @@ def test_mixture_logits_is_weighted_logit_average():
     params = vae.init_experts(jax.random.PRNGKey(4), 3, M, D)
     x = jnp.asarray(np.random.default_rng(0).random((5, M)) < 0.3, jnp.float32)
     w = jnp.asarray(np.random.default_rng(1).random((5, 3)), jnp.float32)
-    got = local.mixture_logits(params, x, w)
-    per = [local._eval_logits(jax.tree.map(lambda a: a[k], params), x) for k in range(3)]
+    got = scoring.mixture_logits(params, x, w)
+    per = [scoring.eval_logits(jax.tree.map(lambda a: a[k], params), x) for k in range(3)]
     want = sum(w[:, k:k + 1] * per[k] for k in range(3)) / w.sum(1, keepdims=True)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     del data
@@ -116,7 +109,7 @@ def test_slot_queue_refills_stopped_slots_and_each_model_equals_training_alone()
     data, lists, weights, cands, params, rng_K = _queue_problem(5)
     cfg = local.LocalTrainConfig(batch_size=4, lr=0.05, patience=2, max_epochs=14, eval_batch=8)
     finished = []
-    got = local.train_queue(data, params, rng_K, lists, weights, cands, cfg, 2, order=[3, 0, 4, 1, 2],
+    got = queue.train_queue(data, params, rng_K, lists, weights, cands, cfg, 2, order=[3, 0, 4, 1, 2],
                             on_done=lambda k, *rest: finished.append(k))
     assert sorted(got) == [0, 1, 2, 3, 4] and sorted(finished) == [0, 1, 2, 3, 4]
     runs = [got[k][2] for k in range(5)]
@@ -133,7 +126,7 @@ def test_slot_queue_without_patience_runs_every_model_for_max_epochs_with_shuffl
     data, lists, weights, _, params, rng_K = _queue_problem(3, seed=3)
     cfg = local.LocalTrainConfig(batch_size=4, lr=0.05, patience=0, max_epochs=3, shuffle=True,
                                  dropout=0.2, beta=0.2)
-    got = local.train_queue(data, params, rng_K, lists, None, None, cfg, 2)
+    got = queue.train_queue(data, params, rng_K, lists, None, None, cfg, 2)
     for k in range(3):
         assert got[k][1:] == (3, 3)
         one = jax.tree.map(lambda a: a[k:k + 1], params)
@@ -144,10 +137,9 @@ def test_slot_queue_without_patience_runs_every_model_for_max_epochs_with_shuffl
 
 
 def test_train_models_resumes_from_model_checkpoints(tmp_path, caplog):
-    from tall_jax.baselines.loca import train_models
     data, lists, weights, cands, params, rng_K = _queue_problem(4)
     cfg = local.LocalTrainConfig(batch_size=4, lr=0.05, patience=2, max_epochs=12, eval_batch=8)
-    run = lambda c, **kw: train_models(data, params, rng_K, lists, weights, c, cfg, 2, progress=False,
+    run = lambda c, **kw: queue.train_models(data, params, rng_K, lists, weights, c, cfg, 2, progress=False,
                                        desc="t", **kw)
     ref = run(cands)
     first = run(cands, checkpoint_dir=tmp_path)
@@ -189,7 +181,7 @@ def test_loca_batches_are_windows_of_consecutive_ids_filtered_to_the_neighbourho
     state, _ = local.train_epoch(state, data, local.LocalSets.from_lists(rows, N, weights, multiple=4), cfg)
     # reference: the original's loop, one model, window by window
     p = jax.tree.map(lambda a: a[0], params)
-    opt = local.make_optimizer(cfg).init(p)
+    opt = local.optimizer(cfg).init(p)
     step = jax.jit(lambda *a: local._one_step(*a, config=cfg))
     steps = 0
     for b in range(N // 4):

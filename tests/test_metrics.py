@@ -11,25 +11,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
 from tall_jax.metrics import (
     GROUP_NAMES,
     METRIC_DEFINITIONS,
     RankingResult,
     RankingSummary,
-    coverage,
     dense_mask_from_padded,
-    evaluate_scores,
     group_fairness,
-    item_popularity,
     metric_names,
     normalise_ks,
-    popularity_per_user,
     rank_metrics,
     rank_metrics_padded,
     valid_test_metrics,
 )
+
+from helpers import brute_force, brute_force_items, random_case
 
 KS = (1, 5, 10, 20)
 valid_test_jit = jax.jit(valid_test_metrics, static_argnames=("ks", "return_items"))  # eager is slow
@@ -39,42 +36,6 @@ valid_test_jit = jax.jit(valid_test_metrics, static_argnames=("ks", "return_item
 def _strict_rank_promotion():
     with jax.numpy_rank_promotion("raise"):
         yield
-
-
-def brute_force(scores, exclude, target, ks, popularity=None):
-    """Independent per-user loop: stable sort on -score (lowest index first among ties), skip excluded."""
-    names = ("ndcg", "recall", "precision", "hr", "mrr", "map") + (("popularity",) if popularity is not None else ())
-    out = {f"{m}@{k}": [] for k in ks for m in names}
-    for s, ex, tg in zip(scores, exclude, target):
-        order = [i for i in sorted(range(len(s)), key=lambda i: -float(s[i])) if not ex[i]]
-        g = {i for i in range(len(s)) if tg[i]}
-        for k in ks:
-            if popularity is not None:
-                top = order[:k]
-                out[f"popularity@{k}"].append(np.mean([popularity[i] for i in top]) if top else math.nan)
-            if not g:
-                for m in ("ndcg", "recall", "precision", "hr", "mrr", "map"):
-                    out[f"{m}@{k}"].append(math.nan)
-                continue
-            hits = [p for p, i in enumerate(order[:k], start=1) if i in g]
-            dcg = sum(1 / math.log2(p + 1) for p in hits)
-            idcg = sum(1 / math.log2(p + 1) for p in range(1, min(len(g), k) + 1))
-            out[f"ndcg@{k}"].append(dcg / idcg)
-            out[f"recall@{k}"].append(len(hits) / len(g))
-            out[f"precision@{k}"].append(len(hits) / k)
-            out[f"hr@{k}"].append(1.0 if hits else 0.0)
-            out[f"mrr@{k}"].append(1 / hits[0] if hits else 0.0)
-            out[f"map@{k}"].append(sum((j + 1) / p for j, p in enumerate(hits)) / min(k, len(g)))
-    return {k: np.array(v) for k, v in out.items()}
-
-
-def brute_force_items(scores, exclude, kmax):
-    """The ranked candidate items per user, -1 where a user has fewer than kmax candidates."""
-    out = np.full((len(scores), kmax), -1)
-    for u, (s, ex) in enumerate(zip(scores, exclude)):
-        order = [i for i in sorted(range(len(s)), key=lambda i: -float(s[i])) if not ex[i]][:kmax]
-        out[u, : len(order)] = order
-    return out
 
 
 def old_rank_metrics(scores_BxM, exclude_BxM, target_BxM, ks):
@@ -103,23 +64,10 @@ def old_rank_metrics(scores_BxM, exclude_BxM, target_BxM, ks):
     return out
 
 
-def _random_case(seed, b=16, m=40, ties=False):
-    rng = np.random.default_rng(seed)
-    # Few distinct values => many ties, resolved by index in both implementations.
-    scores = rng.integers(0, 4, (b, m)).astype(np.float32) if ties else rng.normal(size=(b, m)).astype(np.float32)
-    exclude = rng.random((b, m)) < 0.3
-    target = (rng.random((b, m)) < 0.2) & ~exclude
-    target[0] = False  # one user with an empty target set
-    target[1] = False
-    free = np.flatnonzero(~exclude[1])
-    target[1, rng.choice(free, min(25, len(free)), replace=False)] = True  # |G| > K = 20 when m allows
-    return scores, exclude, target
-
-
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("ks", [KS, (3, 10, 50)])
 def test_matches_brute_force(ties, ks):
-    scores, exclude, target = _random_case(0 if not ties else 1, ties=ties)
+    scores, exclude, target = random_case(0 if not ties else 1, ties=ties)
     pop = np.random.default_rng(5).random(scores.shape[1]).astype(np.float32)
     got = rank_metrics(jnp.asarray(scores), jnp.asarray(exclude), jnp.asarray(target), ks,
                        jnp.asarray(pop), return_items=True)
@@ -136,7 +84,7 @@ def test_matches_brute_force(ties, ks):
 
 @pytest.mark.parametrize("ties", [False, True])
 def test_ndcg_recall_bit_identical_to_previous_kernel(ties):
-    scores, exclude, target = _random_case(4, b=32, m=60, ties=ties)
+    scores, exclude, target = random_case(4, b=32, m=60, ties=ties)
     args = (jnp.asarray(scores), jnp.asarray(exclude), jnp.asarray(target))
     old = jax.jit(old_rank_metrics, static_argnames=("ks",))(*args, ks=KS)
     new = rank_metrics(*args, KS, jnp.ones(60), return_items=True)
@@ -147,7 +95,7 @@ def test_ndcg_recall_bit_identical_to_previous_kernel(ties):
 
 
 def test_valid_test_metrics_one_ranking_for_both():
-    scores, exclude, target = _random_case(6, b=12, m=30)
+    scores, exclude, target = random_case(6, b=12, m=30)
     rng = np.random.default_rng(6)
     valid = (rng.random(target.shape) < 0.1) & ~exclude & ~target
     args = [jnp.asarray(a) for a in (scores, exclude.astype(np.float32), valid.astype(np.float32),
@@ -181,46 +129,6 @@ def test_new_metrics_hand_worked():
                                [0.4, 1.0, 0.5, 1 / 3], rtol=1e-6)
     # popularity@5 = mean(0, .1, .2, .3, .4) = .2
     np.testing.assert_allclose([got["popularity@1"], got["popularity@5"]], [0.0, 0.2], atol=1e-7)
-
-
-def test_catalogue_metrics_vs_numpy():
-    scores, exclude, target = _random_case(7, b=10, m=30)
-    exclude[9, :] = True  # a user without any candidate: no item, popularity NaN
-    exclude[9, :2] = False  # ... except two: only two slots filled
-    target &= ~exclude
-    train = exclude.astype(np.float32)
-    pop = item_popularity(sp.csr_matrix(train))
-    np.testing.assert_allclose(pop, train.sum(0) / 10, rtol=1e-6)
-    np.testing.assert_allclose(item_popularity(train), pop)
-    groups = np.array([0, 0, 1, 1, 2, 2, 3, 3, 4, 4])
-    res = evaluate_scores(lambda u: jnp.asarray(scores)[u], 10, train, target, (1, 5, 10), batch_size=4,
-                          groups=groups, popularity=pop)
-    top = brute_force_items(scores, exclude, 10)
-    np.testing.assert_array_equal(res.top_items, top)
-    assert res.n_items == 30
-    ov, bg = res.overall(), res.by_group()
-    for k in (1, 5, 10):
-        rec = {i for row in top[:, :k] for i in row if i >= 0}
-        assert ov[f"coverage@{k}"] == pytest.approx(len(rec) / 30)
-        for g, name in enumerate(GROUP_NAMES):
-            rec_g = {i for row in top[groups == g, :k] for i in row if i >= 0}
-            assert bg[name][f"coverage@{k}"] == pytest.approx(len(rec_g) / 30)
-        # average popularity@K: mean over users of the mean popularity of their top K
-        want = [np.mean(pop[[i for i in row[:k] if i >= 0]]) for row in top]
-        np.testing.assert_allclose(res.per_user[f"popularity@{k}"], want, rtol=1e-6)
-        assert ov[f"popularity@{k}"] == pytest.approx(np.mean(want), rel=1e-6)
-    assert res.per_user["popularity@10"][9] == pytest.approx(np.mean(pop[:2]))
-    # the host path (ranked items from a path without the popularity vector) agrees with the kernel
-    plain = RankingResult({k: v for k, v in res.per_user.items() if not k.startswith("popularity")},
-                          groups, top_items=res.top_items)
-    assert "coverage@5" not in plain.overall()  # n_items unknown
-    cat = plain.with_catalogue(sp.csr_matrix(train))
-    for k in (1, 5, 10):
-        np.testing.assert_allclose(cat.per_user[f"popularity@{k}"], res.per_user[f"popularity@{k}"], rtol=1e-6)
-    assert cat.overall() == pytest.approx(res.overall(), nan_ok=True)
-    assert coverage(np.array([[0, 1], [1, -1]]), 4, (1, 2)) == {"coverage@1": 0.5, "coverage@2": 0.5}
-    np.testing.assert_allclose(popularity_per_user(np.array([[0, 1], [-1, -1]]), np.array([0.2, 0.4]),
-                                                   (2,))["popularity@2"], [0.3, np.nan])
 
 
 def test_item_columns_become_top_items(tmp_path):
@@ -328,7 +236,7 @@ def test_empty_targets_nan_without_warning():
 
 
 def test_padded_targets_and_dense_mask():
-    scores, exclude, target = _random_case(2, b=6, m=30)
+    scores, exclude, target = random_case(2, b=6, m=30)
     m = scores.shape[1]
     p = int(target.sum(1).max()) + 2
     idx = np.full((6, p), m, np.int32)
@@ -411,24 +319,6 @@ def test_nan_group_mean_is_null_in_json():
     text = json.dumps(res.to_json(), allow_nan=False)
     back = RankingSummary.from_json(json.loads(text))
     assert math.isnan(back.groups["a"]["ndcg@20"])
-
-
-def test_evaluate_scores_batches():
-    scores, exclude, target = _random_case(3, b=11, m=25)
-    scores_j = jnp.asarray(scores)
-    calls = []
-
-    def score_fn(users_B):
-        calls.append(users_B.shape)
-        return scores_j[users_B]
-
-    res = evaluate_scores(score_fn, 11, sp.csr_matrix(exclude.astype(np.float32)), target, KS, batch_size=4)
-    assert calls == [(4,)] * 3  # fixed batch shape, last batch padded
-    assert set(res.per_user) == set(metric_names(KS)) and res.top_items.shape == (11, 20)
-    want = brute_force(scores, exclude, target, KS)
-    for k in want:
-        np.testing.assert_allclose(res.per_user[k], want[k], rtol=1e-6, atol=1e-7)
-    assert res.n_undefined == int((target.sum(1) == 0).sum()) >= 1
 
 
 def test_eval_step_ranks_at_config_ks_and_keeps_early_stopping_cutoffs():

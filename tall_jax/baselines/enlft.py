@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tall_jax.baselines import local
+from tall_jax.baselines import local, scoring
 from tall_jax.baselines.config import BaselineConfig
 from tall_jax.baselines.lft import finetune_config, user_keys
-from tall_jax.baselines.loca import chunk_size, train_models
+from tall_jax.baselines.queue import chunk_size, train_models
 from tall_jax.baselines.neighbours import enlft_anchors, enlft_weights, lft_neighbourhoods
 from tall_jax.batching import UserData
 from tall_jax.vae import Params
@@ -27,15 +27,11 @@ def run_enlft(data: UserData, train, global_params: Params, config: BaselineConf
     init = local.stack_params(global_params, len(anchors))
     params_A, _, epochs = train_models(data, init, user_keys(config.seed, anchors), lists, None, None,
                                        lcfg, chunk, progress=progress, desc="EnLFT")
-    params_A = jax.device_put(params_A)
     w_NxA = jnp.asarray(enlft_weights(nb.sim_NxN, anchors, config.agg_cut))
     fallback_users = int(np.sum(~np.any(np.asarray(w_NxA) != 0, axis=1)))
-
-    def score(users_B, x_BxM):
-        w = w_NxA.at[users_B].get(mode="fill", fill_value=1.0)
-        return local.mixture_logits(params_A, x_BxM, w)
-
-    evals = local.evaluate_rows(score, np.arange(data.n_users), data, config.eval_batch)
+    evals = scoring.evaluate_users(scoring.enlft_scores,
+                                   {"local": jax.device_put(params_A), "weights_NxK": w_NxA}, data,
+                                   np.arange(data.n_users), config.eval_batch)
     raw = nb.sim_NxN[:, anchors]
     info = {"anchors": anchors.tolist(), "neighbourhood_sizes": [len(ell) for ell in lists],
             "users_with_raw_cosine_fallback": int(np.sum(~np.any(raw >= config.agg_cut, axis=1))),

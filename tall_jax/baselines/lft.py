@@ -1,6 +1,6 @@
 """LFT (docs/fidelity.md#lft): per-user fine-tuning of the global WL model on the user's neighbourhood, a chunk
 of users' copies stacked and trained together (``local.train_local``), each copy then scoring its
-own user."""
+own user (:func:`scoring.own_user_scores`)."""
 from __future__ import annotations
 
 import logging
@@ -11,10 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from tall_jax.baselines import local
+from tall_jax.baselines import local, scoring
 from tall_jax.baselines.config import BaselineConfig
 from tall_jax.baselines.neighbours import Neighbourhoods, lft_neighbourhoods
-from tall_jax.batching import UserData, dense_rows
+from tall_jax.baselines.queue import chunk_size
+from tall_jax.batching import UserData
 from tall_jax.vae import Params
 
 log = logging.getLogger("tall_jax.baselines")
@@ -61,7 +62,6 @@ def run_lft(data: UserData, train, global_params: Params, config: BaselineConfig
                                               config.min_size, config.max_size, config.alpha_mix)
     users = select_users(data.n_users, config.users, config.seed)
     lcfg = finetune_config(config)
-    from tall_jax.baselines.loca import chunk_size
     chunk = chunk_size(config, data.n_items, config.ft_batch, len(users))
     order = users[np.argsort(-nb.len_N[users], kind="stable")]  # similar sizes share a chunk
     keys = user_keys(config.seed, order)
@@ -76,7 +76,7 @@ def run_lft(data: UserData, train, global_params: Params, config: BaselineConfig
         lists = [nb.idx_NxL[u, :nb.len_N[u]] for u in ids_p]
         key_p = jnp.concatenate([keys[start:start + len(ids)], jnp.repeat(keys[start + len(ids) - 1:start + len(ids)], pad, axis=0)])
         state = finetune_chunk(data, global_params, ids_p, lists, key_p, lcfg)
-        evals = local.evaluate_rows(_own_scorer(state.params, ids_p), ids_p, data, batch=len(ids_p))
+        evals = scoring.evaluate_users(scoring.own_user_scores, state.params, data, ids_p, len(ids_p))
         for k, v in evals.items():
             out.setdefault(k, []).append(v[:len(ids)])
         done_users.append(ids)
@@ -92,10 +92,3 @@ def run_lft(data: UserData, train, global_params: Params, config: BaselineConfig
             "finetune_seconds": seconds, "seconds_per_user": seconds / max(len(done), 1),
             "projected_full_finetune_seconds": seconds / max(len(done), 1) * data.n_users}
     return evals, done[back], info
-
-
-def _own_scorer(params_K: Params, users_K: np.ndarray):
-    """score_fn for evaluate_rows over exactly ``users_K`` in order: row k by copy k."""
-    def score(users_B, x_BxM):
-        return local.own_user_logits(params_K, x_BxM)
-    return score
