@@ -5,7 +5,9 @@ docs/fidelity.md#paper-numbers and #lft-repo-numbers. All values are test NDCG@2
 """
 from __future__ import annotations
 
-COLUMNS: tuple[str, ...] = ("overall", "low", "med-low", "medium", "med-high", "high")
+from tall_jax.protocol import GROUP_NAMES
+
+COLUMNS: tuple[str, ...] = ("overall", *GROUP_NAMES)
 PAPER_METRIC = "ndcg@20"
 
 # Paper Table 2 (docs/fidelity.md#paper-numbers): overall | low, med-low, medium, med-high, high.

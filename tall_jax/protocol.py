@@ -18,7 +18,9 @@ from tall_jax.files import atomic_savez
 
 log = logging.getLogger("tall_jax.protocol")
 
-GROUP_NAMES = ("low", "med-low", "medium", "med-high", "high")
+# The five mainstream groups, lowest scores first: the one definition (metrics, paper rows and the
+# report take it from here).
+GROUP_NAMES: tuple[str, ...] = ("low", "med-low", "medium", "med-high", "high")
 JACCARD_EPS = 1e-7  # docs/fidelity.md#groups: added to the union in the Jaccard denominator
 _MAX_BLOCK_PAIRS = 1 << 22  # bounds one block's (user, other-user) pairs to ~4M entries
 _GROUPS_FILE = "mainstream_groups.npz"

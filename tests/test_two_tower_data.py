@@ -4,9 +4,8 @@ import dataclasses
 import numpy as np
 import scipy.sparse as sp
 
-from tall_jax.two_tower.data import (
-    PairSet, SyntheticConfig, make_synthetic_two_tower, positives_of, sample_negatives, upsample_active_users,
-)
+from tall_jax.two_tower.data import PairSet, positives_of, sample_negatives, upsample_active_users
+from tall_jax.two_tower.synthetic import SyntheticConfig, make_synthetic_two_tower
 
 
 def test_upsampling_adds_disjoint_active_users_and_keeps_random_sample():

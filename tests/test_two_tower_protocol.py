@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from tall_jax.two_tower.data import SyntheticConfig, make_synthetic_two_tower
+from tall_jax.two_tower.synthetic import SyntheticConfig, make_synthetic_two_tower
 from tall_jax.two_tower.experiment import TrainConfig, fit_early_stopping, model_spec, run_seed, train_schedule
 from tall_jax.two_tower.model import TwoTower
 from tall_jax.two_tower.steps import init_two_tower_state, make_batch, shared_tower_kernels, two_tower_loss

@@ -1,8 +1,7 @@
 """Multi-task two-tower model with hard parameter sharing and masked per-group BCE
 (docs/fidelity.md#two-tower; Gampa et al. 2023)."""
-from tall_jax.two_tower.data import (
-    Day, PairSet, SyntheticConfig, TwoTowerData, make_synthetic_two_tower, sample_negatives, upsample_active_users,
-)
+from tall_jax.two_tower.data import Day, PairSet, TwoTowerData, sample_negatives, upsample_active_users
+from tall_jax.two_tower.synthetic import SyntheticConfig, make_synthetic_two_tower
 from tall_jax.two_tower.metrics import average_precision, average_precision_by_key, gain_table, relative_gain
 from tall_jax.two_tower.model import TwoTower, Tower, masked_bce_loss, own_group_scores
 from tall_jax.two_tower.steps import (

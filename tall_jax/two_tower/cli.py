@@ -125,7 +125,7 @@ def variant_of(args) -> str:
 
 def make_builder(args) -> Callable[[int], object]:
     """``seed -> TwoTowerData``; a seed-independent ML-1M user embedding is computed once."""
-    from tall_jax.two_tower.data import SyntheticConfig, make_synthetic_two_tower
+    from tall_jax.two_tower.synthetic import SyntheticConfig, make_synthetic_two_tower
 
     if args.dataset == "synthetic":
         syn = dataclasses.replace(SyntheticConfig(), alpha=args.alpha,
