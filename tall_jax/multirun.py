@@ -30,8 +30,9 @@ from tall_jax import steps
 from tall_jax.batching import UserData, make_batch, sequential_order
 from tall_jax.configs import TALLConfig
 from tall_jax.datasets.base import Dataset
+from tall_jax.evaluation import ranking_results
 from tall_jax.fit import FitResult, _epoch_record
-from tall_jax.metrics import RankingResult
+from tall_jax.stopping import EarlyStopping
 
 
 def init_runs(config: TALLConfig, seeds: list[int], n_users: int, n_items: int,
@@ -80,7 +81,8 @@ def fit_seeds(dataset: Dataset, config: TALLConfig, seeds: list[int], *,
     states = init_runs(config, seeds, dataset.n_users, dataset.n_items, ms_N)
     n_runs = len(seeds)
     histories: list[list[dict[str, Any]]] = [[] for _ in seeds]
-    best: list[dict[str, Any]] = [{"score": -np.inf, "epoch": 0, "evals": None, "params": None} for _ in seeds]
+    stops = [EarlyStopping(config.patience) for _ in seeds]
+    best: list[dict[str, Any]] = [{"evals": None, "params": None} for _ in seeds]
     finished: list[FitResult | None] = [None] * n_runs
     bar = tqdm(disable=not progress, desc=f"{config.model} E={config.n_experts} x{n_runs} seeds", unit="epoch")
     epoch = 0
@@ -101,11 +103,12 @@ def fit_seeds(dataset: Dataset, config: TALLConfig, seeds: list[int], *,
             record = _epoch_record(epoch, metrics_r, evals_r, state_r, groups_N, n_valid_N, ms_N,
                                    config, seconds)
             histories[r].append(record)
-            if best[r]["evals"] is None or record["valid_score"] > best[r]["score"]:
-                best[r].update(score=record["valid_score"], epoch=epoch, evals=evals_r,
-                               params=jax.device_get(state_r.params))
-            if epoch - best[r]["epoch"] >= config.patience or epoch >= config.max_epochs:
-                finished[r] = _result(config.replace(seed=seeds[r]), best[r], histories[r], epoch,
+            stops[r], improved = stops[r].update(epoch, record["valid_score"])
+            if improved:
+                best[r].update(evals=evals_r, params=jax.device_get(state_r.params))
+            if stops[r].should_stop(epoch) or epoch >= config.max_epochs:
+                finished[r] = _result(config.replace(seed=seeds[r]), stops[r].best_epoch, best[r],
+                                      histories[r], epoch,
                                       time.perf_counter() - started, jax.device_get(state_r), groups_N)
         bar.set_postfix(running=sum(f is None for f in finished), refresh=False)
         bar.update(1)
@@ -113,10 +116,10 @@ def fit_seeds(dataset: Dataset, config: TALLConfig, seeds: list[int], *,
     return [f for f in finished if f is not None]
 
 
-def _result(config: TALLConfig, best: dict[str, Any], history: list[dict[str, Any]], epochs_run: int,
-            wall: float, state: state_lib.TrainState, groups_N: np.ndarray | None) -> FitResult:
-    evals = best["evals"]
-    test = RankingResult({k[5:]: np.asarray(v) for k, v in evals.items() if k.startswith("test/")}, groups=groups_N)
-    valid = RankingResult({k[6:]: np.asarray(v) for k, v in evals.items() if k.startswith("valid/")}, groups=groups_N)
-    return FitResult(config=config, test=test, valid=valid, best_epoch=best["epoch"], epochs_run=epochs_run,
-                     history=history, wall_time_s=wall, best_params=best["params"], state=state)
+def _result(config: TALLConfig, best_epoch: int, best: dict[str, Any], history: list[dict[str, Any]],
+            epochs_run: int, wall: float, state: state_lib.TrainState,
+            groups_N: np.ndarray | None) -> FitResult:
+    results = ranking_results(best["evals"], groups_N)
+    return FitResult(config=config, test=results["test"], valid=results["valid"], best_epoch=best_epoch,
+                     epochs_run=epochs_run, history=history, wall_time_s=wall,
+                     best_params=best["params"], state=state)
