@@ -19,6 +19,8 @@ from tall_jax.batching import UserData
 from tall_jax.vae import Params
 
 log = logging.getLogger("tall_jax.baselines")
+# one compiled program instead of dozens of eager random ops (same values, bit for bit)
+_init_experts = jax.jit(vae.init_experts, static_argnums=(1, 2, 3))
 
 
 def local_config(config: BaselineConfig) -> local.LocalTrainConfig:
@@ -63,7 +65,7 @@ def run_loca(data: UserData, train, global_params: Params, config: BaselineConfi
     cand_lists, _ = loca_sets(k_test)
     key = jax.random.PRNGKey(config.seed)
     k_init, k_run = jax.random.split(key)
-    init = vae.init_experts(k_init, config.n_local, data.n_items, config.latent)
+    init = _init_experts(k_init, config.n_local, data.n_items, config.latent)
     rng_K = jax.random.split(k_run, config.n_local)
     lcfg = local_config(config)
     chunk = chunk_size(config, data.n_items, config.loca_batch, config.n_local)

@@ -50,8 +50,10 @@ def train_queue(data: UserData, init_params: Params, rng: jax.Array, lists: list
     if not order:
         return done
     n_slots = min(slots, len(order))
-    width = max(len(lists[k]) for k in order)
-    cwidth = None if cand_lists is None else max(len(cand_lists[k]) for k in order)
+    # widths of every model's lists, not only the queued ones: a resumed run (fewer models queued)
+    # then trains with the same shapes, so bit for bit like the uninterrupted one, and one compilation
+    width = max(len(ell) for ell in lists)
+    cwidth = None if cand_lists is None else max(len(ell) for ell in cand_lists)
     host_init = jax.device_get(init_params)
     queue, first = order[n_slots:], order[:n_slots]
     occupant = np.array(first)
