@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from tall_jax.batching import Batch, UserData, dense_rows, make_batch, sequential_order
-from tall_jax.metrics import DEFAULT_KS, RankingResult, normalise_ks, valid_test_metrics
+from tall_jax.metrics import RankingResult
+from tall_jax.ranking import DEFAULT_KS, normalise_ks, valid_test_metrics
 
 Scorer = Callable[[Any, Batch], tuple[jax.Array, dict[str, jax.Array]]]
 

@@ -19,8 +19,8 @@ from tall_jax import gate as gate_lib
 from tall_jax import evaluation, head, objective, vae, weights
 from tall_jax.batching import Batch, UserData, dense_rows, epoch_order, make_batch
 from tall_jax.configs import TALLConfig
-from tall_jax.metrics import DEFAULT_KS, normalise_ks
 from tall_jax.objective import NOISE, SHUFFLE
+from tall_jax.ranking import DEFAULT_KS, normalise_ks
 from tall_jax.state import TrainState, make_optimizer
 from tall_jax.vae import Params
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from tall_jax.metrics import EARLY_STOPPING_KS
+from tall_jax.ranking import EARLY_STOPPING_KS
 
 VALID_KEYS: tuple[str, ...] = tuple(f"valid/ndcg@{k}" for k in EARLY_STOPPING_KS)
 

@@ -31,9 +31,9 @@ from tqdm.auto import tqdm
 from tall_jax import objective, vae
 from tall_jax.baselines.scoring import eval_logits
 from tall_jax.batching import UserData, dense_rows
-from tall_jax.metrics import EARLY_STOPPING_KS, rank_metrics
 from tall_jax.objective import NOISE, SHUFFLE
 from tall_jax.optim import adam_l2
+from tall_jax.ranking import EARLY_STOPPING_KS, rank_metrics
 from tall_jax.stopping import exhausted, improves
 from tall_jax.vae import Params
 
