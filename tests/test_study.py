@@ -94,7 +94,8 @@ def test_page_from_summaries(tmp_path):
 
 def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
     argv = ["ablations", "--dataset", "synthetic", "--experts", "2", "--seeds", "0", "--variants",
-            "multvae", "--root", str(tmp_path / "runs"), "--page", str(tmp_path / "page"), "--no-progress"]
+            "multvae", "--epochs", "3", "--root", str(tmp_path / "runs"), "--page", str(tmp_path / "page"),
+            "--no-progress"]
     assert main(argv) == 0
     folder = tmp_path / "runs" / "synthetic" / "E2" / "multvae" / "seed0"
     assert (folder / "results.json").exists() and (folder / "train.log").exists()
@@ -102,5 +103,6 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
     assert main(argv) == 0  # finished runs are skipped
     assert (folder / "results.json").stat().st_mtime_ns == before
     assert "| multvae | 1 |" in (tmp_path / "page.md").read_text()
+    assert json.loads((folder / "results.json").read_text())["epochs_run"] == 3
     assert main(argv[:-1] + ["--jobs", "0"]) == 2
     assert "error:" in capsys.readouterr().err

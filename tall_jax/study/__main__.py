@@ -36,6 +36,9 @@ def _parser() -> Parser:
         s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
         s.add_argument("--variants", nargs="+", default=None, metavar="NAME",
                        help="train only these variants (default: all; the page shows every finished one)")
+        s.add_argument("--epochs", type=int, default=None,
+                       help="cap every run at this many epochs (a short trial; the cap is part of "
+                            "each run's recorded settings, so use another --root)")
         s.add_argument("--jobs", type=int, default=1,
                        help="runs at a time; above 1 each run is single-threaded (on a 2-core CPU, "
                             "--jobs 2 finishes ~1.4x more runs per hour)")
@@ -54,6 +57,7 @@ def _parser() -> Parser:
     one.add_argument("--seed", type=int, required=True)
     one.add_argument("--out", required=True)
     one.add_argument("--data-dir", default=None)
+    one.add_argument("--epochs", type=int, default=None)
     return p
 
 
@@ -68,12 +72,18 @@ def main(argv: list[str] | None = None) -> int:
             import logging
             logging.basicConfig(level=logging.INFO, format="%(message)s")
             variant = select(_all_variants(args.dataset, args.experts), [args.variant])[0]
+            if args.epochs is not None:
+                variant = variant.capped(args.epochs)
             run_one(args.dataset, args.experts, variant, args.seed, args.out, args.data_dir)
             return 0
         if args.experts < 1 or args.jobs < 1:
             raise ValueError("--experts and --jobs must be >= 1")
         data_dir = args.data_dir or os.environ.get("TALL_JAX_DATA")
         variants = STUDIES[args.study](args.dataset, args.experts)
+        if args.epochs is not None:
+            if args.epochs < 1:
+                raise ValueError("--epochs must be >= 1")
+            variants = [v.capped(args.epochs) for v in variants]
         chosen = select(variants, args.variants)
         failed: list[str] = []
         if not args.report_only:

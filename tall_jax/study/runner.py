@@ -82,7 +82,9 @@ def child_command(run: Run, dataset: str, n_experts: int, data_dir: str | None) 
     cmd = [sys.executable, "-m", "tall_jax.study", "run-one", "--dataset", dataset,
            "--experts", str(n_experts), "--variant", run.variant.name, "--seed", str(run.seed),
            "--out", str(run.out_dir)]
-    return cmd + (["--data-dir", data_dir] if data_dir else [])
+    cap = dict(run.variant.overrides).get("max_epochs")
+    return (cmd + (["--data-dir", data_dir] if data_dir else [])
+            + (["--epochs", str(cap)] if cap is not None else []))
 
 
 def execute(runs: list[Run], *, dataset: str, n_experts: int, data_dir: str | None, jobs: int = 1,

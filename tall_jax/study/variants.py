@@ -27,6 +27,11 @@ class Variant:
     about: str  # one line: what it changes and the question it answers
     tune: bool = False  # first seed only (a hyper-parameter sweep)
 
+    def capped(self, max_epochs: int) -> "Variant":
+        """This variant with at most ``max_epochs`` epochs (a short trial)."""
+        overrides = dict(self.overrides, max_epochs=max_epochs)
+        return dataclasses.replace(self, overrides=tuple(sorted(overrides.items())))
+
     def config(self, dataset: str, n_experts: int, seed: int) -> TALLConfig:
         """The resolved configuration of this variant (E applies to mixtures only)."""
         extra = dict(self.overrides)
