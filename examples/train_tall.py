@@ -32,7 +32,7 @@ from tall_jax.datasets.own import DEFAULT_KCORE, looks_like_path, parse_columns
 from tall_jax.metrics import RankingResult
 from tall_jax.identity import check_settings
 from tall_jax.precision import PRECISIONS
-from tall_jax.run import default_out_dir, run_experiment, run_settings
+from tall_jax.run import default_out_dir, run_experiment, run_seeds_together, run_settings
 from tall_jax.sharding import make_mesh, parse_mesh
 
 # CLI flag -> TALLConfig field (preset overrides; unset flags keep the faithful preset).
@@ -202,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--ks", type=int, nargs="+", default=None, metavar="K",
                    help="cut-offs reported beside the faithful 1 5 10 20, e.g. --ks 10 20 50 (default: none)")
     r = p.add_argument_group("running")
+    r.add_argument("--together", action="store_true",
+                   help="train the --seed values of each model as one vmapped program (tall_jax.multirun; "
+                        "for accelerators, where one E = 10 run leaves the device idle; needs a split "
+                        "shared by the seeds, i.e. ml-1m's authors split; no checkpoints)")
     r.add_argument("--resume", action="store_true",
                    help="continue from the run folder's last_state.msgpack; refused when its settings.json "
                         "records other settings (default: off, start afresh)")
@@ -259,6 +263,12 @@ def main(argv: list[str] | None = None) -> int:
             make_mesh(*parse_mesh(args.mesh))
             if any(m in BASELINES for m in args.model):
                 raise ValueError(f"--mesh applies to the MultVAE family, not to {', '.join(BASELINES)}")
+        if args.together:
+            clash = [f for f, given in (("--resume", args.resume), ("--mesh", args.mesh is not None))
+                     if given] + [m for m in args.model if m in BASELINES]
+            if clash:
+                raise ValueError(f"--together trains the MultVAE family without checkpoints or a mesh; "
+                                 f"not with {', '.join(clash)}")
         shown = {}
         for seed in args.seed:  # resolve every configuration before the first long run
             for model in args.model:
@@ -291,10 +301,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{model}] {json.dumps(cfg.to_dict())}")
     summaries = {}
     try:
+        together = {}
+        if args.together:
+            for model in args.model:
+                runs = run_seeds_together(dataset, model, args.seed,
+                                          out_dirs=[outs[s, model] for s in args.seed], split=args.split,
+                                          data_dir=args.data_dir, progress=not args.no_progress,
+                                          overrides=model_overrides(model))
+                together.update({(s, model): r for s, r in zip(args.seed, runs)})
         for seed in args.seed:
             for model in args.model:
                 out = outs[seed, model]
-                res = run_experiment(dataset, model, out_dir=out, split=args.split, seed=seed,
+                res = together.get((seed, model)) or run_experiment(dataset, model, out_dir=out, split=args.split, seed=seed,
                                      data_dir=args.data_dir, progress=not args.no_progress,
                                      resume=args.resume, overrides=model_overrides(model),
                                      global_from=args.global_from if model in BASELINES else None,

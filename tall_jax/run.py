@@ -62,6 +62,44 @@ def run_experiment(dataset: str, model: str, *, out_dir: str | Path, split: str 
              ds.split, ds.n_users, ds.n_items, ds.n_interactions, time.perf_counter() - t0)
     result = fit(ds, config, groups_N=groups_N, ms_N=ms_N, out_dir=out, progress=progress,
                  resume=resume, checkpoint_every=checkpoint_every, mesh=device_mesh)
+    return _write_run(out, ds, dataset, model, settings, result)
+
+
+def run_seeds_together(dataset: str, model: str, seeds: list[int], *, out_dirs: list[str | Path],
+                       split: str | None = None, data_dir: str | Path | None = None,
+                       progress: bool = True,
+                       overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """:func:`run_experiment` for each of ``seeds``, trained as ONE vmapped program
+    (:func:`tall_jax.multirun.fit_seeds`), each seed's files written into its ``out_dirs`` entry.
+    The seeds must share one split (ml-1m's authors split): a random split depends on the seed.
+    No checkpoints are written (a stopped program starts again)."""
+    from tall_jax.multirun import fit_seeds
+
+    if model not in MODELS:
+        raise ValueError(f"--together trains the MultVAE family ({', '.join(MODELS)}), not {model!r}")
+    if len(out_dirs) != len(seeds):
+        raise ValueError("run_seeds_together needs one out_dir per seed")
+    config = make_config(dataset, model, seed=seeds[0], **(overrides or {}))
+    ds = load_dataset(dataset, split=split, seed=seeds[0], data_dir=data_dir)
+    if ds.seed is not None and len(seeds) > 1:
+        raise ValueError(f"--together needs one split for every seed, but the {ds.split} split of "
+                         f"{dataset!r} depends on the seed; train the seeds one by one")
+    ms_N, groups_N = dataset_groups(ds)
+    records = []
+    for seed, out in zip(seeds, out_dirs):
+        settings = run_settings(dataset, model, split=ds.split, seed=seed, overrides=overrides)
+        Path(out).mkdir(parents=True, exist_ok=True)
+        identity.write_settings(Path(out), settings)
+        records.append(settings)
+    fits = fit_seeds(ds, config, seeds, groups_N=groups_N, ms_N=ms_N, progress=progress)
+    return [_write_run(Path(out), ds, dataset, model, settings, result, together=len(seeds))
+            for out, settings, result in zip(out_dirs, records, fits)]
+
+
+def _write_run(out: Path, ds, dataset: str, model: str, settings: dict[str, Any], result,
+               together: int = 1) -> dict[str, Any]:
+    """Write one finished run's results.json, per_user_test.npz and figures; returns the results."""
+    config, seed = result.config, result.config.seed
     test, valid = result.test.with_catalogue(ds.train), result.valid.with_catalogue(ds.train)
     test.save_per_user(out / "per_user_test.npz")
     figures = plots.plot_run(result.history, out, f"{model} on {dataset}", result.best_epoch)
@@ -77,6 +115,8 @@ def run_experiment(dataset: str, model: str, *, out_dir: str | Path, split: str 
         "model_selection": "test metrics of the epoch with the best mean validation NDCG@{1,5,10,20}",
         "history": result.history, "figures": [str(p.name) for p in figures],
     }
+    if together > 1:  # wall time is the whole program's; seconds per epoch are shared out
+        results["trained_together"] = together
     results_lib.write_results(out, results)
     return results
 

@@ -40,3 +40,23 @@ def test_vmapped_seeds_equal_one_by_one(model):
 def test_bad_seeds():
     with pytest.raises(ValueError, match="distinct seeds"):
         fit_seeds(tiny_dataset(), make_config("synthetic", "multvae"), [1, 1], progress=False)
+
+
+def test_run_seeds_together_writes_each_seed(tmp_path, monkeypatch):
+    import json
+
+    import dataclasses
+
+    from tall_jax import run
+    fixed = dataclasses.replace(tiny_dataset(), seed=None)  # one split for every seed (like ml-1m's)
+    monkeypatch.setattr(run, "load_dataset", lambda *a, **k: fixed)
+    outs = [tmp_path / "s0", tmp_path / "s1"]
+    res = run.run_seeds_together("synthetic", "multvae", [0, 1], out_dirs=outs, progress=False,
+                                 overrides=dict(max_epochs=2, latent=4, batch_size=8))
+    assert [r["seed"] for r in res] == [0, 1] and res[0]["trained_together"] == 2
+    for out in outs:
+        assert json.loads((out / "results.json").read_text())["epochs_run"] == 2
+        assert (out / "settings.json").exists() and (out / "per_user_test.npz").exists()
+    monkeypatch.setattr(run, "load_dataset", lambda *a, **k: tiny_dataset())
+    with pytest.raises(ValueError, match="depends on the seed"):
+        run.run_seeds_together("synthetic", "multvae", [0, 1], out_dirs=outs, progress=False)
