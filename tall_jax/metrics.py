@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from tall_jax.protocol import GROUP_NAMES  # noqa: F401  (re-exported)
 from tall_jax.ranking import (  # noqa: F401  (re-exported: tall_jax.metrics is their public home)
     ACCURACY_METRICS,
     DEFAULT_KS,
@@ -30,7 +31,6 @@ from tall_jax.ranking import (  # noqa: F401  (re-exported: tall_jax.metrics is 
     valid_test_metrics,
 )
 
-GROUP_NAMES: tuple[str, ...] = ("low", "med-low", "medium", "med-high", "high")
 ITEM_KEY = re.compile(r"^item@(\d+)$")
 METRIC_DEFINITIONS: dict[str, str] = {
     "ranking": "full ranking over all items; scores cast to float32; the user's train items set to -inf; "
