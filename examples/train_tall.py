@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "for accelerators, where one E = 10 run leaves the device idle; needs a split "
                         "shared by the seeds, i.e. ml-1m's authors split; no checkpoints)")
     r.add_argument("--resume", action="store_true",
-                   help="continue from the run folder's last_state.msgpack; refused when its settings.json "
+                   help="continue from the run folder's checkpoint/; refused when its settings.json "
                         "records other settings (default: off, start afresh)")
     r.add_argument("--no-progress", action="store_true", help="log one line per epoch instead of a progress bar")
     r.add_argument("--mesh", default=None, metavar="expert=N",

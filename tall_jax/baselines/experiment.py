@@ -45,8 +45,8 @@ def global_model(ds, gcfg, ms_N, groups_N, folder: Path, which: str, progress: b
     """The global MultVAE/WL parameters (one expert, ``which`` = "final" or "best" state), trained
     with :func:`tall_jax.fit.fit` into ``folder`` or reloaded from it when its config matches.
 
-    ``reuse``: a finished ``run_experiment`` folder of the same model (results.json, last_state and
-    best_params); it is used instead of training when its settings equal the global config."""
+    ``reuse``: a finished ``run_experiment`` folder of the same model (results.json and its
+    checkpoint); it is used instead of training when its settings equal the global config."""
     meta_path = folder / "global_config.json"
     template = state_lib.init(jax.random.PRNGKey(gcfg.seed), gcfg, ds.n_users, ds.n_items, ms_N=ms_N)
     meta: dict[str, Any] = {}
@@ -67,13 +67,11 @@ def global_model(ds, gcfg, ms_N, groups_N, folder: Path, which: str, progress: b
         folder = Path(reuse)
         meta = {"config": gcfg.to_dict(), "reused_from": str(folder), "best_epoch": prev["best_epoch"],
                 "epochs_run": prev["epochs_run"], "wall_time_s": prev["wall_time_s"], "test": prev["test"]}
-        final = state_lib.load_state(folder / "last_state.msgpack", template)
-        best = state_lib.load_params(folder / "best_params.msgpack", template.params)
+        final, best = _load_global(folder, template)
     elif meta_path.exists() and same_model(json.loads(meta_path.read_text()).get("config") or {}, gcfg):
         log.info("reusing the global %s in %s", gcfg.model, folder)
         meta = json.loads(meta_path.read_text())
-        final = state_lib.load_state(folder / "last_state.msgpack", template)
-        best = state_lib.load_params(folder / "best_params.msgpack", template.params)
+        final, best = _load_global(folder, template)
     else:
         res = fit(ds, gcfg, groups_N=groups_N, ms_N=ms_N, out_dir=folder, progress=progress)
         final, best = res.state, res.best_params
@@ -82,6 +80,15 @@ def global_model(ds, gcfg, ms_N, groups_N, folder: Path, which: str, progress: b
         results_lib.write_json(meta_path, meta)
     params = final.params if which == "final" else best
     return jax.tree.map(lambda a: jax.numpy.asarray(a)[0], params["experts"]), meta
+
+
+def _load_global(folder: Path, template):
+    """(final state, best parameters) of a global model's run checkpoint in ``folder``."""
+    ckpt = state_lib.load_checkpoint(folder, template)
+    if ckpt is None:
+        raise FileNotFoundError(f"{folder}: no checkpoint of a global model there (checkpoint/ or "
+                                "last_state.msgpack + best_params.msgpack)")
+    return ckpt.state, ckpt.best_params
 
 
 def baseline_settings(config, *, dataset: str, split: str) -> dict[str, Any]:
