@@ -5,6 +5,8 @@
 # benchmarks/results). `--dry-run` runs the same harness on tiny shapes on the CPU (CI runs it).
 #
 #   bash benchmarks/gpu_suite.sh              # on the GPU machine; ML-1M from $TALL_JAX_DATA
+#   bash benchmarks/gpu_suite.sh --study      # second call: seeds as one program, and LMoE + TALL at
+#                                             # E = 100 with 5 seeds each on ML-1M (--together)
 #   bash benchmarks/gpu_suite.sh --dry-run    # anywhere, about a minute
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,14 +16,24 @@ variants=('f32={}' 'tf32={"matmul_precision": "tensorfloat32"}' 'bf16={"matmul_p
 bench=(python benchmarks/bench_train_step.py --out-dir "$out" --baseline-variant reference)
 if [[ "${1:-}" == "--dry-run" ]]; then
   export JAX_PLATFORMS=cpu
-  # the same harness and variant syntax; tf32 is float32 on a CPU and the reference path is covered by
-  # the tests, so two variants keep the check short
-  "${bench[@]}" --dataset tiny --experts 2 --modes vmapped fit_epoch torch --repeats 1 \
-      --variants "${variants[0]}" "${variants[2]}" --baseline-variant f32 \
+  # the same harness, modes and variant syntax; tf32 is float32 on a CPU and bf16 and the reference
+  # path are covered by the tests, so one variant keeps the check short
+  "${bench[@]}" --dataset tiny --experts 2 --modes vmapped fit_epoch seeds_vmapped torch --repeats 1 \
+      --runs 2 --variants "${variants[0]}" --baseline-variant f32 \
       --name gpu_suite_dry_run.json --timeout 300
   exit 0
 fi
 python -c "import jax; d = jax.devices()[0]; print(d, d.device_kind); assert d.platform == 'gpu', d"
+if [[ "${1:-}" == "--study" ]]; then  # a second device call of at most ~8 minutes
+  # several seeds as one program (tall_jax.multirun) against the same seeds one by one, E = 10 and 100
+  "${bench[@]}" --dataset ml-1m --experts 10 100 --modes seeds_serial seeds_vmapped --runs 5 \
+      --variants "${variants[0]}" --baseline-variant f32 --name gpu_ml1m_seeds.json --timeout 240
+  # the paper's setting on ML-1M: LMoE and TALL, E = 100, 5 seeds each, each model's seeds as one program
+  timeout 300 python examples/train_tall.py --dataset ml-1m --model lmoe tall --experts 100 \
+      --seed 0 1 2 3 4 --together --no-progress --out "$out/runs" || echo "the E = 100 seed study stopped early"
+  python -m tall_jax.report "$out/runs" --out "$out/report" || true
+  exit 0
+fi
 "${bench[@]}" --dataset ml-1m --experts 100 --modes vmapped fit_epoch torch --repeats 10 \
     --epoch-repeats 3 --variants "${variants[@]}" --name gpu_ml1m_e100.json --timeout 240
 "${bench[@]}" --dataset yelp cds --experts 100 --modes vmapped fit_epoch --repeats 5 \

@@ -21,6 +21,11 @@ ENCODERS = ("auto", "dense", "sparse")
 # Fields that change how a run executes but not its maths: never a variant of the model, and a saved
 # run that differs only in them is the same run.
 EXECUTION_FIELDS = ("eval_batch_size", "expert_chunk", "forward_impl", "encoder", "ks")
+# Fields the eval-mode forward (and so the ranking) reads: models that differ only elsewhere (e.g.
+# LMoE and TALL, which differ in the training weights) share one compiled evaluation.
+SCORING_FIELDS = ("n_experts", "latent", "batch_size", "gate", "gate_temperature", "gate_stop_gradient",
+                  "gate_hidden", "eval_batch_size", "expert_chunk", "forward_impl", "matmul_precision",
+                  "encoder", "ks")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +145,11 @@ class TALLConfig:
         """This config with the loop-only fields (seed, max_epochs, patience) reset: the jitted steps
         do not read them, so runs that differ only there share one compilation."""
         return dataclasses.replace(self, seed=0, max_epochs=10_000, patience=15)
+
+    def for_scoring(self) -> "TALLConfig":
+        """This config with every field but :data:`SCORING_FIELDS` at its default: what the
+        evaluation is compiled for (training-only fields never change a ranking)."""
+        return TALLConfig(**{f: getattr(self, f) for f in SCORING_FIELDS})
 
     def replace(self, **changes: Any) -> "TALLConfig":
         return dataclasses.replace(self, **changes)

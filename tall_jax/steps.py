@@ -300,12 +300,12 @@ def eval_step(params: Params, batch: Batch, test_idx_BxP: jax.Array,
     """Per-user validation and test metrics @{1,5,10,20} (and ``config.ks``) of one batch, with the
     gate diagnostics (docs/fidelity.md#metrics): train items are excluded from both rankings;
     validation items stay candidates in the test ranking."""
-    return evaluation.batch_metrics(MixtureScorer(config), params, batch, test_idx_BxP,
+    return evaluation.batch_metrics(MixtureScorer(config.for_scoring()), params, batch, test_idx_BxP,
                                     normalise_ks((*KS, *config.ks)))
 
 
 def evaluate(params: Params, data: UserData, config: TALLConfig) -> dict[str, jax.Array]:
     """All users' per-user metrics through the one evaluator (:func:`tall_jax.evaluation.evaluate`,
     ``config.eval_batch`` users per compiled call)."""
-    return evaluation.evaluate(MixtureScorer(config), params, data, batch_size=config.eval_batch,
+    return evaluation.evaluate(MixtureScorer(config.for_scoring()), params, data, batch_size=config.eval_batch,
                                ks=(*KS, *config.ks))

@@ -137,3 +137,25 @@ def test_baseline_scorers_equal_direct_scores_of_all_users():
         want = _whole(data, np.broadcast_to(per_model[r, u], (n, m)))
         for k in ("valid/ndcg@20", "test/recall@10", "test/item@3"):
             np.testing.assert_allclose(got[k][r], want[k][u], rtol=1e-5, err_msg=k)
+
+
+def test_mixture_evaluation_reads_only_the_scoring_fields():
+    """steps.evaluate compiles for config.for_scoring(); the full config (every training-only field
+    changed) gives the same per-user metrics, so LMoE / TALL / ... share one compiled evaluation."""
+    from tall_jax import state as state_lib
+    from tall_jax import steps
+    from tall_jax.configs import make_config
+    data = tiny_user_data(n_users=12, n_items=30)
+    for model, gate in (("tall", "loss"), ("moe", "mlp"), ("multvae", "none"), ("tall", "route")):
+        extra = {} if model == "multvae" else dict(n_experts=3)
+        cfg = make_config("synthetic", model, latent=4, batch_size=8, gate_hidden=5, gate=gate,
+                          dropout=0.5, noise_std=1.0, lr=0.5, reg=0.3, alpha=2.0, gap=0, kkt_mode="exact",
+                          weight_cap=3.0, kl_reduction="per_user", anneal_cap=0.9, seed=7, **extra)
+        params = state_lib.init(jax.random.PRNGKey(1), cfg, data.n_users, data.n_items).params
+        full = evaluation.evaluate(steps.MixtureScorer(cfg), params, data, batch_size=8)
+        shared = steps.evaluate(params, data, cfg)
+        assert set(full) == set(shared)
+        for k in full:
+            np.testing.assert_array_equal(np.asarray(full[k]), np.asarray(shared[k]), err_msg=f"{model} {k}")
+    assert (make_config("ml-1m", "lmoe", n_experts=10).for_scoring()
+            == make_config("ml-1m", "tall", n_experts=10).for_scoring())
