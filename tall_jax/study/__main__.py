@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         written = write_page(page, study=args.study, command=_command(args), dataset=args.dataset,
                              n_experts=args.experts, seeds=args.seeds, variants=variants,
                              runs=collect(folders),
+                             n_planned=len(plan(variants, args.seeds, args.root, args.dataset, args.experts)),
                              environment={"jax": jax.__version__, "backend": jax.default_backend(),
                                           "python": platform.python_version(),
                                           "cpus": os.cpu_count()})

@@ -103,22 +103,27 @@ def write_csv(path: Path, runs: dict[str, list[RunSummary]]) -> None:
                            + [f"{r.best[c]:.6f}" for c in COLUMNS] + [f"{r.smoothed[c]:.6f}" for c in COLUMNS])
 
 
-def plot(path: Path, variants: list[Variant], runs: dict[str, list[RunSummary]], title: str) -> Path | None:
+def plot(path: Path, variants: list[Variant], runs: dict[str, list[RunSummary]], title: str,
+         control: str = "multvae") -> Path | None:
+    """Bars per group: each variant's mean test NDCG@20 minus the control's (one MultVAE), with the
+    variant's std over seeds; the gain is what a reader compares across groups."""
     from tall_jax.plots import new_figure
 
-    shown = [v.name for v in variants if runs.get(v.name)]
-    if not shown:
+    shown = [v.name for v in variants if runs.get(v.name) and v.name != control]
+    if not shown or not runs.get(control):
         return None
-    fig = new_figure((max(8.0, 1.1 * len(COLUMNS) * len(shown) / 4), 4.8))
+    base = np.mean([[r.best[c] for c in COLUMNS] for r in runs[control]], axis=0)
+    fig = new_figure((max(8.0, 0.28 * len(COLUMNS) * len(shown)), 4.8))
     ax = fig.subplots()
     width = 0.8 / len(shown)
     for i, name in enumerate(shown):
         values = np.array([[r.best[c] for c in COLUMNS] for r in runs[name]])
         err = values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros(len(COLUMNS))
-        ax.bar(np.arange(len(COLUMNS)) + (i - (len(shown) - 1) / 2) * width, values.mean(axis=0),
+        ax.bar(np.arange(len(COLUMNS)) + (i - (len(shown) - 1) / 2) * width, values.mean(axis=0) - base,
                width, yerr=err, label=f"{name} ({len(values)})", capsize=1.5)
+    ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xticks(np.arange(len(COLUMNS)), COLUMNS)
-    ax.set_ylabel("test NDCG@20 (best-validation epoch)")
+    ax.set_ylabel(f"test NDCG@20 minus {control}'s")
     ax.set_title(title)
     ax.legend(fontsize="x-small", ncol=3)
     ax.grid(axis="y", alpha=0.3)
@@ -129,16 +134,18 @@ def plot(path: Path, variants: list[Variant], runs: dict[str, list[RunSummary]],
 
 def write_page(out: Path, *, study: str, command: str, dataset: str, n_experts: int,
                seeds: list[int], variants: list[Variant], runs: dict[str, list[RunSummary]],
-               reference: str = "tall", environment: dict[str, Any] | None = None) -> list[Path]:
+               reference: str = "tall", environment: dict[str, Any] | None = None,
+               n_planned: int | None = None) -> list[Path]:
     """Write ``<out>.md``, ``<out>.csv`` and ``<out>.png``; returns their paths."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    png = plot(out.with_suffix(".png"), variants, runs, f"{dataset}, E = {n_experts}: test NDCG@20 per group")
+    png = plot(out.with_suffix(".png"), variants, runs, f"{dataset}, E = {n_experts}: gain over one MultVAE per group (mean, std over seeds)")
     write_csv(out.with_suffix(".csv"), runs)
     n_done = sum(len(r) for r in runs.values())
     main = [v for v in variants if not v.tune]
     tuned = [v for v in variants if v.tune or v.name.startswith("lmoe_route")]
     lines = [f"# {study.capitalize()} study: {dataset}, E = {n_experts}", "",
-             f"Produced by `{command}` on {time.strftime('%Y-%m-%d')} ({n_done} finished runs; seeds asked: "
+             f"Produced by `{command}` on {time.strftime('%Y-%m-%d')} ({n_done}"
+             f"{f' of {n_planned} planned' if n_planned else ''} runs finished; seeds asked: "
              f"{' '.join(map(str, seeds))}). Rerun the command to resume it and to refresh this page.", ""]
     if environment:
         lines += ["Environment: " + ", ".join(f"{k} {v}" for k, v in environment.items()) + ".", ""]
@@ -162,7 +169,8 @@ def write_page(out: Path, *, study: str, command: str, dataset: str, n_experts: 
     lines += ["", "## Gate and weights at the best epoch", "",
               "Gate entropy: mean over users of -Σ_k g_uk log g_uk (log E for a uniform gate). Weights: the "
               "adaptive weights of the best epoch (max, std over users, Spearman correlation of |w_u - 1| "
-              "with the number of validation items).", ""]
+              "with the number of validation items). Seconds per run are wall time with `--jobs` runs side by "
+              "side on a machine that may be doing other work: a cost, not a benchmark.", ""]
     lines += diagnostics_table(main, runs, n_experts)
     if any(runs.get(v.name) for v in tuned):
         lines += ["", "## Routing-gate temperature (first seed, chosen on validation)", "",
@@ -171,7 +179,7 @@ def write_page(out: Path, *, study: str, command: str, dataset: str, n_experts: 
             for r in runs.get(v.name, [])[:1]:
                 lines.append(f"| {v.name} (seed {r.seed}) | {r.valid_score:.4f} | {_num(r.gate_entropy, '.4f')} | "
                              f"{r.best['overall']:.4f} |")
-    lines += ["", f"![NDCG@20 per group]({png.name})" if png else "", "",
+    lines += ["", f"![gain in NDCG@20 over MultVAE per group]({png.name})" if png else "", "",
               f"Per-run values: [{out.with_suffix('.csv').name}]({out.with_suffix('.csv').name}).", ""]
     out.with_suffix(".md").write_text("\n".join(lines))
     return [p for p in (out.with_suffix(".md"), out.with_suffix(".csv"), png) if p is not None]
