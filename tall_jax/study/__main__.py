@@ -21,7 +21,7 @@ from pathlib import Path
 from tall_jax.cli import HelpFormatter, Parser
 from tall_jax.configs import DATASET_PRESETS
 from tall_jax.study.analysis import collect
-from tall_jax.study.runner import execute, plan, run_dir, run_one
+from tall_jax.study.runner import execute, plan, run_one
 from tall_jax.study.variants import STUDIES, ablation_variants, precision_variants, select
 from tall_jax.study.writeup import write_page
 
@@ -84,20 +84,22 @@ def main(argv: list[str] | None = None) -> int:
             if args.epochs < 1:
                 raise ValueError("--epochs must be >= 1")
             variants = [v.capped(args.epochs) for v in variants]
-        chosen = select(variants, args.variants)
+        chosen = {v.name for v in select(variants, args.variants)}
+        planned = plan(variants, args.seeds, args.root, args.dataset, args.experts)
         failed: list[str] = []
         if not args.report_only:
-            runs = plan(chosen, args.seeds, args.root, args.dataset, args.experts)
-            failed = execute(runs, dataset=args.dataset, n_experts=args.experts, data_dir=data_dir,
-                             jobs=args.jobs, nice=args.nice, progress=not args.no_progress)
-        folders = {v.name: {s: run_dir(args.root, args.dataset, args.experts, v.name, s)
-                            for s in (args.seeds[:1] if v.tune else args.seeds)} for v in variants}
+            failed = execute([r for r in planned if r.variant.name in chosen], dataset=args.dataset,
+                             n_experts=args.experts, data_dir=data_dir, jobs=args.jobs, nice=args.nice,
+                             progress=not args.no_progress)
+        folders: dict[str, dict[int, Path]] = {v.name: {} for v in variants}
+        for r in planned:
+            folders[r.variant.name][r.seed] = r.out_dir
         page = Path(args.page or f"docs/results/{args.dataset.replace('-', '')}_{args.study}")
         import jax
         written = write_page(page, study=args.study, command=_command(args), dataset=args.dataset,
                              n_experts=args.experts, seeds=args.seeds, variants=variants,
                              runs=collect(folders),
-                             n_planned=len(plan(variants, args.seeds, args.root, args.dataset, args.experts)),
+                             n_planned=len(planned),
                              environment={"jax": jax.__version__, "backend": jax.default_backend(),
                                           "python": platform.python_version(),
                                           "cpus": os.cpu_count()})

@@ -144,10 +144,6 @@ def run_one(dataset: str, n_experts: int, variant: Variant, seed: int, out_dir: 
     """One run of the study in this process (what a child of :func:`execute` does)."""
     from tall_jax.run import run_experiment
 
-    config = variant.config(dataset, n_experts, seed)
-    overrides = dict(variant.overrides)
-    if config.n_experts > 1:
-        overrides["n_experts"] = n_experts
     return run_experiment(dataset, variant.model, out_dir=out_dir, seed=seed, data_dir=data_dir,
                           progress=False, resume=True, checkpoint_every=checkpoint_every,
-                          overrides=overrides)
+                          overrides=variant.overrides_for(n_experts))

@@ -32,12 +32,16 @@ class Variant:
         overrides = dict(self.overrides, max_epochs=max_epochs)
         return dataclasses.replace(self, overrides=tuple(sorted(overrides.items())))
 
-    def config(self, dataset: str, n_experts: int, seed: int) -> TALLConfig:
-        """The resolved configuration of this variant (E applies to mixtures only)."""
+    def overrides_for(self, n_experts: int) -> dict[str, Any]:
+        """The config overrides of this variant at E = ``n_experts`` (E applies to mixtures only)."""
         extra = dict(self.overrides)
         if MODEL_PRESETS[self.model].get("n_experts") != 1:
             extra.setdefault("n_experts", n_experts)
-        return make_config(dataset, self.model, seed=seed, **extra)
+        return extra
+
+    def config(self, dataset: str, n_experts: int, seed: int) -> TALLConfig:
+        """The resolved configuration of this variant."""
+        return make_config(dataset, self.model, seed=seed, **self.overrides_for(n_experts))
 
 
 def _v(name: str, model: str, about: str, tune: bool = False, **overrides: Any) -> Variant:
