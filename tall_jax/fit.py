@@ -46,6 +46,13 @@ class FitResult:
     best_params: Any  # host copy of the parameters at the best epoch
     state: state_lib.TrainState  # the final state (best epoch + patience, like the authors' code)
 
+    @classmethod
+    def from_best(cls, config: TALLConfig, best_evals: dict[str, Any], groups_N: np.ndarray | None,
+                  **fields: Any) -> FitResult:
+        """The result whose test and validation rankings are the best epoch's evaluation ``best_evals``."""
+        results = ranking_results(best_evals, groups_N)
+        return cls(config=config, test=results["test"], valid=results["valid"], **fields)
+
 
 def _group_means(values_N: np.ndarray, groups_N: np.ndarray | None) -> dict[str, float]:
     if groups_N is None:
@@ -54,9 +61,10 @@ def _group_means(values_N: np.ndarray, groups_N: np.ndarray | None) -> dict[str,
             if np.any(groups_N == g)}
 
 
-def _epoch_record(epoch: int, train_metrics: dict, evals: dict, state: state_lib.TrainState,
+def epoch_record(epoch: int, train_metrics: dict, evals: dict, state: state_lib.TrainState,
                   groups_N: np.ndarray | None, n_valid_N: np.ndarray, ms_N: np.ndarray | None,
-                  config: TALLConfig, seconds: float) -> dict[str, Any]:
+                 config: TALLConfig, seconds: float) -> dict[str, Any]:
+    """One epoch's history entry: losses, validation score, per-group curves, weights and gate statistics."""
     valid_score = validation_score(evals)
     w_N = np.asarray(state.weights_N)
     record: dict[str, Any] = {
@@ -138,8 +146,8 @@ def fit(dataset: Dataset, config: TALLConfig, *, groups_N: np.ndarray | None = N
         if not np.isfinite(train_metrics["loss"]).all():
             raise FloatingPointError(f"non-finite training loss in epoch {epoch} "
                                      f"(steps {int(state.step) - len(train_metrics['loss'])}..{int(state.step)})")
-        record = _epoch_record(epoch, train_metrics, evals, state, groups_N, n_valid_N, ms_N,
-                               config, time.perf_counter() - tick)
+        record = epoch_record(epoch, train_metrics, evals, state, groups_N, n_valid_N, ms_N,
+                              config, time.perf_counter() - tick)
         history.append(record)
         stop, improved = stop.update(epoch, record["valid_score"])
         if improved:
@@ -159,10 +167,10 @@ def fit(dataset: Dataset, config: TALLConfig, *, groups_N: np.ndarray | None = N
     bar.close()
     if out is not None:
         _checkpoint(out, state, best_params, best_evals, history, stop)
-    results = ranking_results(best_evals, groups_N)
-    return FitResult(config=config, test=results["test"], valid=results["valid"],
-                     best_epoch=stop.best_epoch, epochs_run=int(state.epoch), history=history,
-                     wall_time_s=time.perf_counter() - started, best_params=best_params, state=state)
+    return FitResult.from_best(config, best_evals, groups_N, best_epoch=stop.best_epoch,
+                               epochs_run=int(state.epoch), history=history,
+                               wall_time_s=time.perf_counter() - started, best_params=best_params,
+                               state=state)
 
 
 def _checkpoint(out: Path, state: state_lib.TrainState, best_params, best_evals, history: list,

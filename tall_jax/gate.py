@@ -34,9 +34,7 @@ def loss_gate(loss_BxE: jax.Array, has_valid_B: jax.Array, *, temperature: float
     gradients (the reciprocal is taken of a safe placeholder, not of 0).
     """
     safe_loss = jnp.where(has_valid_B[:, None], loss_BxE, 1.0)
-    logits = jnp.where(has_valid_B[:, None], 1.0 / (safe_loss * temperature), 0.0)
-    gate = jax.nn.softmax(logits, axis=-1)
-    return jax.lax.stop_gradient(gate) if stop_gradient else gate
+    return _softmax_or_uniform(1.0 / (safe_loss * temperature), has_valid_B, stop_gradient)
 
 
 def route_gate(loss_BxE: jax.Array, n_valid_B: jax.Array, *, temperature: float = 1.0,
@@ -50,8 +48,12 @@ def route_gate(loss_BxE: jax.Array, n_valid_B: jax.Array, *, temperature: float 
     """
     has_valid_B = n_valid_B > 0
     per_item_BxE = loss_BxE / jnp.maximum(n_valid_B, 1.0)[:, None]
-    logits = jnp.where(has_valid_B[:, None], -per_item_BxE / temperature, 0.0)
-    gate = jax.nn.softmax(logits, axis=-1)
+    return _softmax_or_uniform(-per_item_BxE / temperature, has_valid_B, stop_gradient)
+
+
+def _softmax_or_uniform(logits_BxE: jax.Array, has_valid_B: jax.Array, stop_gradient: bool) -> jax.Array:
+    """softmax_k of the gate logits, uniform (logits 0) for users without validation items."""
+    gate = jax.nn.softmax(jnp.where(has_valid_B[:, None], logits_BxE, 0.0), axis=-1)
     return jax.lax.stop_gradient(gate) if stop_gradient else gate
 
 

@@ -71,13 +71,17 @@ def _flat(record: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(out, default=str))  # tuples -> lists, as read back from JSON
 
 
-def settings_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-    """``"field: saved value (in settings.json) vs wanted value (now)"`` for every differing field,
-    execution-only fields ignored."""
-    a, b = _flat(saved), _flat(wanted)
+def field_differences(saved: dict[str, Any], wanted: dict[str, Any], where: str) -> list[str]:
+    """``"field: saved value in <where> vs wanted value now"`` for every top-level field that differs."""
     show = lambda d, k: repr(d[k]) if k in d else "<absent>"  # noqa: E731
-    return [f"{k}: {show(a, k)} in settings.json vs {show(b, k)} now"
-            for k in sorted(set(a) | set(b)) if a.get(k, _MISSING) != b.get(k, _MISSING)]
+    return [f"{k}: {show(saved, k)} in {where} vs {show(wanted, k)} now"
+            for k in sorted(set(saved) | set(wanted)) if saved.get(k, _MISSING) != wanted.get(k, _MISSING)]
+
+
+def settings_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """:func:`field_differences` of two :func:`settings_record` s, config fields compared one by one and
+    execution-only fields ignored."""
+    return field_differences(_flat(saved), _flat(wanted), SETTINGS_FILE)
 
 
 def check_settings(out_dir: str | Path, wanted: dict[str, Any]) -> None:

@@ -30,8 +30,7 @@ from tall_jax import steps
 from tall_jax.batching import UserData, make_batch, sequential_order
 from tall_jax.configs import TALLConfig
 from tall_jax.datasets.base import Dataset
-from tall_jax.evaluation import ranking_results
-from tall_jax.fit import FitResult, _epoch_record
+from tall_jax.fit import FitResult, epoch_record
 from tall_jax.stopping import EarlyStopping
 
 
@@ -100,26 +99,19 @@ def fit_seeds(dataset: Dataset, config: TALLConfig, seeds: list[int], *,
             if not np.isfinite(metrics_r["loss"]).all():
                 raise FloatingPointError(f"non-finite training loss in epoch {epoch} of seed {seeds[r]}")
             state_r = run_slice(states, r)
-            record = _epoch_record(epoch, metrics_r, evals_r, state_r, groups_N, n_valid_N, ms_N,
-                                   config, seconds)
+            record = epoch_record(epoch, metrics_r, evals_r, state_r, groups_N, n_valid_N, ms_N,
+                                  config, seconds)
             histories[r].append(record)
             stops[r], improved = stops[r].update(epoch, record["valid_score"])
             if improved:
                 best[r].update(evals=evals_r, params=jax.device_get(state_r.params))
             if stops[r].should_stop(epoch) or epoch >= config.max_epochs:
-                finished[r] = _result(config.replace(seed=seeds[r]), stops[r].best_epoch, best[r],
-                                      histories[r], epoch,
-                                      time.perf_counter() - started, jax.device_get(state_r), groups_N)
+                finished[r] = FitResult.from_best(
+                    config.replace(seed=seeds[r]), best[r]["evals"], groups_N, best_epoch=stops[r].best_epoch,
+                    epochs_run=epoch, history=histories[r], wall_time_s=time.perf_counter() - started,
+                    best_params=best[r]["params"], state=jax.device_get(state_r))
         bar.set_postfix(running=sum(f is None for f in finished), refresh=False)
         bar.update(1)
     bar.close()
     return [f for f in finished if f is not None]
 
-
-def _result(config: TALLConfig, best_epoch: int, best: dict[str, Any], history: list[dict[str, Any]],
-            epochs_run: int, wall: float, state: state_lib.TrainState,
-            groups_N: np.ndarray | None) -> FitResult:
-    results = ranking_results(best["evals"], groups_N)
-    return FitResult(config=config, test=results["test"], valid=results["valid"], best_epoch=best_epoch,
-                     epochs_run=epochs_run, history=history, wall_time_s=wall,
-                     best_params=best["params"], state=state)

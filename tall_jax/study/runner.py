@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tall_jax.identity import field_differences
 from tall_jax.study.variants import Variant
 
 SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
@@ -71,9 +72,8 @@ def check_folder(run: Run, dataset: str, n_experts: int) -> None:
     if not path.exists():
         return
     saved, wanted = json.loads(path.read_text()), json.loads(json.dumps(run.record(dataset, n_experts)))
-    if saved != wanted:
-        diff = [f"{k}: folder has {saved.get(k)!r}, study asks {wanted.get(k)!r}"
-                for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
+    diff = field_differences(saved, wanted, RECORD)
+    if diff:
         raise ValueError(f"{run.out_dir} was trained for other settings ({'; '.join(diff)}); "
                          "remove it or choose another --root")
 
