@@ -95,7 +95,7 @@ def epoch_record(epoch: int, train_metrics: dict, evals: dict, state: state_lib.
 
 def fit(dataset: Dataset, config: TALLConfig, *, groups_N: np.ndarray | None = None,
         ms_N: np.ndarray | None = None, out_dir: str | Path | None = None, progress: bool = True,
-        resume: bool = False, checkpoint_every: int = 10,
+        resume: bool = False, checkpoint_every: int = 10, keep_epochs: tuple[int, ...] = (),
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
         mesh: jax.sharding.Mesh | None = None) -> FitResult:
     """Train ``config`` on ``dataset`` to early stop and return the best epoch's results.
@@ -104,7 +104,9 @@ def fit(dataset: Dataset, config: TALLConfig, *, groups_N: np.ndarray | None = N
     weight diagnostics. With ``out_dir``, the run checkpoint ``<out_dir>/checkpoint/`` (the state,
     the best parameters and metrics, the history: one atomic unit, :func:`tall_jax.state.save_checkpoint`)
     is written every ``checkpoint_every`` epochs and at the end, before ``on_epoch`` sees the
-    epoch; ``resume=True`` continues from it, bit for bit as if never interrupted. With ``mesh``
+    epoch; ``resume=True`` continues from it, bit for bit as if never interrupted. The checkpoint
+    of each epoch in ``keep_epochs`` is also kept, in :func:`tall_jax.state.kept_dir`: runs that
+    differ only after that epoch start there (:func:`tall_jax.state.fork_checkpoint`). With ``mesh``
     (:func:`tall_jax.sharding.make_mesh`) the experts and their Adam moments are split over its
     ``"expert"`` axis and the data replicated; the steps are partitioned by ``jax.jit`` (same result
     up to reduction order). A ``"data"`` axis above 1 is for hand-written loops
@@ -162,6 +164,8 @@ def fit(dataset: Dataset, config: TALLConfig, *, groups_N: np.ndarray | None = N
                      record["test_ndcg@20"], record["seconds"])
         if out is not None and checkpoint_every and epoch % checkpoint_every == 0:
             _checkpoint(out, state, best_params, best_evals, history, stop)
+        if out is not None and epoch in keep_epochs:
+            _checkpoint(state_lib.kept_dir(out, epoch), state, best_params, best_evals, history, stop)
         if on_epoch is not None:
             on_epoch(record)
     bar.close()

@@ -24,7 +24,7 @@ log = logging.getLogger("tall_jax")
 
 def run_experiment(dataset: str, model: str, *, out_dir: str | Path, split: str | None = None,
                    seed: int = 0, data_dir: str | Path | None = None, progress: bool = True,
-                   resume: bool = False, checkpoint_every: int = 10,
+                   resume: bool = False, checkpoint_every: int = 10, keep_epochs: tuple[int, ...] = (),
                    overrides: dict[str, Any] | None = None,
                    global_from: str | Path | None = None,
                    mesh: str | None = None) -> dict[str, Any]:
@@ -35,7 +35,7 @@ def run_experiment(dataset: str, model: str, *, out_dir: str | Path, split: str 
     Returns the results dict (also written as JSON). The local-learning baselines
     (``loca``, ``lft``, ``enlft``) go to :func:`tall_jax.baselines.run_baseline`, with ``overrides``
     as :class:`tall_jax.baselines.BaselineConfig` fields and ``global_from`` as their reusable global
-    model run. ``mesh`` ("expert=N") splits a mixture's experts over N devices
+    model run. ``keep_epochs``: epochs whose checkpoint is kept (:func:`tall_jax.fit.fit`). ``mesh`` ("expert=N") splits a mixture's experts over N devices
     (:mod:`tall_jax.sharding`)."""
     from tall_jax.baselines import BASELINES, run_baseline
     if mesh is not None and model in BASELINES:
@@ -61,7 +61,8 @@ def run_experiment(dataset: str, model: str, *, out_dir: str | Path, split: str 
     log.info("%s/%s: %d users, %d items, %d interactions (%.1fs to load and group)", ds.name,
              ds.split, ds.n_users, ds.n_items, ds.n_interactions, time.perf_counter() - t0)
     result = fit(ds, config, groups_N=groups_N, ms_N=ms_N, out_dir=out, progress=progress,
-                 resume=resume, checkpoint_every=checkpoint_every, mesh=device_mesh)
+                 resume=resume, checkpoint_every=checkpoint_every, keep_epochs=keep_epochs,
+                 mesh=device_mesh)
     return _write_run(out, ds, dataset, model, settings, result)
 
 

@@ -149,3 +149,28 @@ def load_checkpoint(run_dir: str | Path, template: TrainState) -> RunCheckpoint 
         return None
     return RunCheckpoint(state, params, evals, progress["history"], float(progress["best_score"]),
                          int(progress["best_epoch"]))
+
+
+def has_checkpoint(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds a run checkpoint :func:`load_checkpoint` can read."""
+    run_dir = Path(run_dir)
+    return (checkpoint.complete_folder(run_dir / CHECKPOINT) is not None
+            or all((run_dir / name).exists() for name in _LEGACY))
+
+
+def kept_dir(run_dir: str | Path, epoch: int) -> Path:
+    """Where ``fit(..., keep_epochs=...)`` keeps the checkpoint of ``epoch``: ``<run_dir>/epoch<e>/``
+    (a run folder of its own, holding ``checkpoint/``)."""
+    return Path(run_dir) / f"epoch{epoch}"
+
+
+def fork_checkpoint(trunk_dir: str | Path, epoch: int, run_dir: str | Path) -> bool:
+    """Start ``run_dir`` from the checkpoint ``trunk_dir`` kept at ``epoch``: copy it in as
+    ``<run_dir>/checkpoint/`` (atomically), so that resuming there continues from that epoch.
+    Returns False (and copies nothing) when no such kept checkpoint exists."""
+    folder = checkpoint.complete_folder(kept_dir(trunk_dir, epoch) / CHECKPOINT)
+    if folder is None:
+        return False
+    checkpoint.write_folder(Path(run_dir) / CHECKPOINT,
+                            {f.name: f.read_bytes() for f in sorted(folder.iterdir()) if f.is_file()})
+    return True

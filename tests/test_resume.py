@@ -62,6 +62,33 @@ def test_tall_killed_after_epoch_3_resumes_bit_identically(tmp_path):
     assert _identical(jax.device_get(resumed.state), jax.device_get(straight.state))
 
 
+@pytest.mark.parametrize("after_gap", [dict(kkt_mode="exact"), dict(weight_cap=1.5, weight_per_item=True)])
+def test_a_variant_started_from_the_kept_gap_checkpoint_equals_it_trained_from_scratch(tmp_path, after_gap):
+    # TALL and a variant differing only after the gap (epochs 1..2 unweighted) share their first 2
+    # epochs: the variant forked from TALL's kept epoch-2 checkpoint ends bit for bit like itself
+    # trained from epoch 1
+    ds = tiny_dataset(n_users=60, n_items=40, seed=1)
+    groups = np.arange(ds.n_users) % 5
+    common = dict(n_experts=3, latent=4, batch_size=16, gap=2, window=3, lr=2e-3, max_epochs=30, patience=2)
+    trunk_config = make_config("synthetic", "tall", **common)
+    variant_config = make_config("synthetic", "tall", **common, **after_gap)
+    trunk = fit(ds, trunk_config, groups_N=groups, progress=False, out_dir=tmp_path / "trunk", keep_epochs=(2,))
+    kept = state_lib.load_checkpoint(state_lib.kept_dir(tmp_path / "trunk", 2), trunk.state)
+    assert int(kept.state.epoch) == 2 and len(kept.history) == 2
+    assert state_lib.fork_checkpoint(tmp_path / "trunk", 2, tmp_path / "fork")
+    assert not state_lib.fork_checkpoint(tmp_path / "trunk", 3, tmp_path / "other")  # none kept at 3
+    forked = fit(ds, variant_config, groups_N=groups, progress=False, out_dir=tmp_path / "fork", resume=True)
+    straight = fit(ds, variant_config, groups_N=groups, progress=False)
+    assert straight.epochs_run > 4
+    assert _no_seconds(forked.history) == _no_seconds(straight.history)
+    assert _no_seconds(straight.history[:2]) == _no_seconds(trunk.history[:2])
+    assert _no_seconds(straight.history) != _no_seconds(trunk.history)  # the variant does differ after the gap
+    assert (forked.best_epoch, forked.epochs_run) == (straight.best_epoch, straight.epochs_run)
+    assert _identical(forked.test.per_user, straight.test.per_user)
+    assert _identical(forked.best_params, straight.best_params)
+    assert _identical(jax.device_get(forked.state), jax.device_get(straight.state))
+
+
 def test_loca_killed_after_two_local_models_resumes_bit_identically(tmp_path, monkeypatch):
     ds = tiny_dataset(n_users=60, n_items=40, seed=2)
     data = UserData.from_dataset(ds)

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
+from tall_jax import checkpoint
+from tall_jax import state as state_lib
 from tall_jax.configs import make_config
 from tall_jax.metrics import GROUP_NAMES
 from tall_jax.study import analysis, runner, variants as V
@@ -36,6 +38,44 @@ def test_plan_is_seed_major_and_tune_variants_take_the_first_seed(tmp_path):
     assert [r.label for r in runs] == ["multvae/seed4", "tall/seed4", "lmoe_route_t0.3/seed4",
                                        "multvae/seed1", "tall/seed1"]
     assert runs[1].out_dir == tmp_path / "ml-1m" / "E10" / "tall" / "seed4"
+
+
+def test_forks_share_only_the_epochs_before_the_gap():
+    vs = {v.name: v for v in V.ablation_variants("ml-1m", 10)}
+    forks = {v.name: v.trunk for v in vs.values() if v.trunk}
+    assert forks == {"tall_per_item": "tall", "tall_exact_kkt": "tall", "tall_cap": "tall",
+                     "tall_route_item_cap": "tall_route"}
+    for name, trunk in forks.items():
+        assert vs[name].fork_epoch(vs[trunk], "ml-1m", 10) == make_config("ml-1m", "tall").gap == 40
+    with pytest.raises(ValueError, match="gate"):  # a different gate acts from epoch 1
+        vs["tall_route"].fork_epoch(vs["tall"], "ml-1m", 10)
+    with pytest.raises(ValueError, match="adaptive"):  # LMoE has no weights at all
+        V.Variant("x", "lmoe", (), "").fork_epoch(vs["tall"], "ml-1m", 10)
+
+
+def test_plan_links_each_fork_to_its_trunk_of_the_same_seed(tmp_path):
+    vs = V.select(V.ablation_variants("ml-1m", 10), ["lmoe", "tall", "tall_cap", "tall_route_item_cap"])
+    runs = {r.label: r for r in runner.plan(vs, [0, 1], tmp_path, "ml-1m", 10)}
+    assert runs["tall/seed1"].keep_epochs == (40,) and runs["lmoe/seed1"].keep_epochs == ()
+    assert runs["tall_cap/seed1"].trunk == runs["tall/seed1"] and runs["tall_cap/seed1"].fork_epoch == 40
+    assert runs["tall_route_item_cap/seed0"].trunk is None  # its trunk tall_route is not in this study
+    assert runner.child_command(runs["tall/seed0"], "ml-1m", 10, None)[-2:] == ["--keep-epochs", "40"]
+    assert "--keep-epochs" not in runner.child_command(runs["tall_cap/seed0"], "ml-1m", 10, None)
+
+
+def test_a_fork_waits_for_its_trunk_unless_it_can_start(tmp_path):
+    vs = V.select(V.ablation_variants("ml-1m", 10), ["tall", "tall_cap"])
+    trunk, fork = runner.plan(vs, [0], tmp_path, "ml-1m", 10)
+    pending = {trunk.label, fork.label}
+    assert runner.may_start(trunk, pending) and not runner.may_start(fork, pending)
+    assert runner.may_start(fork, {fork.label})  # the trunk is done without a kept checkpoint: from scratch
+    kept = checkpoint.write_folder(state_lib.kept_dir(trunk.out_dir, 40) / state_lib.CHECKPOINT,
+                                   {"state.msgpack": b"s", "best.msgpack": b"b", "progress.json": b"{}"})
+    assert runner.may_start(fork, pending)
+    assert state_lib.fork_checkpoint(trunk.out_dir, 40, fork.out_dir)
+    copied = fork.out_dir / state_lib.CHECKPOINT
+    assert sorted(p.name for p in copied.iterdir()) == sorted(p.name for p in kept.iterdir())
+    assert (copied / "best.msgpack").read_bytes() == b"b"
 
 
 def test_a_folder_made_for_other_settings_is_refused(tmp_path):

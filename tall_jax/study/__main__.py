@@ -58,6 +58,7 @@ def _parser() -> Parser:
     one.add_argument("--out", required=True)
     one.add_argument("--data-dir", default=None)
     one.add_argument("--epochs", type=int, default=None)
+    one.add_argument("--keep-epochs", type=int, nargs="+", default=[])
     return p
 
 
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             variant = select(_all_variants(args.dataset, args.experts), [args.variant])[0]
             if args.epochs is not None:
                 variant = variant.capped(args.epochs)
-            run_one(args.dataset, args.experts, variant, args.seed, args.out, args.data_dir)
+            run_one(args.dataset, args.experts, variant, args.seed, args.out, args.data_dir,
+                    keep_epochs=tuple(args.keep_epochs))
             return 0
         if args.experts < 1 or args.jobs < 1:
             raise ValueError("--experts and --jobs must be >= 1")

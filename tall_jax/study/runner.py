@@ -10,6 +10,11 @@ Why processes: every run gets its own memory and a clean XLA; and on a CPU two s
 runs side by side finish more work than one two-threaded run (XLA keeps ~1.3 of 2 cores busy on
 these shapes; measured 1.4x the throughput on ML-1M, E = 10), so ``jobs`` > 1 pins each run to one
 thread. Results do not depend on the thread count (same losses, bit for bit, in that measurement).
+
+A variant with a trunk (:mod:`tall_jax.study.variants`) waits while its trunk of the same seed is
+still to train; the trunk keeps its checkpoint of the fork epoch T, the variant starts from a copy
+of it and trains only epochs T+1... (without a kept checkpoint, e.g. a trunk trained before it was
+asked to keep one, the variant trains from epoch 1: the same result, at full cost).
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tall_jax import state as state_lib
 from tall_jax.identity import field_differences
 from tall_jax.study.variants import Variant
 
@@ -35,6 +41,9 @@ class Run:
     variant: Variant
     seed: int
     out_dir: Path
+    trunk: "Run | None" = None  # the run whose checkpoint of epoch fork_epoch this one starts from
+    fork_epoch: int = 0
+    keep_epochs: tuple[int, ...] = ()  # epochs whose checkpoint this run keeps for its forks
 
     @property
     def label(self) -> str:
@@ -58,12 +67,35 @@ def plan(variants: list[Variant], seeds: list[int], root: str | Path, dataset: s
     """Every run of the study, seed-major (all variants' first seed, then the next seed, ...), so
     a study cut short has comparable seeds for every variant. ``tune`` variants get the first seed."""
     runs = []
+    by_name = {v.name: v for v in variants}
     for i, seed in enumerate(seeds):
-        for v in variants:
-            if v.tune and i > 0:
-                continue
-            runs.append(Run(v, seed, run_dir(root, dataset, n_experts, v.name, seed)))
+        chosen = [v for v in variants if not (v.tune and i > 0)]
+        forks = {v.name: (by_name[v.trunk], v.fork_epoch(by_name[v.trunk], dataset, n_experts))
+                 for v in chosen if v.trunk in by_name}
+        keep: dict[str, set[int]] = {}
+        for trunk, epoch in forks.values():
+            keep.setdefault(trunk.name, set()).add(epoch)
+        seed_runs = {v.name: Run(v, seed, run_dir(root, dataset, n_experts, v.name, seed),
+                                 keep_epochs=tuple(sorted(keep.get(v.name, ()))))
+                     for v in chosen if v.name not in forks}
+        for v in chosen:
+            if v.name in forks:
+                trunk, epoch = forks[v.name]
+                seed_runs[v.name] = Run(v, seed, run_dir(root, dataset, n_experts, v.name, seed),
+                                        trunk=seed_runs[trunk.name], fork_epoch=epoch)
+        runs += [seed_runs[v.name] for v in chosen]
     return runs
+
+
+def may_start(run: Run, pending: set[str]) -> bool:
+    """Whether ``run`` can start now: at once without a trunk or with a checkpoint of its own; else
+    once its trunk has kept the fork epoch's checkpoint, or is no longer ``pending`` (queued or
+    running) without having kept it (the run then trains from epoch 1)."""
+    if run.trunk is None or state_lib.has_checkpoint(run.out_dir):
+        return True
+    if state_lib.has_checkpoint(state_lib.kept_dir(run.trunk.out_dir, run.fork_epoch)):
+        return True
+    return run.trunk.label not in pending
 
 
 def check_folder(run: Run, dataset: str, n_experts: int) -> None:
@@ -84,7 +116,8 @@ def child_command(run: Run, dataset: str, n_experts: int, data_dir: str | None) 
            "--out", str(run.out_dir)]
     cap = dict(run.variant.overrides).get("max_epochs")
     return (cmd + (["--data-dir", data_dir] if data_dir else [])
-            + (["--epochs", str(cap)] if cap is not None else []))
+            + (["--epochs", str(cap)] if cap is not None else [])
+            + (["--keep-epochs", *map(str, run.keep_epochs)] if run.keep_epochs else []))
 
 
 def execute(runs: list[Run], *, dataset: str, n_experts: int, data_dir: str | None, jobs: int = 1,
@@ -107,12 +140,19 @@ def execute(runs: list[Run], *, dataset: str, n_experts: int, data_dir: str | No
                desc="study", dynamic_ncols=True)
     try:
         while todo or running:
-            while todo and len(running) < jobs:
-                run = todo.pop(0)
+            while len(running) < jobs:
+                pending = {r.label for r in todo} | set(running)
+                run = next((r for r in todo if may_start(r, pending)), None)
+                if run is None:
+                    break
+                todo.remove(run)
                 run.out_dir.mkdir(parents=True, exist_ok=True)
+                forked = (run.trunk is not None and not state_lib.has_checkpoint(run.out_dir)
+                          and state_lib.fork_checkpoint(run.trunk.out_dir, run.fork_epoch, run.out_dir))
                 (run.out_dir / RECORD).write_text(json.dumps(run.record(dataset, n_experts), indent=1))
                 log = open(run.out_dir / "train.log", "a")
-                log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {run.label}\n")
+                log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {run.label}"
+                          + (f" (epochs 1-{run.fork_epoch} from {run.trunk.label})" if forked else "") + "\n")
                 log.flush()
                 proc = subprocess.Popen(child_command(run, dataset, n_experts, data_dir), stdout=log,
                                         stderr=subprocess.STDOUT, env=env,
@@ -140,10 +180,11 @@ def execute(runs: list[Run], *, dataset: str, n_experts: int, data_dir: str | No
 
 
 def run_one(dataset: str, n_experts: int, variant: Variant, seed: int, out_dir: str | Path,
-            data_dir: str | None, checkpoint_every: int = 5) -> dict[str, Any]:
+            data_dir: str | None, checkpoint_every: int = 5,
+            keep_epochs: tuple[int, ...] = ()) -> dict[str, Any]:
     """One run of the study in this process (what a child of :func:`execute` does)."""
     from tall_jax.run import run_experiment
 
     return run_experiment(dataset, variant.model, out_dir=out_dir, seed=seed, data_dir=data_dir,
                           progress=False, resume=True, checkpoint_every=checkpoint_every,
-                          overrides=variant.overrides_for(n_experts))
+                          keep_epochs=keep_epochs, overrides=variant.overrides_for(n_experts))

@@ -5,6 +5,11 @@ is the folder it trains into, so a variant's meaning must never change under its
 refuses a folder whose recorded settings differ). ``tune`` variants are trained for the first seed
 only: they choose a hyper-parameter (the routing gate's temperature) on the validation score, and
 the chosen value is then a variant of its own with every seed.
+
+A variant with a ``trunk`` differs from that variant only in what the adaptive weights do after the
+gap (w = 1 for epochs 1..T, :data:`AFTER_GAP_FIELDS`), so their first T epochs are the same bit for
+bit: the study trains them once, in the trunk, and starts the variant from the trunk's checkpoint of
+epoch T (:func:`tall_jax.state.fork_checkpoint`).
 """
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ from tall_jax.configs import DATASET_PRESETS, MODEL_PRESETS, TALLConfig, make_co
 ROUTE_TEMPERATURES = (0.3, 0.1, 0.03)
 ROUTE_TEMPERATURE = 0.1  # the one the multi-seed "route" variants use
 WEIGHT_CAP = 10.0
+# Config fields read only by the adaptive weights of epochs t > gap (tall_jax.steps.begin_epoch).
+AFTER_GAP_FIELDS = ("alpha", "kkt_mode", "weight_per_item", "weight_cap")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +33,7 @@ class Variant:
     overrides: tuple[tuple[str, Any], ...]  # config field -> value (hashable)
     about: str  # one line: what it changes and the question it answers
     tune: bool = False  # first seed only (a hyper-parameter sweep)
+    trunk: str = ""  # the variant whose first `gap` epochs this one shares (AFTER_GAP_FIELDS differ)
 
     def capped(self, max_epochs: int) -> "Variant":
         """This variant with at most ``max_epochs`` epochs (a short trial)."""
@@ -44,8 +52,20 @@ class Variant:
         return make_config(dataset, self.model, seed=seed, **self.overrides_for(n_experts))
 
 
-def _v(name: str, model: str, about: str, tune: bool = False, **overrides: Any) -> Variant:
-    return Variant(name, model, tuple(sorted(overrides.items())), about, tune)
+    def fork_epoch(self, trunk: "Variant", dataset: str, n_experts: int) -> int:
+        """The epoch T after which this variant leaves its ``trunk``: the gap, checked to be the
+        only place the two differ (ValueError otherwise)."""
+        mine, theirs = self.config(dataset, n_experts, 0), trunk.config(dataset, n_experts, 0)
+        differ = [f for f in mine.to_dict() if getattr(mine, f) != getattr(theirs, f)]
+        if self.model != trunk.model or set(differ) - set(AFTER_GAP_FIELDS) or mine.gap < 1:
+            raise ValueError(f"variant {self.name!r} cannot start from {trunk.name!r}: they differ in "
+                             f"{', '.join(differ) or 'nothing'} (only {', '.join(AFTER_GAP_FIELDS)} "
+                             "may differ, with a gap of at least one epoch)")
+        return mine.gap
+
+
+def _v(name: str, model: str, about: str, tune: bool = False, trunk: str = "", **overrides: Any) -> Variant:
+    return Variant(name, model, tuple(sorted(overrides.items())), about, tune, trunk)
 
 
 def ablation_variants(dataset: str, n_experts: int) -> list[Variant]:
@@ -64,17 +84,17 @@ def ablation_variants(dataset: str, n_experts: int) -> list[Variant]:
         _v("moe", "moe", "a learned MLP gate (the paper's MoE ablation)"),
         _v("tall", "tall", "faithful TALL: loss gate + loss-change adaptive weights (gap, window)"),
         _v("tall_per_item", "tall", "TALL with the weight signal per validation item, l_u/|V_u|",
-           weight_per_item=True),
+           trunk="tall", weight_per_item=True),
         _v("tall_exact_kkt", "tall", "TALL with the exact KKT solution (simplex projection)",
-           kkt_mode="exact"),
+           trunk="tall", kkt_mode="exact"),
         _v("tall_cap", "tall", f"TALL with the weights capped at {WEIGHT_CAP:g} and rescaled to mean 1",
-           weight_cap=WEIGHT_CAP),
+           trunk="tall", weight_cap=WEIGHT_CAP),
         _v("lmoe_route", "lmoe", f"LMoE with a gate that routes: softmax of -l_uk/|V_u| / {ROUTE_TEMPERATURE:g}",
            **route),
         _v("tall_route", "tall", "TALL with the routing gate", **route),
         _v("tall_route_item_cap", "tall",
            "the combination: routing gate, per-item weight signal, capped weights",
-           weight_per_item=True, weight_cap=WEIGHT_CAP, **route),
+           trunk="tall_route", weight_per_item=True, weight_cap=WEIGHT_CAP, **route),
     ]
     for tau in ROUTE_TEMPERATURES:
         if tau != ROUTE_TEMPERATURE:
