@@ -14,7 +14,7 @@ from tall_jax import state as state_lib
 from tall_jax.configs import make_config
 from tall_jax.metrics import GROUP_NAMES
 from tall_jax.study import analysis, runner, variants as V
-from tall_jax.study.__main__ import main
+from tall_jax.study.__main__ import default_page, main
 from tall_jax.study.writeup import write_page
 
 
@@ -76,6 +76,11 @@ def test_a_fork_waits_for_its_trunk_unless_it_can_start(tmp_path):
     copied = fork.out_dir / state_lib.CHECKPOINT
     assert sorted(p.name for p in copied.iterdir()) == sorted(p.name for p in kept.iterdir())
     assert (copied / "best.msgpack").read_bytes() == b"b"
+
+
+def test_default_pages_of_two_expert_counts_differ():
+    assert default_page("ml-1m", "ablations", 10) == "docs/results/ml1m_ablations"
+    assert default_page("ml-1m", "ablations", 100) == "docs/results/ml1m_ablations_E100"
 
 
 def test_a_folder_made_for_other_settings_is_refused(tmp_path):

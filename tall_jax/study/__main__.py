@@ -8,7 +8,7 @@
 that routes; :mod:`tall_jax.study.variants`). ``precision``: LMoE and TALL in float32 and bfloat16.
 Every (variant, seed) trains in its own folder under ``--root`` and resumes from its checkpoint;
 rerunning the command continues the study and rewrites the page (default
-``docs/results/<dataset>_<study>.md`` with its .csv and .png).
+``docs/results/<dataset>_<study>.md`` with its .csv and .png; ``_E<E>`` is added for E other than 10).
 """
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ def _parser() -> Parser:
         s.add_argument("--data-dir", default=None, metavar="DIR",
                        help="data folder (default: $TALL_JAX_DATA, else the download cache)")
         s.add_argument("--page", default=None, metavar="PATH",
-                       help="results page without suffix (default: docs/results/<dataset>_<study>)")
+                       help="results page without suffix (default: docs/results/<dataset>_<study>, "
+                            "with _E<E> unless E = 10)")
         s.add_argument("--report-only", action="store_true", help="write the page from the finished runs")
         s.add_argument("--no-progress", action="store_true")
     one = sub.add_parser("run-one", help="one run (what the study's processes do)")
@@ -60,6 +61,13 @@ def _parser() -> Parser:
     one.add_argument("--epochs", type=int, default=None)
     one.add_argument("--keep-epochs", type=int, nargs="+", default=[])
     return p
+
+
+def default_page(dataset: str, study: str, n_experts: int) -> str:
+    """docs/results/<dataset>_<study> for the E = 10 studies, ..._E<E> for another E (so that a
+    confirmation at E = 100 never overwrites the E = 10 page)."""
+    suffix = "" if n_experts == 10 else f"_E{n_experts}"
+    return f"docs/results/{dataset.replace('-', '')}_{study}{suffix}"
 
 
 def _all_variants(dataset: str, n_experts: int):
@@ -96,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         folders: dict[str, dict[int, Path]] = {v.name: {} for v in variants}
         for r in planned:
             folders[r.variant.name][r.seed] = r.out_dir
-        page = Path(args.page or f"docs/results/{args.dataset.replace('-', '')}_{args.study}")
+        page = Path(args.page or default_page(args.dataset, args.study, args.experts))
         import jax
         written = write_page(page, study=args.study, command=_command(args), dataset=args.dataset,
                              n_experts=args.experts, seeds=args.seeds, variants=variants,
