@@ -95,6 +95,11 @@ def ablation_variants(dataset: str, n_experts: int) -> list[Variant]:
         _v("tall_route_item_cap", "tall",
            "the combination: routing gate, per-item weight signal, capped weights",
            trunk="tall_route", weight_per_item=True, weight_cap=WEIGHT_CAP, **route),
+        _v("tall_uniform", "tall", "TALL's weights on an exactly uniform mixture: does the loss gate "
+           "(uniform to five decimals) add anything, now that it is gone with its validation-loss pass?",
+           gate="uniform"),
+        _v("tall_uniform_item", "tall", "the uniform mixture with the per-item weight signal",
+           trunk="tall_uniform", gate="uniform", weight_per_item=True),
     ]
     for tau in ROUTE_TEMPERATURES:
         if tau != ROUTE_TEMPERATURE:
