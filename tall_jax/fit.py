@@ -30,6 +30,7 @@ from tall_jax.stopping import EarlyStopping, validation_score
 from tall_jax.weights import weight_stats
 
 log = logging.getLogger("tall_jax")
+RECORDS_WEIGHTS = ("loss_change", "raw_loss", "wl")  # adaptive modes whose records hold weight statistics
 
 
 @dataclasses.dataclass
@@ -88,9 +89,18 @@ def epoch_record(epoch: int, train_metrics: dict, evals: dict, state: state_lib.
             "entropy_uniform": float(np.log(config.n_experts)),
             "ratio_mean": float(np.mean(ratio)), "ratio_max": float(np.max(ratio)),
         }
-    if config.adaptive in ("loss_change", "raw_loss", "wl"):
+    if config.adaptive in RECORDS_WEIGHTS:
         record["weights"] = weight_stats(w_N, n_valid_N, ms_N if ms_N is not None else w_N)
     return record
+
+
+def conform_history(history: list[dict[str, Any]], config: TALLConfig) -> list[dict[str, Any]]:
+    """Saved epoch records as ``config``'s runs write them: a run started from another model's
+    checkpoint (LMoE from TALL's epoch T, when every weight is still 1: :mod:`tall_jax.study`) does
+    not carry the weight statistics it never records. A no-op for a run's own checkpoint."""
+    if config.adaptive in RECORDS_WEIGHTS:
+        return history
+    return [{k: v for k, v in h.items() if k != "weights"} for h in history]
 
 
 def fit(dataset: Dataset, config: TALLConfig, *, groups_N: np.ndarray | None = None,
@@ -126,8 +136,8 @@ def fit(dataset: Dataset, config: TALLConfig, *, groups_N: np.ndarray | None = N
         out.mkdir(parents=True, exist_ok=True)
         saved = state_lib.load_checkpoint(out, state) if resume else None
         if saved is not None:
-            state, history, best_evals, best_params = (saved.state, saved.history, saved.best_evals,
-                                                       saved.best_params)
+            state, history, best_evals, best_params = (saved.state, conform_history(saved.history, config),
+                                                       saved.best_evals, saved.best_params)
             stop = EarlyStopping(config.patience, saved.best_score, saved.best_epoch)
     if mesh is not None:
         if mesh.shape[sharding.DATA] != 1:

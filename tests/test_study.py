@@ -43,14 +43,17 @@ def test_plan_is_seed_major_and_tune_variants_take_the_first_seed(tmp_path):
 def test_forks_share_only_the_epochs_before_the_gap():
     vs = {v.name: v for v in V.ablation_variants("ml-1m", 10)}
     forks = {v.name: v.trunk for v in vs.values() if v.trunk}
-    assert forks == {"tall_per_item": "tall", "tall_exact_kkt": "tall", "tall_cap": "tall",
+    assert forks == {"lmoe": "tall", "lmoe_uniform": "tall_uniform", "lmoe_route": "tall_route",
+                     "tall_per_item": "tall", "tall_exact_kkt": "tall", "tall_cap": "tall",
                      "tall_route_item_cap": "tall_route", "tall_uniform_item": "tall_uniform"}
     for name, trunk in forks.items():
         assert vs[name].fork_epoch(vs[trunk], "ml-1m", 10) == make_config("ml-1m", "tall").gap == 40
     with pytest.raises(ValueError, match="gate"):  # a different gate acts from epoch 1
         vs["tall_route"].fork_epoch(vs["tall"], "ml-1m", 10)
-    with pytest.raises(ValueError, match="adaptive"):  # LMoE has no weights at all
-        V.Variant("x", "lmoe", (), "").fork_epoch(vs["tall"], "ml-1m", 10)
+    with pytest.raises(ValueError, match="adaptive"):  # WL's weights act from epoch 1
+        V.Variant("x", "wl", (), "").fork_epoch(vs["multvae"], "ml-1m", 10)
+    bf16 = {v.name: v for v in V.precision_variants()}
+    assert bf16["lmoe_bf16"].fork_epoch(bf16["tall_bf16"], "ml-1m", 10) == 40
 
 
 def test_plan_links_each_fork_to_its_trunk_of_the_same_seed(tmp_path):

@@ -7,9 +7,9 @@ only: they choose a hyper-parameter (the routing gate's temperature) on the vali
 the chosen value is then a variant of its own with every seed.
 
 A variant with a ``trunk`` differs from that variant only in what the adaptive weights do after the
-gap (w = 1 for epochs 1..T, :data:`AFTER_GAP_FIELDS`), so their first T epochs are the same bit for
-bit: the study trains them once, in the trunk, and starts the variant from the trunk's checkpoint of
-epoch T (:func:`tall_jax.state.fork_checkpoint`).
+gap (w = 1 for epochs 1..T, :data:`AFTER_GAP_FIELDS`; an LMoE is a TALL whose weights stay 1), so
+their first T epochs are the same bit for bit: the study trains them once, in the trunk, and starts
+the variant from the trunk's checkpoint of epoch T (:func:`tall_jax.state.fork_checkpoint`).
 """
 from __future__ import annotations
 
@@ -22,8 +22,10 @@ from tall_jax.configs import DATASET_PRESETS, MODEL_PRESETS, TALLConfig, make_co
 ROUTE_TEMPERATURES = (0.3, 0.1, 0.03)
 ROUTE_TEMPERATURE = 0.1  # the one the multi-seed "route" variants use
 WEIGHT_CAP = 10.0
-# Config fields read only by the adaptive weights of epochs t > gap (tall_jax.steps.begin_epoch).
+# Config fields read only by the adaptive weights of epochs t > gap (tall_jax.steps.begin_epoch), and
+# the weight modes that keep w = 1 through epoch T ("wl" weights from epoch 1 on).
 AFTER_GAP_FIELDS = ("alpha", "kkt_mode", "weight_per_item", "weight_cap")
+ONES_UNTIL_GAP = ("none", "loss_change", "raw_loss")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,10 +59,13 @@ class Variant:
         only place the two differ (ValueError otherwise)."""
         mine, theirs = self.config(dataset, n_experts, 0), trunk.config(dataset, n_experts, 0)
         differ = [f for f in mine.to_dict() if getattr(mine, f) != getattr(theirs, f)]
-        if self.model != trunk.model or set(differ) - set(AFTER_GAP_FIELDS) or mine.gap < 1:
+        allowed = set(AFTER_GAP_FIELDS) | {"model", "adaptive"}
+        ones = mine.adaptive in ONES_UNTIL_GAP and theirs.adaptive in ONES_UNTIL_GAP
+        if set(differ) - allowed or not ones or mine.gap < 1:
             raise ValueError(f"variant {self.name!r} cannot start from {trunk.name!r}: they differ in "
-                             f"{', '.join(differ) or 'nothing'} (only {', '.join(AFTER_GAP_FIELDS)} "
-                             "may differ, with a gap of at least one epoch)")
+                             f"{', '.join(differ) or 'nothing'} (only the model's weight mode among "
+                             f"{', '.join(ONES_UNTIL_GAP)} and {', '.join(AFTER_GAP_FIELDS)} may differ, "
+                             "with a gap of at least one epoch)")
         return mine.gap
 
 
@@ -79,8 +84,9 @@ def ablation_variants(dataset: str, n_experts: int) -> list[Variant]:
            "one MultVAE with the mixture's regularisation: KL summed over users, weight decay reg/E "
            "— does a single VAE with TALL's regularisation get LMoE's gain?",
            kl_reduction="sum_users", reg=reg_over_e),
-        _v("lmoe", "lmoe", "loss-driven gate, no adaptive weights"),
-        _v("lmoe_uniform", "uniform_moe", "LMoE with a uniform gate: is the loss gate an average?"),
+        _v("lmoe", "lmoe", "loss-driven gate, no adaptive weights", trunk="tall"),
+        _v("lmoe_uniform", "uniform_moe", "LMoE with a uniform gate: is the loss gate an average?",
+           trunk="tall_uniform"),
         _v("moe", "moe", "a learned MLP gate (the paper's MoE ablation)"),
         _v("tall", "tall", "faithful TALL: loss gate + loss-change adaptive weights (gap, window)"),
         _v("tall_per_item", "tall", "TALL with the weight signal per validation item, l_u/|V_u|",
@@ -90,7 +96,7 @@ def ablation_variants(dataset: str, n_experts: int) -> list[Variant]:
         _v("tall_cap", "tall", f"TALL with the weights capped at {WEIGHT_CAP:g} and rescaled to mean 1",
            trunk="tall", weight_cap=WEIGHT_CAP),
         _v("lmoe_route", "lmoe", f"LMoE with a gate that routes: softmax of -l_uk/|V_u| / {ROUTE_TEMPERATURE:g}",
-           **route),
+           trunk="tall_route", **route),
         _v("tall_route", "tall", "TALL with the routing gate", **route),
         _v("tall_route_item_cap", "tall",
            "the combination: routing gate, per-item weight signal, capped weights",
@@ -112,7 +118,7 @@ def ablation_variants(dataset: str, n_experts: int) -> list[Variant]:
 def precision_variants() -> list[Variant]:
     """bf16 inputs with f32 accumulation against the f32 default, for LMoE and TALL (speed issue)."""
     return [_v("lmoe_bf16", "lmoe", "LMoE with bf16 matmul inputs (f32 accumulation)",
-               matmul_precision="bfloat16"),
+               trunk="tall_bf16", matmul_precision="bfloat16"),
             _v("tall_bf16", "tall", "TALL with bf16 matmul inputs (f32 accumulation)",
                matmul_precision="bfloat16")]
 
