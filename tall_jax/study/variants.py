@@ -35,7 +35,7 @@ class Variant:
     overrides: tuple[tuple[str, Any], ...]  # config field -> value (hashable)
     about: str  # one line: what it changes and the question it answers
     tune: bool = False  # first seed only (a hyper-parameter sweep)
-    trunk: str = ""  # the variant whose first `gap` epochs this one shares (AFTER_GAP_FIELDS differ)
+    trunk: str = ""  # the variant whose first `gap` epochs this one shares (checked by fork_epoch)
 
     def capped(self, max_epochs: int) -> "Variant":
         """This variant with at most ``max_epochs`` epochs (a short trial)."""
@@ -52,7 +52,6 @@ class Variant:
     def config(self, dataset: str, n_experts: int, seed: int) -> TALLConfig:
         """The resolved configuration of this variant."""
         return make_config(dataset, self.model, seed=seed, **self.overrides_for(n_experts))
-
 
     def fork_epoch(self, trunk: "Variant", dataset: str, n_experts: int) -> int:
         """The epoch T after which this variant leaves its ``trunk``: the gap, checked to be the
