@@ -151,11 +151,26 @@ def load_checkpoint(run_dir: str | Path, template: TrainState) -> RunCheckpoint 
                          int(progress["best_epoch"]))
 
 
+def _progress_file(run_dir: Path) -> Path | None:
+    folder = checkpoint.complete_folder(run_dir / CHECKPOINT)
+    if folder is not None:
+        return folder / "progress.json"
+    return run_dir / "last_state.json" if all((run_dir / name).exists() for name in _LEGACY) else None
+
+
 def has_checkpoint(run_dir: str | Path) -> bool:
     """Whether ``run_dir`` holds a run checkpoint :func:`load_checkpoint` can read."""
-    run_dir = Path(run_dir)
-    return (checkpoint.complete_folder(run_dir / CHECKPOINT) is not None
-            or all((run_dir / name).exists() for name in _LEGACY))
+    return _progress_file(Path(run_dir)) is not None
+
+
+def checkpoint_progress(run_dir: str | Path) -> tuple[int, int] | None:
+    """(epochs done, best epoch) of the run checkpoint in ``run_dir`` without reading its arrays, or
+    None without one."""
+    path = _progress_file(Path(run_dir))
+    if path is None:
+        return None
+    progress = json.loads(path.read_text())
+    return len(progress["history"]), int(progress["best_epoch"])
 
 
 def kept_dir(run_dir: str | Path, epoch: int) -> Path:

@@ -71,10 +71,12 @@ def test_a_fork_waits_for_its_trunk_unless_it_can_start(tmp_path):
     trunk, fork = runner.plan(vs, [0], tmp_path, "ml-1m", 10)
     pending = {trunk.label, fork.label}
     assert runner.may_start(trunk, pending) and not runner.may_start(fork, pending)
+    assert runner.describe(fork) == "waits for tall/seed0 to reach epoch 40"
     assert runner.may_start(fork, {fork.label})  # the trunk is done without a kept checkpoint: from scratch
     kept = checkpoint.write_folder(state_lib.kept_dir(trunk.out_dir, 40) / state_lib.CHECKPOINT,
                                    {"state.msgpack": b"s", "best.msgpack": b"b", "progress.json": b"{}"})
     assert runner.may_start(fork, pending)
+    assert runner.describe(fork) == "not started; starts from tall/seed0 at epoch 40"
     assert state_lib.fork_checkpoint(trunk.out_dir, 40, fork.out_dir)
     copied = fork.out_dir / state_lib.CHECKPOINT
     assert sorted(p.name for p in copied.iterdir()) == sorted(p.name for p in kept.iterdir())
@@ -150,6 +152,9 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
     before = (folder / "results.json").stat().st_mtime_ns
     assert main(argv) == 0  # finished runs are skipped
     assert (folder / "results.json").stat().st_mtime_ns == before
+    capsys.readouterr()
+    assert main(argv + ["--status"]) == 0
+    assert "multvae/seed0" in (out := capsys.readouterr().out) and "finished: best epoch" in out
     assert "| multvae | 1 |" in (tmp_path / "page.md").read_text()
     assert json.loads((folder / "results.json").read_text())["epochs_run"] == 3
     assert main(argv[:-1] + ["--jobs", "0"]) == 2

@@ -3,6 +3,7 @@
     python -m tall_jax.study ablations --dataset ml-1m --experts 10 --seeds 0 1 2 3 4 --jobs 2
     python -m tall_jax.study precision --dataset ml-1m --experts 10 --seeds 0 1 2 --jobs 2
     python -m tall_jax.study ablations --dataset ml-1m --report-only     # refresh the page only
+    python -m tall_jax.study ablations --dataset ml-1m --status          # where each run stands
 
 ``ablations``: where TALL's gain comes from (controls, faithful TALL, one change at a time, a gate
 that routes; :mod:`tall_jax.study.variants`). ``precision``: LMoE and TALL in float32 and bfloat16.
@@ -21,7 +22,7 @@ from pathlib import Path
 from tall_jax.cli import HelpFormatter, Parser
 from tall_jax.configs import DATASET_PRESETS
 from tall_jax.study.analysis import collect
-from tall_jax.study.runner import execute, plan, run_one
+from tall_jax.study.runner import describe, execute, plan, run_one
 from tall_jax.study.variants import STUDIES, ablation_variants, precision_variants, select
 from tall_jax.study.writeup import write_page
 
@@ -50,6 +51,8 @@ def _parser() -> Parser:
                        help="results page without suffix (default: docs/results/<dataset>_<study>, "
                             "with _E<E> unless E = 10)")
         s.add_argument("--report-only", action="store_true", help="write the page from the finished runs")
+        s.add_argument("--status", action="store_true",
+                       help="print where each run stands (no training, no page)")
         s.add_argument("--no-progress", action="store_true")
     one = sub.add_parser("run-one", help="one run (what the study's processes do)")
     one.add_argument("--dataset", required=True)
@@ -96,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
             variants = [v.capped(args.epochs) for v in variants]
         chosen = {v.name for v in select(variants, args.variants)}
         planned = plan(variants, args.seeds, args.root, args.dataset, args.experts)
+        if args.status:
+            for r in planned:
+                print(f"{r.label:32s} {describe(r)}")
+            print(f"{sum(r.done() for r in planned)} of {len(planned)} runs finished")
+            return 0
         failed: list[str] = []
         if not args.report_only:
             failed = execute([r for r in planned if r.variant.name in chosen], dataset=args.dataset,

@@ -98,6 +98,23 @@ def may_start(run: Run, pending: set[str]) -> bool:
     return run.trunk.label not in pending
 
 
+def describe(run: Run) -> str:
+    """Where ``run`` stands, from its folder: finished, at which epoch, or how it will start."""
+    if run.done():
+        res = json.loads((run.out_dir / "results.json").read_text())
+        return f"finished: best epoch {res['best_epoch']} of {res['epochs_run']}"
+    progress = state_lib.checkpoint_progress(run.out_dir)
+    if progress is not None:
+        return f"checkpoint at epoch {progress[0]} (best {progress[1]})"
+    if run.trunk is None:
+        return "not started"
+    if state_lib.has_checkpoint(state_lib.kept_dir(run.trunk.out_dir, run.fork_epoch)):
+        return f"not started; starts from {run.trunk.label} at epoch {run.fork_epoch}"
+    if run.trunk.done():
+        return "not started; from epoch 1 (its trunk kept no checkpoint)"
+    return f"waits for {run.trunk.label} to reach epoch {run.fork_epoch}"
+
+
 def check_folder(run: Run, dataset: str, n_experts: int) -> None:
     """Refuse a folder made for another variant (its record names what differs)."""
     path = run.out_dir / RECORD
