@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import math
 import sys
 from pathlib import Path
 
 from tall_jax.baselines import BASELINES, BaselineConfig, make_baseline_config
 from tall_jax.baselines.config import SYNTHETIC_LFT, global_config
-from tall_jax.cli import HelpFormatter, Parser
+from tall_jax.cli import HelpFormatter, Parser, show_progress_logs
 from tall_jax.configs import (DATASET_PRESETS, ENCODERS, FORWARD_IMPLS, GATES, MODEL_PRESETS, MODELS,
                              TALLConfig, make_config)
 from tall_jax.datasets import KNOWN_DATASETS, DownloadError, load_dataset, register_dataset
@@ -227,7 +226,7 @@ def _fail(e: BaseException) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    show_progress_logs()
     overrides = {field: getattr(args, flag) for flag, field in OVERRIDES.items()}
     overrides["gate_stop_gradient"] = args.gate_stop_gradient
     overrides["weight_per_item"] = args.weight_per_item

@@ -1,8 +1,9 @@
-"""Shared pieces of the command-line programs: a help formatter that shows defaults and a parser whose
-errors are one line with exit status 2."""
+"""Shared pieces of the command-line programs: a help formatter that shows defaults, a parser whose
+errors are one line with exit status 2, and the log set-up."""
 from __future__ import annotations
 
 import argparse
+import logging
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -20,3 +21,11 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # one line, no usage dump
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def show_progress_logs(verbose: bool = True) -> None:
+    """Log tall_jax's progress messages (INFO when ``verbose``) as bare lines on stderr; other
+    libraries log warnings only (JAX's backend probing, e.g. "Unable to initialize backend 'tpu'" on a
+    CPU machine, is INFO)."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("tall_jax").setLevel(logging.INFO if verbose else logging.WARNING)

@@ -19,7 +19,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from tall_jax.cli import HelpFormatter, Parser
+from tall_jax.cli import HelpFormatter, Parser, show_progress_logs
 from tall_jax.configs import DATASET_PRESETS
 from tall_jax.study.analysis import collect
 from tall_jax.study.runner import describe, execute, plan, run_one
@@ -81,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.study == "run-one":
-            import logging
-            logging.basicConfig(level=logging.INFO, format="%(message)s")
+            show_progress_logs()
             variant = select(_all_variants(args.dataset, args.experts), [args.variant])[0]
             if args.epochs is not None:
                 variant = variant.capped(args.epochs)
