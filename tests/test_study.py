@@ -154,7 +154,8 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
     assert (folder / "results.json").stat().st_mtime_ns == before
     capsys.readouterr()
     assert main(argv + ["--status"]) == 0
-    assert "multvae/seed0" in (out := capsys.readouterr().out) and "finished: best epoch" in out
+    out = capsys.readouterr().out  # the chosen variants only
+    assert "multvae/seed0" in out and "finished: best epoch" in out and "1 of 1 runs finished" in out
     assert "| multvae | 1 |" in (tmp_path / "page.md").read_text()
     assert json.loads((folder / "results.json").read_text())["epochs_run"] == 3
     assert main(argv[:-1] + ["--jobs", "0"]) == 2

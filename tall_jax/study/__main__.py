@@ -99,9 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         chosen = {v.name for v in select(variants, args.variants)}
         planned = plan(variants, args.seeds, args.root, args.dataset, args.experts)
         if args.status:
-            for r in planned:
+            shown = [r for r in planned if r.variant.name in chosen]
+            for r in shown:
                 print(f"{r.label:32s} {describe(r)}")
-            print(f"{sum(r.done() for r in planned)} of {len(planned)} runs finished")
+            print(f"{sum(r.done() for r in shown)} of {len(shown)} runs finished")
             return 0
         failed: list[str] = []
         if not args.report_only:
