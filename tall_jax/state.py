@@ -132,26 +132,28 @@ def load_checkpoint(run_dir: str | Path, template: TrainState) -> RunCheckpoint 
     without one. Runs written before the checkpoint folder (``last_state.msgpack``,
     ``last_state.json``, ``best_params.msgpack``, ``best_evals.npz`` side by side) are read too."""
     run_dir = Path(run_dir)
-    folder = checkpoint.complete_folder(run_dir / CHECKPOINT)
-    if folder is not None:
+    progress_file = _progress_file(run_dir)
+    if progress_file is None:
+        return None
+    if progress_file.name == "progress.json":
+        folder = progress_file.parent
         state = load_state(folder / "state.msgpack", template)
         best = serialization.msgpack_restore((folder / "best.msgpack").read_bytes())
         params = checkpoint.restore(template.params, best["params"], str(folder / "best.msgpack"))
         evals = {k: np.asarray(v) for k, v in best["evals"].items()}
-        progress = json.loads((folder / "progress.json").read_text())
-    elif all((run_dir / name).exists() for name in _LEGACY):
+    else:
         state = load_state(run_dir / "last_state.msgpack", template)
         params = load_params(run_dir / "best_params.msgpack", template.params)
         with np.load(run_dir / "best_evals.npz") as z:
             evals = {k: z[k] for k in z.files}
-        progress = json.loads((run_dir / "last_state.json").read_text())
-    else:
-        return None
+    progress = json.loads(progress_file.read_text())
     return RunCheckpoint(state, params, evals, progress["history"], float(progress["best_score"]),
                          int(progress["best_epoch"]))
 
 
 def _progress_file(run_dir: Path) -> Path | None:
+    """The progress file of the checkpoint in ``run_dir``: ``checkpoint/progress.json`` (or of the
+    ``.old`` folder a swap left), else an older run's ``last_state.json``; None without one."""
     folder = checkpoint.complete_folder(run_dir / CHECKPOINT)
     if folder is not None:
         return folder / "progress.json"
