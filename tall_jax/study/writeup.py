@@ -105,28 +105,30 @@ def write_csv(path: Path, runs: dict[str, list[RunSummary]]) -> None:
 
 def plot(path: Path, variants: list[Variant], runs: dict[str, list[RunSummary]], title: str,
          control: str = "multvae") -> Path | None:
-    """Bars per group: each variant's mean test NDCG@20 minus the control's (one MultVAE), with the
-    variant's std over seeds; the gain is what a reader compares across groups."""
+    """One panel per group, one horizontal bar per variant: its mean test NDCG@20 minus the control's
+    (one MultVAE), with the variant's std over seeds; the gain is what a reader compares across groups."""
     from tall_jax.plots import new_figure
 
     shown = [v.name for v in variants if runs.get(v.name) and v.name != control]
     if not shown or not runs.get(control):
         return None
     base = np.mean([[r.best[c] for c in COLUMNS] for r in runs[control]], axis=0)
-    fig = new_figure((max(8.0, 0.28 * len(COLUMNS) * len(shown)), 4.8))
-    ax = fig.subplots()
-    width = 0.8 / len(shown)
-    for i, name in enumerate(shown):
-        values = np.array([[r.best[c] for c in COLUMNS] for r in runs[name]])
-        err = values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros(len(COLUMNS))
-        ax.bar(np.arange(len(COLUMNS)) + (i - (len(shown) - 1) / 2) * width, values.mean(axis=0) - base,
-               width, yerr=err, label=f"{name} ({len(values)})", capsize=1.5)
-    ax.axhline(0.0, color="black", linewidth=0.8)
-    ax.set_xticks(np.arange(len(COLUMNS)), COLUMNS)
-    ax.set_ylabel(f"test NDCG@20 minus {control}'s")
-    ax.set_title(title)
-    ax.legend(fontsize="x-small", ncol=3)
-    ax.grid(axis="y", alpha=0.3)
+    gain = np.array([np.mean([[r.best[c] for c in COLUMNS] for r in runs[n]], axis=0) - base for n in shown])
+    err = np.array([np.std([[r.best[c] for c in COLUMNS] for r in runs[n]], axis=0, ddof=1)
+                    if len(runs[n]) > 1 else np.zeros(len(COLUMNS)) for n in shown])
+    fig = new_figure((2.3 * len(COLUMNS) + 1.8, 0.32 * len(shown) + 1.4))
+    axes = fig.subplots(1, len(COLUMNS), sharey=True, sharex=True)
+    y = np.arange(len(shown))[::-1]  # the study's order from the top
+    colors = ["tab:red" if g < 0 else "tab:blue" for g in gain.ravel()]
+    for c, (ax, column) in enumerate(zip(axes, COLUMNS)):
+        ax.barh(y, gain[:, c], xerr=err[:, c], color=colors[c::len(COLUMNS)], capsize=1.5, height=0.7)
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        ax.set_title(column, fontsize="small")
+        ax.grid(axis="x", alpha=0.3)
+        ax.tick_params(labelsize="x-small")
+    axes[0].set_yticks(y, [f"{n} ({len(runs[n])})" for n in shown])
+    fig.supxlabel(f"test NDCG@20 minus {control}'s (seeds in brackets)", fontsize="small")
+    fig.suptitle(title, fontsize="medium")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
