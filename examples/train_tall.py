@@ -156,8 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="paper: Eq. 3 + clamp; exact: simplex projection (" + _preset("kkt_mode") + ")")
     m.add_argument("--gate", choices=list(GATES),
                    help="loss: softmax(1/L_uk) (the paper's); route: softmax(-L_uk/|V_u|/tau), a gate "
-                        "that routes (option); uniform; mlp (default: the model's preset)")
-    m.add_argument("--gate-temperature", type=float, help="tau of the loss / route gate (" + _preset("gate_temperature") + ")")
+                        "that routes (option); route_train: the same of each expert's loss per train "
+                        "item (option, no validation item in the gate); uniform; mlp (default: the "
+                        "model's preset)")
+    m.add_argument("--gate-temperature", type=float,
+                   help="tau of the loss / route / route_train gate (" + _preset("gate_temperature") + ")")
     m.add_argument("--gate-stop-gradient", action="store_true", default=None,
                    help="detach the gate (default: off, gradients flow through it)")
     m.add_argument("--kl-reduction", choices=["sum_users", "mean", "per_user"],

@@ -12,7 +12,7 @@ from typing import Any
 from tall_jax.precision import PRECISIONS
 
 MODELS = ("multvae", "wl", "moe", "lmoe", "lmoe_lc", "lmoe_gap_l", "tall", "uniform_moe")
-GATES = ("loss", "route", "uniform", "mlp", "none")
+GATES = ("loss", "route", "route_train", "uniform", "mlp", "none")
 KL_REDUCTIONS = ("sum_users", "mean", "per_user")
 ADAPTIVE = ("none", "loss_change", "raw_loss", "wl")
 KKT_MODES = ("paper", "exact")
@@ -45,8 +45,11 @@ class TALLConfig:
     total_anneal_steps: int = 200_000
     constant_beta: float | None = None  # fixed beta instead of annealing (LFT uses 0.2)
     # --- gate (paper §3.1, docs/fidelity.md#gate) ---
-    gate: str = "loss"  # "loss": softmax_k(1/L_uk); "route": softmax_k(-L_uk/|V_u|/tau) (option); "uniform"; "mlp" (MoE ablation); "none" (E = 1)
-    gate_temperature: float = 1.0  # tau of the "loss" / "route" gate; 1 is faithful for "loss"
+    # "loss": softmax_k(1/L_uk); "route": softmax_k(-L_uk/|V_u|/tau) (option); "route_train" (option):
+    # the same of the expert's NLL per train item (no validation item in the gate); "uniform"; "mlp"
+    # (MoE ablation); "none" (E = 1)
+    gate: str = "loss"
+    gate_temperature: float = 1.0  # tau of the "loss" / "route" / "route_train" gate; 1 is faithful for "loss"
     gate_stop_gradient: bool = False  # detach the gate (faithful: gradients flow through it)
     gate_hidden: int = 2000  # width of the MLP gate M -> 2000 -> E (docs/fidelity.md#ablations)
     kl_reduction: str = "sum_users"  # "sum_users" (faithful, docs/fidelity.md#kl), "mean", "per_user"

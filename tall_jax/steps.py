@@ -28,7 +28,20 @@ KS = DEFAULT_KS  # early-stopping cut-offs of the faithful default (docs/fidelit
 # also ranks at the cut-offs of the config's ``ks`` field (the union, sorted)
 # encoder="auto" encodes sparsely below this share of nonzeros in the batch (benchmarks/README.md)
 SPARSE_ENCODER_DENSITY = 0.02
-VALIDATION_GATES = ("loss", "route")  # gates of the experts' validation losses L_uk
+# gates of the experts' per-user losses L_uk -> the tall_jax.gate.validation_gate kind they use
+LOSS_GATE_KINDS = {"loss": "loss", "route": "route", "route_train": "route"}
+VALIDATION_GATES = tuple(LOSS_GATE_KINDS)
+
+
+def gate_rows(x_BxM: jax.Array, v_BxM: jax.Array, config: TALLConfig) -> tuple[jax.Array, jax.Array]:
+    """(mask, target) rows of the gate's per-expert losses L_uk = |T_u| logsumexp(o_uk (1 - mask_u)) -
+    sum_{i in T_u} o_uki (:func:`tall_jax.gate.masked_validation_loss`): the authors' (train items
+    masked, validation items the targets) for "loss" and "route"; for "route_train" (an option),
+    nothing masked and the train items the targets, i.e. the expert's multinomial NLL of the user's
+    train items, a routing signal that never sees the validation items the model is selected on."""
+    if config.gate == "route_train":
+        return jnp.zeros_like(x_BxM), x_BxM
+    return x_BxM, v_BxM
 
 
 def beta_at(step: jax.Array, config: TALLConfig) -> jax.Array:
@@ -57,8 +70,9 @@ def forward(params: Params, x_BxM: jax.Array, v_BxM: jax.Array, key: jax.Array,
     logits_ExBxM, kl_ExB = vae.experts_forward(
         params["experts"], xn, jax.random.fold_in(key, NOISE), train=train,
         noise_std=config.noise_std, precision=config.matmul_precision)
-    gate_BxE = _gate(params, x_BxM, v_BxM, config, n_experts,
-                     lambda: gate_lib.masked_validation_loss(logits_ExBxM, x_BxM, v_BxM).T)
+    mask_BxM, target_BxM = gate_rows(x_BxM, v_BxM, config)
+    gate_BxE = _gate(params, x_BxM, target_BxM, config, n_experts,
+                     lambda: gate_lib.masked_validation_loss(logits_ExBxM, mask_BxM, target_BxM).T)
     mix_BxM = logits_ExBxM[0] if n_experts == 1 else gate_lib.mix_logits(gate_BxE, logits_ExBxM)
     return dict(logits_ExBxM=logits_ExBxM, kl_ExB=kl_ExB, gate_BxE=gate_BxE, mix_BxM=mix_BxM)
 
@@ -93,24 +107,26 @@ def _forward_fused(params: Params, xn_BxM: jax.Array, x_BxM: jax.Array, v_BxM: j
         z_ExBxD = mu_ExBxD
     chunk = config.expert_chunk or head.auto_chunk(n_experts, *x_BxM.shape)
     decoder = (z_ExBxD, experts["dec_w"], experts["dec_b"])
+    mask_BxM, target_BxM = gate_rows(x_BxM, v_BxM, config)
     if config.gate in VALIDATION_GATES and not config.gate_stop_gradient:
-        gate_fn = functools.partial(gate_lib.validation_gate, kind=config.gate,
+        gate_fn = functools.partial(gate_lib.validation_gate, kind=LOSS_GATE_KINDS[config.gate],
                                     temperature=config.gate_temperature)
-        mix_BxM, gate_BxE = head.loss_gated_mixture(*decoder, x_BxM, v_BxM, gate_fn, chunk,
+        mix_BxM, gate_BxE = head.loss_gated_mixture(*decoder, mask_BxM, target_BxM, gate_fn, chunk,
                                                     precision)
     else:  # the gate takes no gradient through the experts' validation losses
-        gate_BxE = _gate(params, x_BxM, v_BxM, config, n_experts, lambda: head.expert_validation_losses(
-            *jax.lax.stop_gradient(decoder), x_BxM, v_BxM, chunk, precision).T)
+        gate_BxE = _gate(params, x_BxM, target_BxM, config, n_experts, lambda: head.expert_validation_losses(
+            *jax.lax.stop_gradient(decoder), mask_BxM, target_BxM, chunk, precision).T)
         mix_BxM = head.mixture_logits(gate_BxE, *decoder, precision)
     return dict(kl_ExB=vae.kl_per_user(mu_ExBxD, logvar_ExBxD), gate_BxE=gate_BxE, mix_BxM=mix_BxM)
 
 
-def _gate(params: Params, x_BxM: jax.Array, v_BxM: jax.Array, config: TALLConfig, n_experts: int,
+def _gate(params: Params, x_BxM: jax.Array, target_BxM: jax.Array, config: TALLConfig, n_experts: int,
           validation_loss_BxE) -> jax.Array:
-    """g [B, E] of the configured gate; ``validation_loss_BxE()`` gives L_uk for the loss gate."""
+    """g [B, E] of the configured gate; ``validation_loss_BxE()`` gives L_uk over the targets of
+    :func:`gate_rows` for the loss gates."""
     if config.gate in VALIDATION_GATES:
-        return gate_lib.validation_gate(validation_loss_BxE(), jnp.sum(v_BxM, axis=-1),
-                                        kind=config.gate, temperature=config.gate_temperature,
+        return gate_lib.validation_gate(validation_loss_BxE(), jnp.sum(target_BxM, axis=-1),
+                                        kind=LOSS_GATE_KINDS[config.gate], temperature=config.gate_temperature,
                                         stop_gradient=config.gate_stop_gradient)
     if config.gate == "mlp":
         gate_BxE = gate_lib.mlp_gate(params["gate"], x_BxM)
@@ -140,12 +156,14 @@ def _forward_chunked(params: Params, xn_BxM: jax.Array, x_BxM: jax.Array, v_BxM:
             pe, xn_BxM, ke, train=train, noise_std=config.noise_std,
             precision=config.matmul_precision))(p, k)
 
+    mask_BxM, target_BxM = gate_rows(x_BxM, v_BxM, config)
+
     @jax.checkpoint
     def val_loss(pk):
         logits_cxBxM, _ = run(*pk)
-        return gate_lib.masked_validation_loss(logits_cxBxM, x_BxM, v_BxM)
+        return gate_lib.masked_validation_loss(logits_cxBxM, mask_BxM, target_BxM)
 
-    gate_BxE = _gate(params, x_BxM, v_BxM, config, n_experts, lambda: jax.lax.map(
+    gate_BxE = _gate(params, x_BxM, target_BxM, config, n_experts, lambda: jax.lax.map(
         val_loss, (params_C, keys_C)).reshape(n_experts, batch).T)
 
     @jax.checkpoint

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import scipy.special
 
 from tall_jax import batching, gate, head, steps
 from tall_jax import state as state_lib
@@ -84,7 +85,8 @@ def _config(model, **kw):
 
 
 @pytest.mark.parametrize("model,chunk,gate", [(m, 0, None) for m in MODELS] + [("tall", 3, None),
-                                                                                ("tall", 0, "route")])
+                                                                                ("tall", 0, "route"),
+                                                                                ("tall", 0, "route_train")])
 def test_fused_loss_grads_and_recorded_losses_match_reference(model, chunk, gate):
     data = _data()
     ref = _config(model, forward_impl="reference", **({"gate": gate, "gate_temperature": 0.1} if gate else {}))
@@ -101,6 +103,29 @@ def test_fused_loss_grads_and_recorded_losses_match_reference(model, chunk, gate
     for leaf in jax.tree.leaves(g0):
         assert float(jnp.max(jnp.abs(leaf))) > 0  # no gradient is trivially zero
     _assert_trees_close(g0, g1, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", ["reference", "fused"])
+def test_route_train_gate_is_softmax_of_each_experts_train_nll_per_item(impl):
+    # brute force: g_uk = softmax_k(-(1/|X_u|) sum_{i in X_u} -log softmax(o_uk)_i / tau), from the
+    # reference path's logits; the validation rows never enter it
+    data = _data()
+    config = _config("lmoe", forward_impl="reference", gate="route_train", gate_temperature=0.05)
+    params = state_lib.init(jax.random.PRNGKey(0), config, N, M).params
+    batch = batching.make_batch(data, jnp.arange(B))
+    x = np.asarray(batching.dense_rows(batch.train_idx, M))
+    v = np.asarray(batching.dense_rows(batch.valid_idx, M))
+    out = steps.forward(params, jnp.asarray(x), jnp.asarray(v), jax.random.PRNGKey(1), config, train=False)
+    logits = np.asarray(out["logits_ExBxM"], np.float64)
+    log_p = logits - scipy.special.logsumexp(logits, axis=-1, keepdims=True)
+    nll_per_item_BxE = (-(log_p * x[None]).sum(-1) / x.sum(-1)[None]).T
+    expected = scipy.special.softmax(-nll_per_item_BxE / 0.05, axis=-1)
+    run = lambda vv: np.asarray(steps.forward(  # noqa: E731
+        params, jnp.asarray(x), jnp.asarray(vv), jax.random.PRNGKey(1), config.replace(forward_impl=impl),
+        train=False)["gate_BxE"])
+    np.testing.assert_allclose(run(v), expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(run(v), run(np.zeros_like(v)))  # no validation item in the gate
+    assert float(np.mean(-(expected * np.log(expected + 1e-30)).sum(-1))) < 0.75 * np.log(E)  # it routes
 
 
 def test_gate_gradient_through_validation_items_is_kept():
