@@ -44,6 +44,7 @@ def test_forks_share_only_the_epochs_before_the_gap():
     vs = {v.name: v for v in V.ablation_variants("ml-1m", 10)}
     forks = {v.name: v.trunk for v in vs.values() if v.trunk}
     assert forks == {"lmoe": "tall", "lmoe_uniform": "tall_uniform", "lmoe_route": "tall_route",
+                     "lmoe_route_train": "tall_route_train",
                      "tall_per_item": "tall", "tall_exact_kkt": "tall", "tall_cap": "tall",
                      "tall_route_item_cap": "tall_route", "tall_uniform_item": "tall_uniform"}
     for name, trunk in forks.items():

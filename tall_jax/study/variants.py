@@ -77,6 +77,7 @@ def ablation_variants(dataset: str, n_experts: int) -> list[Variant]:
     weight decay reg / E) read it from :data:`DATASET_PRESETS`."""
     reg_over_e = DATASET_PRESETS[dataset]["reg"] / n_experts
     route = dict(gate="route", gate_temperature=ROUTE_TEMPERATURE)
+    route_train = dict(gate="route_train", gate_temperature=ROUTE_TEMPERATURE)
     variants = [
         _v("multvae", "multvae", "one MultVAE: the control without experts"),
         _v("multvae_mix_reg", "multvae",
@@ -101,16 +102,21 @@ def ablation_variants(dataset: str, n_experts: int) -> list[Variant]:
            "the combination: routing gate, per-item weight signal, capped weights",
            trunk="tall_route", weight_per_item=True, weight_cap=WEIGHT_CAP, **route),
         _v("tall_uniform", "tall", "TALL's weights on an exactly uniform mixture: does the loss gate "
-           "(uniform to five decimals) add anything, now that it is gone with its validation-loss pass?",
+           "(uniform to five decimals) add anything? (The uniform mixture also skips its validation-loss pass.)",
            gate="uniform"),
         _v("tall_uniform_item", "tall", "the uniform mixture with the per-item weight signal",
            trunk="tall_uniform", gate="uniform", weight_per_item=True),
+        _v("lmoe_route_train", "lmoe", "LMoE with a gate that routes on the train items: softmax of each "
+           f"expert's -NLL per train item / {ROUTE_TEMPERATURE:g} (no validation item in the gate)",
+           trunk="tall_route_train", **route_train),
+        _v("tall_route_train", "tall", "TALL with the train-item routing gate", **route_train),
     ]
-    for tau in ROUTE_TEMPERATURES:
-        if tau != ROUTE_TEMPERATURE:
-            variants.append(_v(f"lmoe_route_t{tau:g}", "lmoe",
-                               f"temperature sweep of the routing gate (tau = {tau:g}; first seed)",
-                               tune=True, gate="route", gate_temperature=tau))
+    for gate, prefix in (("route", "lmoe_route"), ("route_train", "lmoe_route_train")):
+        for tau in ROUTE_TEMPERATURES:
+            if tau != ROUTE_TEMPERATURE:
+                variants.append(_v(f"{prefix}_t{tau:g}", "lmoe",
+                                   f"temperature sweep of the {gate} gate (tau = {tau:g}; first seed)",
+                                   tune=True, gate=gate, gate_temperature=tau))
     return variants
 
 

@@ -179,10 +179,11 @@ def write_page(out: Path, *, study: str, command: str, dataset: str, n_experts: 
     lines += diagnostics_table(main, runs, n_experts)
     if any(runs.get(v.name) for v in tuned):
         lines += ["", "## Routing-gate temperature (first seed)", "",
-                  "The routing gate weighs the experts by their loss on the user's validation items, and the "
+                  "The `route` gate weighs the experts by their loss on the user's validation items, and the "
                   "validation metric that early stopping and this sweep read is computed on those same items: "
-                  "a sharper gate can raise the validation score while the test score falls, so compare the "
-                  "test column, not the validation one.", "",
+                  "a sharper gate can look good on validation while the test score falls, so compare the "
+                  "test column. The `route_train` gate reads the train items only, so its validation column "
+                  "is a fair choice of tau.", "",
                   "| variant | tau | validation score (mean NDCG@{1,5,10,20}) | gate entropy | test NDCG@20 |",
                   "|---|---:|---:|---:|---:|"]
         for v in tuned:
