@@ -30,7 +30,6 @@ KS = DEFAULT_KS  # early-stopping cut-offs of the faithful default (docs/fidelit
 SPARSE_ENCODER_DENSITY = 0.02
 # gates of the experts' per-user losses L_uk -> the tall_jax.gate.validation_gate kind they use
 LOSS_GATE_KINDS = {"loss": "loss", "route": "route", "route_train": "route"}
-VALIDATION_GATES = tuple(LOSS_GATE_KINDS)
 
 
 def gate_rows(x_BxM: jax.Array, v_BxM: jax.Array, config: TALLConfig) -> tuple[jax.Array, jax.Array]:
@@ -108,7 +107,7 @@ def _forward_fused(params: Params, xn_BxM: jax.Array, x_BxM: jax.Array, v_BxM: j
     chunk = config.expert_chunk or head.auto_chunk(n_experts, *x_BxM.shape)
     decoder = (z_ExBxD, experts["dec_w"], experts["dec_b"])
     mask_BxM, target_BxM = gate_rows(x_BxM, v_BxM, config)
-    if config.gate in VALIDATION_GATES and not config.gate_stop_gradient:
+    if config.gate in LOSS_GATE_KINDS and not config.gate_stop_gradient:
         gate_fn = functools.partial(gate_lib.validation_gate, kind=LOSS_GATE_KINDS[config.gate],
                                     temperature=config.gate_temperature)
         mix_BxM, gate_BxE = head.loss_gated_mixture(*decoder, mask_BxM, target_BxM, gate_fn, chunk,
@@ -124,7 +123,7 @@ def _gate(params: Params, x_BxM: jax.Array, target_BxM: jax.Array, config: TALLC
           validation_loss_BxE) -> jax.Array:
     """g [B, E] of the configured gate; ``validation_loss_BxE()`` gives L_uk over the targets of
     :func:`gate_rows` for the loss gates."""
-    if config.gate in VALIDATION_GATES:
+    if config.gate in LOSS_GATE_KINDS:
         return gate_lib.validation_gate(validation_loss_BxE(), jnp.sum(target_BxM, axis=-1),
                                         kind=LOSS_GATE_KINDS[config.gate], temperature=config.gate_temperature,
                                         stop_gradient=config.gate_stop_gradient)
