@@ -119,9 +119,9 @@ def plot(path: Path, variants: list[Variant], runs: dict[str, list[RunSummary]],
     fig = new_figure((2.3 * len(COLUMNS) + 1.8, 0.32 * len(shown) + 1.4))
     axes = fig.subplots(1, len(COLUMNS), sharey=True, sharex=True)
     y = np.arange(len(shown))[::-1]  # the study's order from the top
-    colors = ["tab:red" if g < 0 else "tab:blue" for g in gain.ravel()]
     for c, (ax, column) in enumerate(zip(axes, COLUMNS)):
-        ax.barh(y, gain[:, c], xerr=err[:, c], color=colors[c::len(COLUMNS)], capsize=1.5, height=0.7)
+        ax.barh(y, gain[:, c], xerr=err[:, c], color=np.where(gain[:, c] < 0, "tab:red", "tab:blue"),
+                capsize=1.5, height=0.7)
         ax.axvline(0.0, color="black", linewidth=0.8)
         ax.set_title(column, fontsize="small")
         ax.grid(axis="x", alpha=0.3)
