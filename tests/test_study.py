@@ -32,11 +32,11 @@ def test_variants_resolve_to_their_configs():
         V.select(list(vs.values()), ["nope"])
 
 
-def test_plan_is_seed_major_and_tune_variants_take_the_first_seed(tmp_path):
+def test_plan_is_seed_major_and_tune_variants_take_the_first_seed_last(tmp_path):
     vs = V.select(V.ablation_variants("ml-1m", 10), ["multvae", "tall", "lmoe_route_t0.3"])
     runs = runner.plan(vs, [4, 1], tmp_path, "ml-1m", 10)
-    assert [r.label for r in runs] == ["multvae/seed4", "tall/seed4", "lmoe_route_t0.3/seed4",
-                                       "multvae/seed1", "tall/seed1"]
+    assert [r.label for r in runs] == ["multvae/seed4", "tall/seed4", "multvae/seed1", "tall/seed1",
+                                       "lmoe_route_t0.3/seed4"]
     assert runs[1].out_dir == tmp_path / "ml-1m" / "E10" / "tall" / "seed4"
 
 

@@ -65,8 +65,9 @@ def run_dir(root: str | Path, dataset: str, n_experts: int, variant: str, seed: 
 def plan(variants: list[Variant], seeds: list[int], root: str | Path, dataset: str,
          n_experts: int) -> list[Run]:
     """Every run of the study, seed-major (all variants' first seed, then the next seed, ...), so
-    a study cut short has comparable seeds for every variant. ``tune`` variants get the first seed."""
-    runs = []
+    a study cut short has comparable seeds for every variant. ``tune`` variants (sweeps) get the
+    first seed only, and come after every multi-seed run: the seeds the page needs go first."""
+    runs, sweeps = [], []
     by_name = {v.name: v for v in variants}
     for i, seed in enumerate(seeds):
         chosen = [v for v in variants if not (v.tune and i > 0)]
@@ -83,8 +84,9 @@ def plan(variants: list[Variant], seeds: list[int], root: str | Path, dataset: s
                 trunk, epoch = forks[v.name]
                 seed_runs[v.name] = Run(v, seed, run_dir(root, dataset, n_experts, v.name, seed),
                                         trunk=seed_runs[trunk.name], fork_epoch=epoch)
-        runs += [seed_runs[v.name] for v in chosen]
-    return runs
+        runs += [seed_runs[v.name] for v in chosen if not v.tune]
+        sweeps += [seed_runs[v.name] for v in chosen if v.tune]
+    return runs + sweeps
 
 
 def may_start(run: Run, pending: set[str]) -> bool:
