@@ -40,6 +40,14 @@ def test_plan_is_seed_major_and_tune_variants_take_the_first_seed_last(tmp_path)
     assert runs[1].out_dir == tmp_path / "ml-1m" / "E10" / "tall" / "seed4"
 
 
+def test_side_variants_take_the_first_seed_after_the_multi_seed_runs(tmp_path):
+    vs = V.select(V.ablation_variants("ml-1m", 10), ["tall_route", "tall_route_item_cap"])
+    assert [v.side for v in vs] == [False, True]
+    runs = runner.plan(vs, [0, 1], tmp_path, "ml-1m", 10)
+    assert [r.label for r in runs] == ["tall_route/seed0", "tall_route/seed1", "tall_route_item_cap/seed0"]
+    assert runs[2].trunk is runs[0] and runs[0].keep_epochs == (40,) and runs[1].keep_epochs == ()
+
+
 def test_forks_share_only_the_epochs_before_the_gap():
     vs = {v.name: v for v in V.ablation_variants("ml-1m", 10)}
     forks = {v.name: v.trunk for v in vs.values() if v.trunk}

@@ -65,12 +65,12 @@ def run_dir(root: str | Path, dataset: str, n_experts: int, variant: str, seed: 
 def plan(variants: list[Variant], seeds: list[int], root: str | Path, dataset: str,
          n_experts: int) -> list[Run]:
     """Every run of the study, seed-major (all variants' first seed, then the next seed, ...), so
-    a study cut short has comparable seeds for every variant. ``tune`` variants (sweeps) get the
+    a study cut short has comparable seeds for every variant. ``tune`` and ``side`` variants get the
     first seed only, and come after every multi-seed run: the seeds the page needs go first."""
     runs, sweeps = [], []
     by_name = {v.name: v for v in variants}
     for i, seed in enumerate(seeds):
-        chosen = [v for v in variants if not (v.tune and i > 0)]
+        chosen = [v for v in variants if not (v.first_seed_only and i > 0)]
         forks = {v.name: (by_name[v.trunk], v.fork_epoch(by_name[v.trunk], dataset, n_experts))
                  for v in chosen if v.trunk in by_name}
         keep: dict[str, set[int]] = {}
@@ -84,8 +84,8 @@ def plan(variants: list[Variant], seeds: list[int], root: str | Path, dataset: s
                 trunk, epoch = forks[v.name]
                 seed_runs[v.name] = Run(v, seed, run_dir(root, dataset, n_experts, v.name, seed),
                                         trunk=seed_runs[trunk.name], fork_epoch=epoch)
-        runs += [seed_runs[v.name] for v in chosen if not v.tune]
-        sweeps += [seed_runs[v.name] for v in chosen if v.tune]
+        runs += [seed_runs[v.name] for v in chosen if not v.first_seed_only]
+        sweeps += [seed_runs[v.name] for v in chosen if v.first_seed_only]
     return runs + sweeps
 
 

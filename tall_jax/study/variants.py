@@ -4,7 +4,10 @@ Each variant is a model of :data:`tall_jax.configs.MODEL_PRESETS` plus config ov
 is the folder it trains into, so a variant's meaning must never change under its name (the study
 refuses a folder whose recorded settings differ). ``tune`` variants are trained for the first seed
 only: they choose a hyper-parameter (the routing gate's temperature) on the validation score, and
-the chosen value is then a variant of its own with every seed.
+the chosen value is then a variant of its own with every seed. ``side`` variants are also trained
+for the first seed only, but stand in the main tables: extra questions that one seed has already
+answered far outside the seed noise (a second routing combination, the train-item router's LMoE),
+so the 2-core budget goes to the variants the study must settle.
 
 A variant with a ``trunk`` differs from that variant only in what the adaptive weights do after the
 gap (w = 1 for epochs 1..T, :data:`AFTER_GAP_FIELDS`; an LMoE is a TALL whose weights stay 1), so
@@ -36,6 +39,11 @@ class Variant:
     about: str  # one line: what it changes and the question it answers
     tune: bool = False  # first seed only (a hyper-parameter sweep)
     trunk: str = ""  # the variant whose first `gap` epochs this one shares (checked by fork_epoch)
+    side: bool = False  # first seed only, shown in the main tables
+
+    @property
+    def first_seed_only(self) -> bool:
+        return self.tune or self.side
 
     def capped(self, max_epochs: int) -> "Variant":
         """This variant with at most ``max_epochs`` epochs (a short trial)."""
@@ -68,8 +76,9 @@ class Variant:
         return mine.gap
 
 
-def _v(name: str, model: str, about: str, tune: bool = False, trunk: str = "", **overrides: Any) -> Variant:
-    return Variant(name, model, tuple(sorted(overrides.items())), about, tune, trunk)
+def _v(name: str, model: str, about: str, tune: bool = False, trunk: str = "", side: bool = False,
+       **overrides: Any) -> Variant:
+    return Variant(name, model, tuple(sorted(overrides.items())), about, tune, trunk, side)
 
 
 def ablation_variants(dataset: str, n_experts: int) -> list[Variant]:
@@ -100,7 +109,7 @@ def ablation_variants(dataset: str, n_experts: int) -> list[Variant]:
         _v("tall_route", "tall", "TALL with the routing gate", **route),
         _v("tall_route_item_cap", "tall",
            "the combination: routing gate, per-item weight signal, capped weights",
-           trunk="tall_route", weight_per_item=True, weight_cap=WEIGHT_CAP, **route),
+           trunk="tall_route", side=True, weight_per_item=True, weight_cap=WEIGHT_CAP, **route),
         _v("tall_uniform", "tall", "TALL's weights on an exactly uniform mixture: does the loss gate "
            "(uniform to five decimals) add anything? (The uniform mixture also skips its validation-loss pass.)",
            gate="uniform"),
@@ -108,7 +117,7 @@ def ablation_variants(dataset: str, n_experts: int) -> list[Variant]:
            trunk="tall_uniform", gate="uniform", weight_per_item=True),
         _v("lmoe_route_train", "lmoe", "LMoE with a gate that routes on the train items: softmax of each "
            f"expert's -NLL per train item / {ROUTE_TEMPERATURE:g} (no validation item in the gate)",
-           trunk="tall_route_train", **route_train),
+           trunk="tall_route_train", side=True, **route_train),
         _v("tall_route_train", "tall", "TALL with the train-item routing gate", **route_train),
     ]
     for gate, prefix in (("route", "lmoe_route"), ("route_train", "lmoe_route_train")):

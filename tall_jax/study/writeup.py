@@ -155,7 +155,8 @@ def write_page(out: Path, *, study: str, command: str, dataset: str, n_experts: 
     for v in variants:
         changes = ", ".join(f"{k}={val}" for k, val in v.overrides) or "(preset)"
         shared = f" (epochs 1..gap are `{v.trunk}`'s: it starts from that run's checkpoint)" if v.trunk else ""
-        lines.append(f"| {v.name} | {v.model} | {changes} | {v.about}{shared} |")
+        once = " (first seed only)" if v.side else ""
+        lines.append(f"| {v.name} | {v.model} | {changes} | {v.about}{shared}{once} |")
     lines += ["", "## Test NDCG@20 per group (best-validation epoch), mean ± std over seeds", ""]
     lines += results_table(main, runs, "best")
     lines += ["", f"## Paired difference to `{reference}` (test NDCG@20)", "",
