@@ -169,3 +169,16 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
     assert json.loads((folder / "results.json").read_text())["epochs_run"] == 3
     assert main(argv[:-1] + ["--jobs", "0"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_a_missing_data_folder_fails_before_any_run_and_keeps_the_page(tmp_path, capsys):
+    page = tmp_path / "page.md"
+    page.write_text("an earlier page")
+    argv = ["ablations", "--dataset", "ml-1m", "--seeds", "0", "--variants", "multvae", "--root",
+            str(tmp_path / "runs"), "--page", str(tmp_path / "page"), "--no-progress",
+            "--data-dir", str(tmp_path / "nope")]
+    assert main(argv) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "ml-1m" / "E10" / "multvae" / "seed0").exists()
+    assert main(argv + ["--report-only"]) == 0  # nothing finished under this root: no page
+    assert "not written" in capsys.readouterr().out and page.read_text() == "an earlier page"

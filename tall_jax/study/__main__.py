@@ -113,15 +113,18 @@ def main(argv: list[str] | None = None) -> int:
         for r in planned:
             folders[r.variant.name][r.seed] = r.out_dir
         page = Path(args.page or default_page(args.dataset, args.study, args.experts))
-        import jax
-        written = write_page(page, study=args.study, command=_command(args), dataset=args.dataset,
-                             n_experts=args.experts, seeds=args.seeds, variants=variants,
-                             runs=collect(folders),
-                             n_planned=len(planned),
-                             environment={"jax": jax.__version__, "backend": jax.default_backend(),
-                                          "python": platform.python_version(),
-                                          "cpus": os.cpu_count()})
-        print("wrote " + ", ".join(map(str, written)))
+        runs = collect(folders)
+        if any(runs.values()):
+            import jax
+            written = write_page(page, study=args.study, command=_command(args), dataset=args.dataset,
+                                 n_experts=args.experts, seeds=args.seeds, variants=variants, runs=runs,
+                                 n_planned=len(planned),
+                                 environment={"jax": jax.__version__, "backend": jax.default_backend(),
+                                              "python": platform.python_version(),
+                                              "cpus": os.cpu_count()})
+            print("wrote " + ", ".join(map(str, written)))
+        else:  # an empty page would replace one written from another --root
+            print(f"no run of this study has finished under {args.root}: {page}.md not written")
         if failed:
             print(f"error: {len(failed)} run(s) failed: {', '.join(failed)} (see their train.log)",
                   file=sys.stderr)

@@ -148,6 +148,9 @@ def execute(runs: list[Run], *, dataset: str, n_experts: int, data_dir: str | No
     for run in runs:
         check_folder(run, dataset, n_experts)
     todo = [r for r in runs if not r.done()]
+    if todo:  # a missing data file fails here, once, not in every child; it also fills the split cache
+        from tall_jax.datasets import load_dataset
+        load_dataset(dataset, seed=todo[0].seed, data_dir=data_dir)
     env = dict(os.environ)
     if jobs > 1:
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + SINGLE_THREAD_XLA).strip()
