@@ -141,13 +141,15 @@ def test_paired_tests_equal_scipy():
 def test_page_from_summaries(tmp_path):
     rng = np.random.default_rng(1)
     groups = np.repeat(np.arange(5), 10)
-    vs = V.select(V.ablation_variants("ml-1m", 10), ["multvae", "tall"])
+    vs = V.select(V.ablation_variants("ml-1m", 10), ["multvae", "lmoe", "tall"])
     runs = {v.name: [_summary(v.name, s, rng.random(50), groups) for s in range(2)] for v in vs}
     written = write_page(tmp_path / "page", study="ablations", command="cmd", dataset="ml-1m",
                          n_experts=10, seeds=[0, 1], variants=vs, runs=runs)
     text = (tmp_path / "page.md").read_text()
     assert "| multvae | 2 |" in text and "Paired difference to `tall`" in text
-    assert len((tmp_path / "page.csv").read_text().splitlines()) == 1 + 4
+    aim_rows = text.split("## Against the improved preset's aim")[1].split("##")[0]
+    assert "| multvae | 2 |" in aim_rows and "| tall |" not in aim_rows and "| lmoe |" not in aim_rows
+    assert len((tmp_path / "page.csv").read_text().splitlines()) == 1 + 6
     assert len(written) == 3 and (tmp_path / "page.png").stat().st_size > 0
 
 
@@ -182,3 +184,25 @@ def test_a_missing_data_folder_fails_before_any_run_and_keeps_the_page(tmp_path,
     assert not (tmp_path / "runs" / "ml-1m" / "E10" / "multvae" / "seed0").exists()
     assert main(argv + ["--report-only"]) == 0  # nothing finished under this root: no page
     assert "not written" in capsys.readouterr().out and page.read_text() == "an earlier page"
+
+
+def _fixed(variant, seed, overall, low):
+    best = {c: overall for c in analysis.COLUMNS}
+    best["low"] = low
+    return analysis.RunSummary(variant, seed, best, dict(best), 5, 5, 20, 10.0, 0.3, 2.3, {},
+                               np.zeros(3), np.zeros(3, int))
+
+
+def test_aim_hand_worked():
+    tall = [_fixed("tall", s, o, .26) for s, o in enumerate([.33, .34])]
+    lmoe = [_fixed("lmoe", s, o, .25) for s, o in enumerate([.335, .337])]  # std .0014
+    good = [_fixed("x", s, o, .27) for s, o in enumerate([.336, .337])]  # mean .3365 > .335, std .0007
+    a = analysis.aim(good, tall, lmoe)
+    assert a.n_seeds == 2 and a.below_reference == () and a.low_vs_rival == pytest.approx(.02)
+    assert a.spread == pytest.approx(np.std([.336, .337], ddof=1)) and a.met
+    shaky = [_fixed("y", s, o, .27) for s, o in enumerate([.33, .345])]  # mean .3375, std .0106
+    assert not analysis.aim(shaky, tall, lmoe).met
+    low = [_fixed("z", s, o, .255) for s, o in enumerate([.336, .337])]  # low .255 < tall's .26
+    assert analysis.aim(low, tall, lmoe).below_reference == ("low",) and not analysis.aim(low, tall, lmoe).met
+    assert not analysis.aim(good[:1], tall, lmoe).met  # one seed has no spread
+    assert analysis.aim(good, tall, []) is None

@@ -122,6 +122,35 @@ def paired_tests(runs: list[RunSummary], reference: list[RunSummary]) -> list[Pa
     return tests
 
 
+@dataclasses.dataclass
+class Aim:
+    """A variant against the improved preset's aim: above the ``reference`` (faithful TALL) in every
+    column, ahead of the ``rival`` (LMoE) on the low group, a seed spread of the overall score no
+    larger than the rival's. Means and spreads over the seeds all three have."""
+    n_seeds: int
+    below_reference: tuple[str, ...]  # the columns where its mean is not above the reference's
+    low_vs_rival: float  # its mean low-group score minus the rival's
+    spread: float  # std over seeds of its overall score
+    rival_spread: float
+
+    @property
+    def met(self) -> bool:
+        return (not self.below_reference and self.low_vs_rival > 0 and self.n_seeds > 1
+                and self.spread <= self.rival_spread)
+
+
+def aim(runs: list[RunSummary], reference: list[RunSummary], rival: list[RunSummary]) -> Aim | None:
+    """How ``runs`` stand against the aim (None without a seed common to all three)."""
+    by_seed = [{r.seed: r for r in rs} for rs in (runs, reference, rival)]
+    common = sorted(set.intersection(*(set(b) for b in by_seed)))
+    if not common:
+        return None
+    mine, ref, riv = ({c: [b[s].best[c] for s in common] for c in COLUMNS} for b in by_seed)
+    below = tuple(c for c in COLUMNS if np.mean(mine[c]) <= np.mean(ref[c]))
+    return Aim(len(common), below, float(np.mean(mine["low"]) - np.mean(riv["low"])),
+               mean_std(mine["overall"])[1], mean_std(riv["overall"])[1])
+
+
 def collect(folders: dict[str, dict[int, Path]]) -> dict[str, list[RunSummary]]:
     """variant -> its finished runs, from ``folders[variant][seed]``."""
     out: dict[str, list[RunSummary]] = {}

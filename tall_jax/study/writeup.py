@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from tall_jax.study.analysis import COLUMNS, RunSummary, mean_std, paired_tests
+from tall_jax.study.analysis import COLUMNS, RunSummary, aim, mean_std, paired_tests
 from tall_jax.study.variants import Variant
 
 ALPHA = 0.05
@@ -54,6 +54,24 @@ def paired_table(variants: list[Variant], runs: dict[str, list[RunSummary]], ref
             continue
         cells = [f"{t.mean_diff:+.4f} ({_p(t.p_users)}; {_p(t.p_seeds)})" for t in tests]
         lines.append(f"| {v.name} | {tests[0].n_seeds} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def aim_table(variants: list[Variant], runs: dict[str, list[RunSummary]], reference: str,
+              rival: str) -> list[str]:
+    lines = [f"| variant | seeds | columns not above `{reference}` | low minus `{rival}` | "
+             f"std over seeds (overall) | `{rival}`'s std | meets the aim |", "|---|---:|---|---:|---:|---:|---|"]
+    for v in variants:
+        if v.name in (reference, rival) or not runs.get(v.name):
+            continue
+        a = aim(runs[v.name], runs.get(reference, []), runs.get(rival, []))
+        if a is None:
+            continue
+        spread = (f"{a.spread:.4f}", f"{a.rival_spread:.4f}") if a.n_seeds > 1 else ("–", "–")
+        verdict = "yes" if a.met else ("needs 2+ seeds" if a.n_seeds < 2 else "no")
+        below = "all" if len(a.below_reference) == len(COLUMNS) else ", ".join(a.below_reference) or "none"
+        lines.append(f"| {v.name} | {a.n_seeds} | {below} | "
+                     f"{a.low_vs_rival:+.4f} | {spread[0]} | {spread[1]} | {verdict} |")
     return lines
 
 
@@ -165,6 +183,12 @@ def write_page(out: Path, *, study: str, command: str, dataset: str, n_experts: 
               "users and of the paired t-test over seeds; * marks p < 0.05. Not corrected for the number of "
               "variants compared.", ""]
     lines += paired_table(main, runs, reference)
+    if study == "ablations":
+        lines += ["", "## Against the improved preset's aim", "",
+                  f"The aim: a mean above `{reference}`'s in every column, ahead of `lmoe` on the low group, "
+                  "and a seed spread (std over seeds of the overall score) no larger than `lmoe`'s; "
+                  "over the seeds the three runs share.", ""]
+        lines += aim_table(main, runs, reference, "lmoe")
     lines += ["", "## Model selection: best epoch vs smoothed", "",
               "Best: the epoch with the best validation score (the authors' rule). Smoothed: the centre of the "
               f"best {3}-epoch moving average of the validation score; its test NDCG@20 comes from the run's "
