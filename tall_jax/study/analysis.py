@@ -39,7 +39,7 @@ class RunSummary:
     best_epoch: int
     smoothed_epoch: int
     epochs_run: int
-    train_seconds: float  # sum of the epochs' seconds (training + evaluation), across resumes and forks
+    epoch_seconds: float  # median of its epochs' seconds (training + evaluation), across resumes and forks
     valid_score: float  # best mean validation NDCG@{1,5,10,20}
     gate_entropy: float | None  # mean over users at the best epoch (nats)
     weights: dict[str, float]  # weight statistics at the best epoch (empty without weights)
@@ -75,7 +75,7 @@ def load_run(out_dir: str | Path, variant: str, seed: int) -> RunSummary | None:
     return RunSummary(
         variant=variant, seed=seed, best=best, smoothed=smoothed, best_epoch=res["best_epoch"],
         smoothed_epoch=s_epoch, epochs_run=res["epochs_run"],
-        train_seconds=float(sum(h["seconds"] for h in history)),
+        epoch_seconds=float(np.median([h["seconds"] for h in history])),
         valid_score=best_h["valid_score"],
         gate_entropy=best_h["gate"]["entropy_mean"] if "gate" in best_h else None,
         weights=dict(best_h.get("weights", {})),

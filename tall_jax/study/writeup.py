@@ -90,7 +90,7 @@ def selection_table(variants: list[Variant], runs: dict[str, list[RunSummary]]) 
 
 
 def diagnostics_table(variants: list[Variant], runs: dict[str, list[RunSummary]], n_experts: int) -> list[str]:
-    lines = [f"| variant | gate entropy (log E = {math.log(n_experts):.4f}) | max w | std w | Spearman(abs(w-1), abs V_u) | epochs run | seconds per run |",
+    lines = [f"| variant | gate entropy (log E = {math.log(n_experts):.4f}) | max w | std w | Spearman(abs(w-1), abs V_u) | epochs run | median s per epoch |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for v in variants:
         rs = runs.get(v.name, [])
@@ -102,13 +102,13 @@ def diagnostics_table(variants: list[Variant], runs: dict[str, list[RunSummary]]
                  _ms([x["w_max"] for x in w], 1) if w else "–",
                  _ms([x["w_std"] for x in w], 2) if w else "–",
                  _ms([x["spearman_n_valid"] for x in w if not math.isnan(x["spearman_n_valid"])], 2) if w else "–",
-                 _ms([r.epochs_run for r in rs], 0), _ms([r.train_seconds for r in rs], 0)]
+                 _ms([r.epochs_run for r in rs], 0), _ms([r.epoch_seconds for r in rs], 1)]
         lines.append(f"| {v.name} | " + " | ".join(cells) + " |")
     return lines
 
 
 def write_csv(path: Path, runs: dict[str, list[RunSummary]]) -> None:
-    fields = (["variant", "seed", "best_epoch", "smoothed_epoch", "epochs_run", "train_seconds", "valid_score",
+    fields = (["variant", "seed", "best_epoch", "smoothed_epoch", "epochs_run", "epoch_seconds_median", "valid_score",
                "gate_entropy", "w_max", "w_std"] + [f"best_{c}" for c in COLUMNS] + [f"smoothed_{c}" for c in COLUMNS])
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -116,7 +116,7 @@ def write_csv(path: Path, runs: dict[str, list[RunSummary]]) -> None:
         for rs in runs.values():
             for r in rs:
                 w.writerow([r.variant, r.seed, r.best_epoch, r.smoothed_epoch, r.epochs_run,
-                            f"{r.train_seconds:.1f}", f"{r.valid_score:.6f}", _num(r.gate_entropy, ".6f"),
+                            f"{r.epoch_seconds:.2f}", f"{r.valid_score:.6f}", _num(r.gate_entropy, ".6f"),
                             _num(r.weights.get("w_max"), ".4f"), _num(r.weights.get("w_std"), ".4f")]
                            + [f"{r.best[c]:.6f}" for c in COLUMNS] + [f"{r.smoothed[c]:.6f}" for c in COLUMNS])
 
@@ -197,10 +197,10 @@ def write_page(out: Path, *, study: str, command: str, dataset: str, n_experts: 
     lines += ["", "## Gate and weights at the best epoch", "",
               "Gate entropy: mean over users of -Σ_k g_uk log g_uk (log E for a uniform gate). Weights: the "
               "adaptive weights of the best epoch (max, std over users, Spearman correlation of |w_u - 1| "
-              "with the number of validation items). Seconds per run: the sum of its epochs' times (training and "
-              "evaluation, across resumes; a variant started from its trunk's epoch-T checkpoint counts the "
-              "trunk's first T epochs too), with `--jobs` runs side by side on a machine that may be doing "
-              "other work: a cost, not a benchmark.", ""]
+              "with the number of validation items). Seconds per epoch: the median of its epochs' times "
+              "(training and evaluation; a variant started from its trunk's epoch-T checkpoint counts the "
+              "trunk's first T epochs), with `--jobs` runs side by side on a machine that may be doing "
+              "other work (the median ignores an epoch stretched by a paused run): a cost, not a benchmark.", ""]
     lines += diagnostics_table(main, runs, n_experts)
     if any(runs.get(v.name) for v in tuned):
         lines += ["", "## Routing-gate temperature (first seed)", "",
