@@ -158,6 +158,8 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
             "multvae", "--epochs", "3", "--root", str(tmp_path / "runs"), "--page", str(tmp_path / "page"),
             "--no-progress"]
     assert main(argv) == 0
+    out = capsys.readouterr().out  # --no-progress still logs each run's start and end
+    assert "started multvae/seed0" in out and "finished multvae/seed0 in" in out
     folder = tmp_path / "runs" / "synthetic" / "E2" / "multvae" / "seed0"
     assert (folder / "results.json").exists() and (folder / "train.log").exists()
     before = (folder / "results.json").stat().st_mtime_ns

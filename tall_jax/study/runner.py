@@ -173,23 +173,28 @@ def execute(runs: list[Run], *, dataset: str, n_experts: int, data_dir: str | No
                           and state_lib.fork_checkpoint(run.trunk.out_dir, run.fork_epoch, run.out_dir))
                 (run.out_dir / RECORD).write_text(json.dumps(run.record(dataset, n_experts), indent=1))
                 log = open(run.out_dir / "train.log", "a")
-                log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {run.label}"
-                          + (f" (epochs 1-{run.fork_epoch} from {run.trunk.label})" if forked else "") + "\n")
+                started = run.label + (f" (epochs 1-{run.fork_epoch} from {run.trunk.label})" if forked else "")
+                log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {started}\n")
                 log.flush()
+                bar.write(f"{time.strftime('%H:%M:%S')} started {started}")
                 proc = subprocess.Popen(child_command(run, dataset, n_experts, data_dir), stdout=log,
                                         stderr=subprocess.STDOUT, env=env,
                                         preexec_fn=(lambda: os.nice(nice)) if nice else None)
                 running[run.label] = (proc, log, time.time())
             bar.set_postfix_str(", ".join(running), refresh=True)
             time.sleep(2.0)
-            for label, (proc, log, _) in list(running.items()):
+            for label, (proc, log, began) in list(running.items()):
                 if proc.poll() is None:
                     continue
                 log.close()
                 del running[label]
+                minutes = f"{(time.time() - began) / 60:.1f} min"
                 if proc.returncode != 0:
                     failed.append(label)
-                    bar.write(f"failed: {label} (exit {proc.returncode})")
+                    bar.write(f"{time.strftime('%H:%M:%S')} failed: {label} (exit {proc.returncode}, "
+                              f"after {minutes}; see its train.log)")
+                else:
+                    bar.write(f"{time.strftime('%H:%M:%S')} finished {label} in {minutes}")
                 bar.update(1)
     finally:
         for proc, log, _ in running.values():  # interrupted: the runs resume next time
