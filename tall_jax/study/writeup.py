@@ -158,10 +158,10 @@ def write_page(out: Path, *, study: str, command: str, dataset: str, n_experts: 
                n_planned: int | None = None) -> list[Path]:
     """Write ``<out>.md``, ``<out>.csv`` and ``<out>.png``; returns their paths."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    png = plot(out.with_suffix(".png"), variants, runs, f"{dataset}, E = {n_experts}: gain over one MultVAE per group (mean, std over seeds)")
+    main = [v for v in variants if not v.tune]  # the sweeps have their own table, off the plot's scale
+    png = plot(out.with_suffix(".png"), main, runs, f"{dataset}, E = {n_experts}: gain over one MultVAE per group (mean, std over seeds)")
     write_csv(out.with_suffix(".csv"), runs)
     n_done = sum(len(r) for r in runs.values())
-    main = [v for v in variants if not v.tune]
     tuned = [v for v in variants if v.tune or v.name.startswith("lmoe_route")]
     lines = [f"# {study.capitalize()} study: {dataset}, E = {n_experts}", "",
              f"Produced by `{command}` on {time.strftime('%Y-%m-%d')} ({n_done}"
