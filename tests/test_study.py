@@ -208,3 +208,15 @@ def test_aim_hand_worked():
     assert analysis.aim(low, tall, lmoe).below_reference == ("low",) and not analysis.aim(low, tall, lmoe).met
     assert not analysis.aim(good[:1], tall, lmoe).met  # one seed has no spread
     assert analysis.aim(good, tall, []) is None
+
+
+def test_seconds_left_hand_worked(tmp_path):
+    runs = {"a": [_fixed("a", 0, .3, .2)], "b": []}  # a: 20 epochs at 10 s each
+    assert analysis.seconds_left([("a", 5)], {"a": []}, 1) is None  # nothing finished: no pace
+    # a at epoch 5: 15 epochs left; b has no run of its own: the pace of all (20 x 10 s); a past its median: 1
+    assert analysis.seconds_left([("a", 5), ("b", 0), ("a", 30)], runs, 2) == pytest.approx(
+        (15 * 10 + 20 * 10 + 1 * 10) / 2)
+    vs = V.select(V.ablation_variants("ml-1m", 10), ["tall", "lmoe"])
+    planned = {r.label: r for r in runner.plan(vs, [0], tmp_path, "ml-1m", 10)}
+    assert runner.epochs_done(planned["tall/seed0"]) == 0
+    assert runner.epochs_done(planned["lmoe/seed0"]) == 40  # it will start from tall's epoch 40

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from tall_jax.cli import HelpFormatter, Parser, show_progress_logs
 from tall_jax.configs import DATASET_PRESETS
-from tall_jax.study.analysis import collect
-from tall_jax.study.runner import describe, execute, plan, run_one
+from tall_jax.study.analysis import collect, seconds_left
+from tall_jax.study.runner import describe, epochs_done, execute, plan, run_one
 from tall_jax.study.variants import STUDIES, ablation_variants, precision_variants, select
 from tall_jax.study.writeup import write_page
 
@@ -103,17 +103,20 @@ def main(argv: list[str] | None = None) -> int:
             for r in shown:
                 print(f"{r.label:32s} {describe(r)}")
             print(f"{sum(r.done() for r in shown)} of {len(shown)} runs finished")
+            runs = collect(_folders(variants, planned))
+            left = seconds_left([(r.variant.name, epochs_done(r)) for r in shown if not r.done()], runs,
+                                args.jobs)
+            if left:
+                print(f"about {left / 3600:.1f} h of training left with --jobs {args.jobs}, at the pace "
+                      "of the finished runs (their median epochs and seconds per epoch)")
             return 0
         failed: list[str] = []
         if not args.report_only:
             failed = execute([r for r in planned if r.variant.name in chosen], dataset=args.dataset,
                              n_experts=args.experts, data_dir=data_dir, jobs=args.jobs, nice=args.nice,
                              progress=not args.no_progress)
-        folders: dict[str, dict[int, Path]] = {v.name: {} for v in variants}
-        for r in planned:
-            folders[r.variant.name][r.seed] = r.out_dir
         page = Path(args.page or default_page(args.dataset, args.study, args.experts))
-        runs = collect(folders)
+        runs = collect(_folders(variants, planned))
         if any(runs.values()):
             import jax
             written = write_page(page, study=args.study, command=_command(args), dataset=args.dataset,
@@ -133,6 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, NotADirectoryError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+
+
+def _folders(variants, planned) -> dict[str, dict[int, Path]]:
+    folders: dict[str, dict[int, Path]] = {v.name: {} for v in variants}
+    for r in planned:
+        folders[r.variant.name][r.seed] = r.out_dir
+    return folders
 
 
 def _command(args) -> str:

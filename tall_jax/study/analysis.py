@@ -151,6 +151,26 @@ def aim(runs: list[RunSummary], reference: list[RunSummary], rival: list[RunSumm
                mean_std(mine["overall"])[1], mean_std(riv["overall"])[1])
 
 
+def seconds_left(todo: list[tuple[str, int]], runs: dict[str, list[RunSummary]], jobs: int) -> float | None:
+    """Wall seconds until the unfinished runs ``todo`` ((variant, epochs done) each) are trained, at
+    the pace of the finished runs: per run, (its variant's median epochs run - epochs done, at least
+    one) x its variant's median seconds per epoch, both from all finished runs for a variant with
+    none, summed and shared by ``jobs`` runs at a time. None before any run has finished."""
+    finished = [r for rs in runs.values() for r in rs]
+    if not finished:
+        return None
+
+    def medians(rs: list[RunSummary]) -> tuple[float, float]:
+        return float(np.median([r.epochs_run for r in rs])), float(np.median([r.epoch_seconds for r in rs]))
+
+    pace_all = medians(finished)
+    total = 0.0
+    for variant, done in todo:
+        epochs, seconds = medians(runs[variant]) if runs.get(variant) else pace_all
+        total += max(epochs - done, 1.0) * seconds
+    return total / max(jobs, 1)
+
+
 def collect(folders: dict[str, dict[int, Path]]) -> dict[str, list[RunSummary]]:
     """variant -> its finished runs, from ``folders[variant][seed]``."""
     out: dict[str, list[RunSummary]] = {}

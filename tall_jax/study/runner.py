@@ -117,6 +117,18 @@ def describe(run: Run) -> str:
     return f"waits for {run.trunk.label} to reach epoch {run.fork_epoch}"
 
 
+def epochs_done(run: Run) -> int:
+    """Epochs ``run`` has behind it: its checkpoint's, or its trunk's fork epoch when it will start
+    from the trunk's checkpoint (kept, or still to come from a trunk that has not finished)."""
+    progress = state_lib.checkpoint_progress(run.out_dir)
+    if progress is not None:
+        return progress[0]
+    if run.trunk is not None and (not run.trunk.done() or state_lib.has_checkpoint(
+            state_lib.kept_dir(run.trunk.out_dir, run.fork_epoch))):
+        return run.fork_epoch
+    return 0
+
+
 def check_folder(run: Run, dataset: str, n_experts: int) -> None:
     """Refuse a folder made for another variant (its record names what differs)."""
     path = run.out_dir / RECORD
