@@ -32,9 +32,11 @@ def _parser() -> Parser:
     sub = p.add_subparsers(dest="study", required=True, parser_class=Parser)
     for name in STUDIES:
         s = sub.add_parser(name, formatter_class=HelpFormatter, help=f"the {name} study")
-        s.add_argument("--dataset", default="ml-1m", choices=[d for d in DATASET_PRESETS])
+        s.add_argument("--dataset", default="ml-1m", choices=[d for d in DATASET_PRESETS],
+                       help="dataset (its preset: batch size, weight decay, gap, alpha)")
         s.add_argument("--experts", type=int, default=10, help="E of the mixtures")
-        s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+        s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+                       help="seeds of every multi-seed variant (sweeps and side questions train the first)")
         s.add_argument("--variants", nargs="+", default=None, metavar="NAME",
                        help="train only these variants (default: all; the page shows every finished one)")
         s.add_argument("--epochs", type=int, default=None,
@@ -52,8 +54,9 @@ def _parser() -> Parser:
                             "with _E<E> unless E = 10)")
         s.add_argument("--report-only", action="store_true", help="write the page from the finished runs")
         s.add_argument("--status", action="store_true",
-                       help="print where each run stands (no training, no page)")
-        s.add_argument("--no-progress", action="store_true")
+                       help="print where each run stands and the hours left (no training, no page)")
+        s.add_argument("--no-progress", action="store_true",
+                       help="no progress bar (each run's start and end are still printed)")
     one = sub.add_parser("run-one", help="one run (what the study's processes do)")
     one.add_argument("--dataset", required=True)
     one.add_argument("--experts", type=int, required=True)
