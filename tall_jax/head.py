@@ -59,19 +59,22 @@ def expert_validation_losses(z_ExBxD: jax.Array, dec_w_ExDxM: jax.Array, dec_b_E
                              precision: str = "float32") -> jax.Array:
     """L_uk = |V_u| logsumexp_m(o_ukm (1 - x_um)) - sum_{i in V_u} o_uki with o_uk = z_uk W_k + b_k,
     shape [E, B]: :func:`tall_jax.gate.masked_validation_loss` of every expert, ``chunk`` experts
-    at a time (``chunk`` must divide E). Differentiable in z, W and b; x and v are data."""
+    at a time (``chunk`` must divide E). Differentiable in z, W and b; x and v are data (0/1 rows)."""
     return _validation_losses_fwd(z_ExBxD, dec_w_ExDxM, dec_b_ExM, x_BxM, v_BxM, chunk,
                                   precision)[0]
 
 
 def _validation_losses_fwd(z, w, b, x, v, chunk, precision):
     n_valid_1xB = jnp.sum(v, axis=-1)[None, :]
-    keep_1xBxM, v_1xBxM = (1.0 - x)[None], v[None]
+    # x and v are 0/1 rows, so o * (1 - x) and o * v are selects: on a CPU XLA reduces a select
+    # over [c, B, M] about twice as fast as a product with a broadcast row (benchmarks/README.md)
+    keep_1xBxM, in_v_1xBxM = (x == 0)[None], (v != 0)[None]
 
     def body(_, zwb):
         logits = _chunk_logits(*zwb, precision)
-        lse_cxB = jax.nn.logsumexp(logits * keep_1xBxM, axis=-1)
-        return None, (n_valid_1xB * lse_cxB - jnp.sum(logits * v_1xBxM, axis=-1), lse_cxB)
+        lse_cxB = jax.nn.logsumexp(jnp.where(keep_1xBxM, logits, 0.0), axis=-1)
+        v_sum_cxB = jnp.sum(jnp.where(in_v_1xBxM, logits, 0.0), axis=-1)
+        return None, (n_valid_1xB * lse_cxB - v_sum_cxB, lse_cxB)
 
     _, (loss, lse) = jax.lax.scan(body, None, (_chunks(z, chunk), _chunks(w, chunk),
                                                _chunks(b, chunk)))
@@ -86,15 +89,16 @@ def _backward_scan(z, w, b, x, v, lse, dloss_ExB, chunk, precision, gate_ExB=Non
 
     (the bracket when the mixture's cotangent is given), then dz_k = dO_k W_k^T, dW_k = z_k^T dO_k,
     db_k = sum_u dO_k. ``lse`` holds the forward's chunked logsumexps."""
-    n_valid_1xBx1 = jnp.sum(v, axis=-1)[None, :, None]
-    keep_1xBxM, v_1xBxM = (1.0 - x)[None], v[None]
+    n_valid_1xB = jnp.sum(v, axis=-1)[None, :]
+    keep_1xBxM, in_v_1xBxM = (x == 0)[None], (v != 0)[None]  # selects, as in the forward
     with_mixture = dmix_BxM is not None
 
     def body(_, pack):
         z_c, w_c, b_c, lse_cxB, dloss_cxB = pack[:5]
         logits = _chunk_logits(z_c, w_c, b_c, precision)
-        p = jnp.exp(logits * keep_1xBxM - lse_cxB[..., None])
-        dlogits = dloss_cxB[..., None] * (n_valid_1xBx1 * p * keep_1xBxM - v_1xBxM)
+        p = jnp.exp(jnp.where(keep_1xBxM, logits, 0.0) - lse_cxB[..., None])
+        dlogits = (jnp.where(keep_1xBxM, (dloss_cxB * n_valid_1xB)[..., None] * p, 0.0)
+                   - jnp.where(in_v_1xBxM, dloss_cxB[..., None], 0.0))
         if with_mixture:
             dlogits = dlogits + pack[5][..., None] * dmix_BxM[None]
         dz = prec.einsum("cbm,cdm->cbd", dlogits, w_c, precision)
@@ -176,10 +180,14 @@ def encode_experts(enc_w_ExMxH: jax.Array, enc_b_ExH: jax.Array, xn_BxM: jax.Arr
                    precision: str = "float32") -> tuple[jax.Array, jax.Array]:
     """(mu, log sigma^2), each [E, B, d], of every expert's linear encoder on the normalised rows.
 
-    On a CPU the E products [B, M] x [M, 2d] run one after another (``lax.map``): XLA's CPU
-    batched matmul is slower than its plain one (benchmarks/README.md); elsewhere one einsum."""
+    On a CPU the E products [B, M] x [M, 2d] are one plain GEMM [B, M] x [M, E 2d] of the experts'
+    encoders side by side (a transposed copy of W): XLA's CPU batched matmul is slower than its
+    plain one, and one wide GEMM (and its dW) beats E narrow ones (benchmarks/README.md);
+    elsewhere one einsum."""
     if jax.default_backend() == "cpu":
-        h_ExBxH = jax.lax.map(lambda w_MxH: prec.matmul(xn_BxM, w_MxH, precision), enc_w_ExMxH)
+        n_experts, n_items, width = enc_w_ExMxH.shape
+        w_MxEH = enc_w_ExMxH.transpose(1, 0, 2).reshape(n_items, n_experts * width)
+        h_ExBxH = prec.matmul(xn_BxM, w_MxEH, precision).reshape(-1, n_experts, width).transpose(1, 0, 2)
     else:
         h_ExBxH = prec.einsum("bm,emh->ebh", xn_BxM, enc_w_ExMxH, precision)
     h_ExBxH = h_ExBxH + enc_b_ExH[:, None, :]
