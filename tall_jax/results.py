@@ -20,13 +20,33 @@ RESULTS_FILE = "results.json"
 
 
 def environment() -> dict[str, Any]:
-    """Where a run ran: JAX version and backend, the devices, Python, the platform and the UTC date."""
+    """Where a run ran: JAX version and backend, the devices, Python, the platform, the UTC date and
+    the commit of the tall_jax checkout it ran from (None outside a git checkout)."""
     import jax
 
     return {"jax": jax.__version__, "backend": jax.default_backend(),
             "devices": [str(d) for d in jax.devices()], "python": platform.python_version(),
             "platform": platform.platform(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "commit": source_commit()}
+
+
+def source_commit() -> str | None:
+    """``git rev-parse HEAD`` of the checkout this package is imported from, with ``+dirty`` when
+    tracked files differ from it; None for an installed copy or without git."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
 
 
 def variant(config: Any, faithful: Any, execution_fields: tuple[str, ...]) -> str:
