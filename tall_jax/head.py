@@ -64,11 +64,15 @@ def expert_validation_losses(z_ExBxD: jax.Array, dec_w_ExDxM: jax.Array, dec_b_E
                                   precision)[0]
 
 
+def _row_masks(x, v):
+    """(|V_u| [1, B], keep = 1 - x and v as booleans [1, B, M]). x and v are 0/1 rows, so o (1 - x)
+    and o v are selects: on a CPU XLA reduces a select over [c, B, M] about twice as fast as a
+    product with a broadcast row (benchmarks/README.md)."""
+    return jnp.sum(v, axis=-1)[None, :], (x == 0)[None], (v != 0)[None]
+
+
 def _validation_losses_fwd(z, w, b, x, v, chunk, precision):
-    n_valid_1xB = jnp.sum(v, axis=-1)[None, :]
-    # x and v are 0/1 rows, so o * (1 - x) and o * v are selects: on a CPU XLA reduces a select
-    # over [c, B, M] about twice as fast as a product with a broadcast row (benchmarks/README.md)
-    keep_1xBxM, in_v_1xBxM = (x == 0)[None], (v != 0)[None]
+    n_valid_1xB, keep_1xBxM, in_v_1xBxM = _row_masks(x, v)
 
     def body(_, zwb):
         logits = _chunk_logits(*zwb, precision)
@@ -89,8 +93,7 @@ def _backward_scan(z, w, b, x, v, lse, dloss_ExB, chunk, precision, gate_ExB=Non
 
     (the bracket when the mixture's cotangent is given), then dz_k = dO_k W_k^T, dW_k = z_k^T dO_k,
     db_k = sum_u dO_k. ``lse`` holds the forward's chunked logsumexps."""
-    n_valid_1xB = jnp.sum(v, axis=-1)[None, :]
-    keep_1xBxM, in_v_1xBxM = (x == 0)[None], (v != 0)[None]  # selects, as in the forward
+    n_valid_1xB, keep_1xBxM, in_v_1xBxM = _row_masks(x, v)
     with_mixture = dmix_BxM is not None
 
     def body(_, pack):

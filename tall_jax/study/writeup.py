@@ -162,7 +162,8 @@ def write_page(out: Path, *, study: str, command: str, dataset: str, n_experts: 
     png = plot(out.with_suffix(".png"), main, runs, f"{dataset}, E = {n_experts}: gain over one MultVAE per group (mean, std over seeds)")
     write_csv(out.with_suffix(".csv"), runs)
     n_done = sum(len(r) for r in runs.values())
-    tuned = [v for v in variants if v.tune or v.name.startswith("lmoe_route")]
+    # the sweeps and the LMoE they sweep around (a routing gate at its multi-seed temperature)
+    tuned = [v for v in variants if v.tune or (v.model == "lmoe" and "gate_temperature" in dict(v.overrides))]
     lines = [f"# {study.capitalize()} study: {dataset}, E = {n_experts}", "",
              f"Produced by `{command}` on {time.strftime('%Y-%m-%d')} ({n_done}"
              f"{f' of {n_planned} planned' if n_planned else ''} runs finished; seeds asked: "
