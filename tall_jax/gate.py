@@ -33,8 +33,8 @@ def loss_gate(loss_BxE: jax.Array, has_valid_B: jax.Array, *, temperature: float
     Users without validation items (82 in the authors' ML-1M split) get the uniform gate, with finite
     gradients (the reciprocal is taken of a safe placeholder, not of 0).
     """
-    safe_loss = jnp.where(has_valid_B[:, None], loss_BxE, 1.0)
-    return _softmax_or_uniform(1.0 / (safe_loss * temperature), has_valid_B, stop_gradient)
+    return validation_gate(loss_BxE, has_valid_B.astype(jnp.float32), kind="loss",
+                           temperature=temperature, stop_gradient=stop_gradient)
 
 
 def route_gate(loss_BxE: jax.Array, n_valid_B: jax.Array, *, temperature: float = 1.0,
@@ -46,24 +46,32 @@ def route_gate(loss_BxE: jax.Array, n_valid_B: jax.Array, *, temperature: float 
     temperature makes it pick the few experts that fit the user best. Users without validation items
     get the uniform gate.
     """
+    return validation_gate(loss_BxE, n_valid_B, kind="route", temperature=temperature,
+                           stop_gradient=stop_gradient)
+
+
+def validation_gate_logits(loss_BxE: jax.Array, n_valid_B: jax.Array, *, kind: str = "loss",
+                           temperature: float = 1.0) -> jax.Array:
+    """The logits s_uk whose softmax over experts is :func:`validation_gate`: (1 / L_uk) / temperature
+    (``kind="loss"``) or −(L_uk / |V_u|) / temperature ("route"), 0 for users without validation
+    items (so their gate is uniform). Each s_uk depends on L_uk alone, so a chunk of experts' logits
+    can be formed as soon as its losses are (the online mixture of :mod:`tall_jax.head`)."""
     has_valid_B = n_valid_B > 0
-    per_item_BxE = loss_BxE / jnp.maximum(n_valid_B, 1.0)[:, None]
-    return _softmax_or_uniform(-per_item_BxE / temperature, has_valid_B, stop_gradient)
-
-
-def _softmax_or_uniform(logits_BxE: jax.Array, has_valid_B: jax.Array, stop_gradient: bool) -> jax.Array:
-    """softmax_k of the gate logits, uniform (logits 0) for users without validation items."""
-    gate = jax.nn.softmax(jnp.where(has_valid_B[:, None], logits_BxE, 0.0), axis=-1)
-    return jax.lax.stop_gradient(gate) if stop_gradient else gate
+    if kind == "route":
+        logits_BxE = -(loss_BxE / jnp.maximum(n_valid_B, 1.0)[:, None]) / temperature
+    else:  # the reciprocal of a safe placeholder where there is no validation item, not of 0
+        logits_BxE = 1.0 / (jnp.where(has_valid_B[:, None], loss_BxE, 1.0) * temperature)
+    return jnp.where(has_valid_B[:, None], logits_BxE, 0.0)
 
 
 def validation_gate(loss_BxE: jax.Array, n_valid_B: jax.Array, *, kind: str = "loss",
                     temperature: float = 1.0, stop_gradient: bool = False) -> jax.Array:
     """The gate of the experts' validation losses L_uk ([B, E]) for users with |V_u| = ``n_valid_B``
-    validation items: :func:`loss_gate` (``kind="loss"``, the paper's) or :func:`route_gate` ("route")."""
-    if kind == "route":
-        return route_gate(loss_BxE, n_valid_B, temperature=temperature, stop_gradient=stop_gradient)
-    return loss_gate(loss_BxE, n_valid_B > 0, temperature=temperature, stop_gradient=stop_gradient)
+    validation items: :func:`loss_gate` (``kind="loss"``, the paper's) or :func:`route_gate` ("route"),
+    i.e. softmax_k of :func:`validation_gate_logits`."""
+    gate = jax.nn.softmax(validation_gate_logits(loss_BxE, n_valid_B, kind=kind,
+                                                 temperature=temperature), axis=-1)
+    return jax.lax.stop_gradient(gate) if stop_gradient else gate
 
 
 def init_mlp_gate(key: jax.Array, n_items: int, hidden: int, n_experts: int) -> Params:

@@ -14,8 +14,10 @@ expert's logits o_uk = z_uk W_k + b_k at once, [E, B, M], and makes several pass
   one plain GEMM of the gated latents [B, E d] against the stacked decoder [E d, M]
   (:func:`mixture_logits`; its gradients by autodiff are plain GEMMs too);
 - with the loss gate and its gradient (the faithful default), :func:`loss_gated_mixture` puts the
-  losses, the gate and the mixture under one custom VJP, so each expert's decoder gradient is formed
-  once per chunk from the mixture's and the gate's cotangents together.
+  losses, the gate and the mixture under one custom VJP: its forward accumulates the mixture online
+  in the losses' scan (the gate is a softmax over experts of logits of each L_uk alone), and each
+  expert's decoder gradient is formed once per chunk from the mixture's and the gate's cotangents
+  together.
 
 Peak activation memory is O(B M (chunk + a few)) instead of O(E B M).
 """
@@ -72,18 +74,44 @@ def _row_masks(x, v):
 
 
 def _validation_losses_fwd(z, w, b, x, v, chunk, precision):
-    n_valid_1xB, keep_1xBxM, in_v_1xBxM = _row_masks(x, v)
+    loss, lse, _ = _losses_scan(z, w, b, x, v, chunk, precision)
+    return loss, (z, w, b, x, v, lse)
 
-    def body(_, zwb):
+
+def _losses_scan(z, w, b, x, v, chunk, precision, gate_logits_fn=None):
+    """(L [E, B], the chunked logsumexps, the gated mixture or None): one scan over chunks of
+    experts. With ``gate_logits_fn`` (s_uk from L_uk alone) the scan also accumulates the mixture
+    o_u = sum_k softmax_k(s_u)_k o_uk online, as flash attention does its values: a running max
+    s*_u of the gate logits seen so far, the running sum of exp(s_uk - s*_u) and of exp(s_uk -
+    s*_u) o_uk, both rescaled by exp(s*_old - s*_new) when the max grows. So the mixture costs a
+    pass over each chunk's logits in cache instead of another [B, E d] x [E d, M] GEMM."""
+    n_valid_1xB, keep_1xBxM, in_v_1xBxM = _row_masks(x, v)
+    n_experts, batch = z.shape[0], z.shape[1]
+
+    def body(carry, zwb):
         logits = _chunk_logits(*zwb, precision)
         lse_cxB = jax.nn.logsumexp(jnp.where(keep_1xBxM, logits, 0.0), axis=-1)
         v_sum_cxB = jnp.sum(jnp.where(in_v_1xBxM, logits, 0.0), axis=-1)
-        return None, (n_valid_1xB * lse_cxB - v_sum_cxB, lse_cxB)
+        loss_cxB = n_valid_1xB * lse_cxB - v_sum_cxB
+        if gate_logits_fn is None:
+            return carry, (loss_cxB, lse_cxB)
+        max_B, den_B, acc_BxM = carry
+        s_cxB = gate_logits_fn(loss_cxB.T, n_valid_1xB[0]).T
+        new_max_B = jnp.maximum(max_B, jnp.max(s_cxB, axis=0))
+        rescale_B = jnp.exp(max_B - new_max_B)
+        e_cxB = jnp.exp(s_cxB - new_max_B[None, :])
+        acc_BxM = rescale_B[:, None] * acc_BxM + jnp.einsum(
+            "cb,cbm->bm", e_cxB, logits, precision=jax.lax.Precision.HIGHEST)
+        return (new_max_B, rescale_B * den_B + jnp.sum(e_cxB, axis=0), acc_BxM), (loss_cxB, lse_cxB)
 
-    _, (loss, lse) = jax.lax.scan(body, None, (_chunks(z, chunk), _chunks(w, chunk),
-                                               _chunks(b, chunk)))
-    n_experts, batch = z.shape[0], z.shape[1]
-    return loss.reshape(n_experts, batch), (z, w, b, x, v, lse)
+    init = None
+    if gate_logits_fn is not None:
+        init = (jnp.full((batch,), -jnp.inf, jnp.float32), jnp.zeros((batch,), jnp.float32),
+                jnp.zeros((batch, x.shape[-1]), jnp.float32))
+    carry, (loss, lse) = jax.lax.scan(body, init, (_chunks(z, chunk), _chunks(w, chunk),
+                                                   _chunks(b, chunk)))
+    mix_BxM = None if gate_logits_fn is None else carry[2] / carry[1][:, None]
+    return loss.reshape(n_experts, batch), lse, mix_BxM
 
 
 def _backward_scan(z, w, b, x, v, lse, dloss_ExB, chunk, precision, gate_ExB=None, dmix_BxM=None):
@@ -127,29 +155,38 @@ expert_validation_losses.defvjp(_validation_losses_fwd, _validation_losses_bwd)
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
 def loss_gated_mixture(z_ExBxD: jax.Array, dec_w_ExDxM: jax.Array, dec_b_ExM: jax.Array,
-                       x_BxM: jax.Array, v_BxM: jax.Array, gate_fn, chunk: int = 1,
+                       x_BxM: jax.Array, v_BxM: jax.Array, gate_logits_fn, chunk: int = 1,
                        precision: str = "float32") -> tuple[jax.Array, jax.Array]:
-    """(o_BxM, g_BxE): the loss gate g = gate_fn(L^T, n_valid_B) (n_valid_B = |V_u|) of the experts' validation losses
-    L (:func:`expert_validation_losses`) and the mixture o = :func:`mixture_logits`, with one custom
-    VJP for both, so each expert's decoder gradient is formed once, from
+    """(o_BxM, g_BxE): the loss gate g_u = softmax_k(gate_logits_fn(L^T, n_valid_B)_u) (n_valid_B =
+    |V_u|; ``gate_logits_fn`` maps each L_uk to its logit s_uk alone, as
+    :func:`tall_jax.gate.validation_gate_logits` does) of the experts' validation losses L
+    (:func:`expert_validation_losses`) and the mixture o = :func:`mixture_logits`, with one custom
+    VJP for both.
+
+    Forward: one scan over chunks of experts gives L and, online, the mixture (:func:`_losses_scan`).
+    Backward: each expert's decoder gradient is formed once, from
 
         dO_k = g_k dmix + dL_k dL/do_k,   dg_uk = <dmix_u, o_uk> + (cotangent of g)_uk,
 
-    where dL comes from ``gate_fn``'s own VJP (autodiff of the gate, whatever its form) and
+    where dL comes from the gate's own VJP (autodiff of softmax . gate_logits_fn) and
     <dmix_u, o_uk> = z_uk . (W_k dmix_u) + b_k . dmix_u is one GEMM. Same value and gradient as
-    composing the two functions; one [E d, M] GEMM fewer in the backward pass.
+    composing the two functions, with two [E d, M]-sized GEMMs fewer.
     """
-    return _gated_fwd(z_ExBxD, dec_w_ExDxM, dec_b_ExM, x_BxM, v_BxM, gate_fn, chunk, precision)[0]
+    return _gated_fwd(z_ExBxD, dec_w_ExDxM, dec_b_ExM, x_BxM, v_BxM, gate_logits_fn, chunk,
+                      precision)[0]
 
 
-def _gated_fwd(z, w, b, x, v, gate_fn, chunk, precision):
-    loss_ExB, (*_, lse) = _validation_losses_fwd(z, w, b, x, v, chunk, precision)
-    gate_BxE = gate_fn(loss_ExB.T, jnp.sum(v, axis=-1))
-    mix_BxM = mixture_logits(gate_BxE, z, w, b, precision)
+def _gate_of(gate_logits_fn, loss_BxE, n_valid_B):
+    return jax.nn.softmax(gate_logits_fn(loss_BxE, n_valid_B), axis=-1)
+
+
+def _gated_fwd(z, w, b, x, v, gate_logits_fn, chunk, precision):
+    loss_ExB, lse, mix_BxM = _losses_scan(z, w, b, x, v, chunk, precision, gate_logits_fn)
+    gate_BxE = _gate_of(gate_logits_fn, loss_ExB.T, jnp.sum(v, axis=-1))
     return (mix_BxM, gate_BxE), (z, w, b, x, v, lse, loss_ExB, gate_BxE)
 
 
-def _gated_bwd(gate_fn, chunk, precision, residuals, cotangents):
+def _gated_bwd(gate_logits_fn, chunk, precision, residuals, cotangents):
     z, w, b, x, v, lse, loss_ExB, gate_BxE = residuals
     dmix_BxM, dgate_BxE = cotangents
     n_experts, batch, latent = z.shape
@@ -158,7 +195,7 @@ def _gated_bwd(gate_fn, chunk, precision, residuals, cotangents):
     dgate_BxE = (dgate_BxE + jnp.einsum("bed,ebd->be", w_dmix_BxExD, z)
                  + prec.einsum("bm,em->be", dmix_BxM, b, precision))
     n_valid_B = jnp.sum(v, axis=-1)
-    _, gate_vjp = jax.vjp(lambda loss_BxE: gate_fn(loss_BxE, n_valid_B), loss_ExB.T)
+    _, gate_vjp = jax.vjp(lambda loss_BxE: _gate_of(gate_logits_fn, loss_BxE, n_valid_B), loss_ExB.T)
     (dloss_BxE,) = gate_vjp(dgate_BxE)
     grads = _backward_scan(z, w, b, x, v, lse, dloss_BxE.T, chunk, precision,
                            gate_ExB=gate_BxE.T, dmix_BxM=dmix_BxM)
@@ -180,26 +217,41 @@ def mixture_logits(gate_BxE: jax.Array, z_ExBxD: jax.Array, dec_w_ExDxM: jax.Arr
 
 
 def encode_experts(enc_w_ExMxH: jax.Array, enc_b_ExH: jax.Array, xn_BxM: jax.Array,
-                   precision: str = "float32") -> tuple[jax.Array, jax.Array]:
-    """(mu, log sigma^2), each [E, B, d], of every expert's linear encoder on the normalised rows.
+                   precision: str = "float32", *, means_only: bool = False):
+    """(mu, log sigma^2), each [E, B, d], of every expert's linear encoder on the normalised rows;
+    (mu, None) with ``means_only`` (evaluation, z = mu), which multiplies by the mean half of W only.
 
     On a CPU the E products [B, M] x [M, 2d] are one plain GEMM [B, M] x [M, E 2d] of the experts'
     encoders side by side (a transposed copy of W): XLA's CPU batched matmul is slower than its
     plain one, and one wide GEMM (and its dW) beats E narrow ones (benchmarks/README.md);
     elsewhere one einsum."""
+    enc_w_ExMxH, enc_b_ExH = _encoder_columns(enc_w_ExMxH, enc_b_ExH, means_only)
     if jax.default_backend() == "cpu":
         n_experts, n_items, width = enc_w_ExMxH.shape
         w_MxEH = enc_w_ExMxH.transpose(1, 0, 2).reshape(n_items, n_experts * width)
         h_ExBxH = prec.matmul(xn_BxM, w_MxEH, precision).reshape(-1, n_experts, width).transpose(1, 0, 2)
     else:
         h_ExBxH = prec.einsum("bm,emh->ebh", xn_BxM, enc_w_ExMxH, precision)
-    h_ExBxH = h_ExBxH + enc_b_ExH[:, None, :]
+    return _split_latent(h_ExBxH + enc_b_ExH[:, None, :], means_only)
+
+
+def _encoder_columns(enc_w_ExMxH, enc_b_ExH, means_only):
+    """The encoder's mean columns only (the first d of 2d) when ``means_only``, else all."""
+    if not means_only:
+        return enc_w_ExMxH, enc_b_ExH
+    latent = enc_b_ExH.shape[-1] // 2
+    return enc_w_ExMxH[..., :latent], enc_b_ExH[..., :latent]
+
+
+def _split_latent(h_ExBxH, means_only):
+    if means_only:
+        return h_ExBxH, None
     latent = h_ExBxH.shape[-1] // 2
     return h_ExBxH[..., :latent], h_ExBxH[..., latent:]
 
 
 def encode_experts_sparse(enc_w_ExMxH: jax.Array, enc_b_ExH: jax.Array, xn_BxM: jax.Array,
-                          nnz_cap: int) -> tuple[jax.Array, jax.Array]:
+                          nnz_cap: int, *, means_only: bool = False):
     """:func:`encode_experts` from the rows' nonzeros only: h_uk = sum_{i: xn_ui != 0} xn_ui W_k[i]
     + b_k, a gather of the touched encoder rows and a segment sum per expert (float32 throughout).
 
@@ -207,6 +259,7 @@ def encode_experts_sparse(enc_w_ExMxH: jax.Array, enc_b_ExH: jax.Array, xn_BxM: 
     batch's nonzeros (:meth:`tall_jax.batching.UserData.train_nnz_cap`); a batch holding more
     raises no error but loses the excess, so it must be a true bound.
     """
+    enc_w_ExMxH, enc_b_ExH = _encoder_columns(enc_w_ExMxH, enc_b_ExH, means_only)
     batch, n_items = xn_BxM.shape
     rows_F, items_F = jnp.nonzero(xn_BxM != 0, size=nnz_cap, fill_value=(batch, n_items))
     values_Fx1 = xn_BxM.at[rows_F, items_F].get(mode="fill", fill_value=0.0)[:, None]
@@ -217,5 +270,4 @@ def encode_experts_sparse(enc_w_ExMxH: jax.Array, enc_b_ExH: jax.Array, xn_BxM: 
                                    indices_are_sorted=True)
 
     h_ExBxH = jax.lax.map(one_expert, enc_w_ExMxH) + enc_b_ExH[:, None, :]
-    latent = h_ExBxH.shape[-1] // 2
-    return h_ExBxH[..., :latent], h_ExBxH[..., latent:]
+    return _split_latent(h_ExBxH, means_only)

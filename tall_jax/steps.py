@@ -52,8 +52,9 @@ def beta_at(step: jax.Array, config: TALLConfig) -> jax.Array:
 
 def forward(params: Params, x_BxM: jax.Array, v_BxM: jax.Array, key: jax.Array,
             config: TALLConfig, *, train: bool, nnz_cap: int = 0) -> dict[str, jax.Array]:
-    """Experts, gate and mixture for a batch (docs/fidelity.md#gate). Returns kl_ExB, gate_BxE, mix_BxM (and, on
-    the all-at-once reference path only, logits_ExBxM). The loss gate uses the validation rows
+    """Experts, gate and mixture for a batch (docs/fidelity.md#gate). Returns gate_BxE, mix_BxM, kl_ExB (the fused
+    path's evaluation encodes the means only and returns no kl_ExB) and, on the all-at-once
+    reference path only, logits_ExBxM. The loss gate uses the validation rows
     ``v_BxM`` in training and at evaluation alike. ``config.forward_impl`` picks the fused head
     (:mod:`tall_jax.head`) or the reference path; both compute the same maths. ``nnz_cap`` bounds
     the train nonzeros of the batch (``Batch.nnz_cap``; 0 = unknown, which rules out the sparse
@@ -92,12 +93,13 @@ def _forward_fused(params: Params, xn_BxM: jax.Array, x_BxM: jax.Array, v_BxM: j
     pass. Expert k draws the same noise as in :func:`tall_jax.vae.experts_forward`."""
     experts, precision = params["experts"], config.matmul_precision
     n_experts = experts["dec_b"].shape[0]
+    # evaluation uses z = mu, so it multiplies by the encoder's mean columns only
     if use_sparse_encoder(config, nnz_cap, *x_BxM.shape):
         mu_ExBxD, logvar_ExBxD = head.encode_experts_sparse(experts["enc_w"], experts["enc_b"],
-                                                            xn_BxM, nnz_cap)
+                                                            xn_BxM, nnz_cap, means_only=not train)
     else:
         mu_ExBxD, logvar_ExBxD = head.encode_experts(experts["enc_w"], experts["enc_b"], xn_BxM,
-                                                     precision)
+                                                     precision, means_only=not train)
     if train:
         keys = jax.random.split(jax.random.fold_in(key, NOISE), n_experts)
         eps = jax.vmap(lambda k: jax.random.normal(k, mu_ExBxD.shape[1:], mu_ExBxD.dtype))(keys)
@@ -108,15 +110,19 @@ def _forward_fused(params: Params, xn_BxM: jax.Array, x_BxM: jax.Array, v_BxM: j
     decoder = (z_ExBxD, experts["dec_w"], experts["dec_b"])
     mask_BxM, target_BxM = gate_rows(x_BxM, v_BxM, config)
     if config.gate in LOSS_GATE_KINDS and not config.gate_stop_gradient:
-        gate_fn = functools.partial(gate_lib.validation_gate, kind=LOSS_GATE_KINDS[config.gate],
-                                    temperature=config.gate_temperature)
-        mix_BxM, gate_BxE = head.loss_gated_mixture(*decoder, mask_BxM, target_BxM, gate_fn, chunk,
-                                                    precision)
+        gate_logits_fn = functools.partial(gate_lib.validation_gate_logits,
+                                           kind=LOSS_GATE_KINDS[config.gate],
+                                           temperature=config.gate_temperature)
+        mix_BxM, gate_BxE = head.loss_gated_mixture(*decoder, mask_BxM, target_BxM, gate_logits_fn,
+                                                    chunk, precision)
     else:  # the gate takes no gradient through the experts' validation losses
         gate_BxE = _gate(params, x_BxM, target_BxM, config, n_experts, lambda: head.expert_validation_losses(
             *jax.lax.stop_gradient(decoder), mask_BxM, target_BxM, chunk, precision).T)
         mix_BxM = head.mixture_logits(gate_BxE, *decoder, precision)
-    return dict(kl_ExB=vae.kl_per_user(mu_ExBxD, logvar_ExBxD), gate_BxE=gate_BxE, mix_BxM=mix_BxM)
+    out = dict(gate_BxE=gate_BxE, mix_BxM=mix_BxM)
+    if train:
+        out["kl_ExB"] = vae.kl_per_user(mu_ExBxD, logvar_ExBxD)
+    return out
 
 
 def _gate(params: Params, x_BxM: jax.Array, target_BxM: jax.Array, config: TALLConfig, n_experts: int,

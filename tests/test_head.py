@@ -3,6 +3,8 @@ reference path computes: loss, every gradient, recorded l_u, gate entropy, a who
 evaluation metrics, for every MultVAE-family model, with padded batches and any expert chunk."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,6 +75,20 @@ def test_mixture_is_the_gated_sum_of_expert_logits():
     logits = jnp.einsum("ebd,edm->ebm", z, w) + b[:, None, :]
     np.testing.assert_allclose(head.mixture_logits(g, z, w, b), gate.mix_logits(g, logits),
                                rtol=RTOL, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk,temperature", [(1, 1.0), (3, 0.01), (6, 0.01)])
+def test_online_mixture_equals_the_gemm_mixture_of_the_gate(chunk, temperature):
+    # a sharp routing gate makes the running max change between chunks, so the rescaling is exercised
+    z, w, b, x, v = _random_head(5)
+    logits_fn = functools.partial(gate.validation_gate_logits, kind="route", temperature=temperature)
+    mix, g = head.loss_gated_mixture(z, w, b, x, v, logits_fn, chunk)
+    loss_BxE = head.expert_validation_losses(z, w, b, x, v, chunk).T
+    expected_g = gate.validation_gate(loss_BxE, jnp.sum(v, -1), kind="route", temperature=temperature)
+    np.testing.assert_allclose(g, expected_g, rtol=RTOL, atol=1e-6)
+    if temperature < 1:
+        assert float(jnp.max(g)) > 0.99  # it routes: one expert takes almost all of a user
+    np.testing.assert_allclose(mix, head.mixture_logits(expected_g, z, w, b), rtol=RTOL, atol=1e-5)
 
 
 # lmoe and wl share tall's and multvae's loss_fn (they differ in the weights passed in)
