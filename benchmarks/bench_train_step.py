@@ -29,6 +29,7 @@ from types import SimpleNamespace
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's tall_jax (and benchmarks/), as the children get it
 SHAPES = {  # users, items, interactions (all splits); ML-1M real data is used when present
     "ml-1m": (6040, 3706, 1_000_209, 512),
     "yelp": (25_677, 25_815, 731_671, 256),
@@ -272,7 +273,6 @@ def child_loop(args, ds) -> dict:
 
 def child_torch(args, ds) -> dict:
     import torch
-    sys.path.insert(0, str(REPO))
     from benchmarks.torch_reference import TorchTALL
     from tall_jax.configs import make_config
     B = SHAPES[args.dataset][3]
@@ -322,6 +322,8 @@ def versions() -> dict:
                device=str(jax.devices()[0]), device_kind=jax.devices()[0].device_kind,
                n_devices=jax.device_count(), cpu_count=os.cpu_count(), machine=platform.machine(),
                xla_flags=os.environ.get("XLA_FLAGS", ""))
+    from tall_jax.results import source_commit
+    out["commit"] = source_commit(REPO)  # the code the rows measure ("+dirty": uncommitted changes)
     try:
         import torch
         out["torch"] = torch.__version__

@@ -31,12 +31,13 @@ def environment() -> dict[str, Any]:
             "commit": source_commit()}
 
 
-def source_commit() -> str | None:
-    """``git rev-parse HEAD`` of the checkout this package is imported from, with ``+dirty`` when
-    tracked files differ from it; None for an installed copy or without git."""
+def source_commit(root: Path | None = None) -> str | None:
+    """``git rev-parse HEAD`` of the checkout ``root`` (default: the one this package is imported
+    from), with ``+dirty`` when tracked files differ from it; None for an installed copy or without
+    git."""
     import subprocess
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[1] if root is None else Path(root)
     if not (root / ".git").exists():
         return None
     try:
