@@ -100,7 +100,8 @@ def _losses_scan(z, w, b, x, v, chunk, precision, gate_logits_fn=None):
         new_max_B = jnp.maximum(max_B, jnp.max(s_cxB, axis=0))
         rescale_B = jnp.exp(max_B - new_max_B)
         e_cxB = jnp.exp(s_cxB - new_max_B[None, :])
-        acc_BxM = rescale_B[:, None] * acc_BxM + _weighted_sum(e_cxB, logits)
+        acc_BxM = rescale_B[:, None] * acc_BxM + jnp.einsum(
+            "cb,cbm->bm", e_cxB, logits, precision=jax.lax.Precision.HIGHEST)
         return (new_max_B, rescale_B * den_B + jnp.sum(e_cxB, axis=0), acc_BxM), (loss_cxB, lse_cxB)
 
     init = None
@@ -112,14 +113,6 @@ def _losses_scan(z, w, b, x, v, chunk, precision, gate_logits_fn=None):
                                                    _chunks(b, chunk)))
     mix_BxM = None if gate_logits_fn is None else carry[2] / carry[1][:, None]
     return loss.reshape(n_experts, batch), lse, mix_BxM
-
-
-def _weighted_sum(e_cxB, logits_cxBxM):
-    """sum_c e_cb logits_cbm, [B, M]. On a CPU a sum of c products (one fused loop: 2.8 ms against
-    18 ms for the einsum at c = 2, B = 512, M = 3706, which XLA:CPU runs as a batched dot)."""
-    if jax.default_backend() == "cpu":
-        return sum(e_cxB[i][:, None] * logits_cxBxM[i] for i in range(e_cxB.shape[0]))
-    return jnp.einsum("cb,cbm->bm", e_cxB, logits_cxBxM, precision=jax.lax.Precision.HIGHEST)
 
 
 def _backward_scan(z, w, b, x, v, lse, dloss_ExB, chunk, precision, gate_ExB=None, dmix_BxM=None):
