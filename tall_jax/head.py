@@ -83,8 +83,8 @@ def _losses_scan(z, w, b, x, v, chunk, precision, gate_logits_fn=None):
     experts. With ``gate_logits_fn`` (s_uk from L_uk alone) the scan also accumulates the mixture
     o_u = sum_k softmax_k(s_u)_k o_uk online, as flash attention does its values: a running max
     s*_u of the gate logits seen so far, the running sum of exp(s_uk - s*_u) and of exp(s_uk -
-    s*_u) o_uk, both rescaled by exp(s*_old - s*_new) when the max grows. So the mixture costs a
-    pass over each chunk's logits in cache instead of another [B, E d] x [E d, M] GEMM."""
+    s*_u) o_uk, both rescaled by exp(s*_old - s*_new) when the max grows. So the mixture costs an
+    elementwise pass over each chunk's logits instead of another [B, E d] x [E d, M] GEMM."""
     n_valid_1xB, keep_1xBxM, in_v_1xBxM = _row_masks(x, v)
     n_experts, batch = z.shape[0], z.shape[1]
 
