@@ -150,7 +150,23 @@ def test_page_from_summaries(tmp_path):
     aim_rows = text.split("## Against the improved preset's aim")[1].split("##")[0]
     assert "| multvae | 2 |" in aim_rows and "| tall |" not in aim_rows and "| lmoe |" not in aim_rows
     assert len((tmp_path / "page.csv").read_text().splitlines()) == 1 + 6
+    assert "Code: runs finished by each commit (before the record: 6)" in text
     assert len(written) == 3 and (tmp_path / "page.png").stat().st_size > 0
+
+
+def test_page_counts_the_commits_that_finished_the_runs(tmp_path):
+    groups = np.repeat(np.arange(5), 10)
+    vs = V.select(V.ablation_variants("ml-1m", 10), ["multvae", "tall"])
+    runs = {v.name: [_summary(v.name, s, np.full(50, .3), groups) for s in range(2)] for v in vs}
+    runs["multvae"][0].commit = runs["tall"][0].commit = "a" * 40
+    runs["tall"][1].commit = "b" * 40 + "+dirty"
+    write_page(tmp_path / "page", study="ablations", command="cmd", dataset="ml-1m", n_experts=10,
+               seeds=[0, 1], variants=vs, runs=runs)
+    text = (tmp_path / "page.md").read_text()
+    # most first; ties in the order the runs are listed
+    assert "(aaaaaaa: 2; before the record: 1; bbbbbbb with uncommitted changes: 1)" in text
+    rows = (tmp_path / "page.csv").read_text().splitlines()
+    assert rows[0].endswith(",commit") and sum(r.endswith("a" * 40) for r in rows) == 2
 
 
 def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):

@@ -45,6 +45,7 @@ class RunSummary:
     weights: dict[str, float]  # weight statistics at the best epoch (empty without weights)
     per_user_N: np.ndarray  # test NDCG@20 per user, best epoch
     groups_N: np.ndarray
+    commit: str | None = None  # of the code that finished the run (None: it predates the record)
 
 
 def smoothed_epoch(history: list[dict[str, Any]], width: int = SMOOTH_WIDTH) -> int:
@@ -79,7 +80,17 @@ def load_run(out_dir: str | Path, variant: str, seed: int) -> RunSummary | None:
         valid_score=best_h["valid_score"],
         gate_entropy=best_h["gate"]["entropy_mean"] if "gate" in best_h else None,
         weights=dict(best_h.get("weights", {})),
-        per_user_N=np.asarray(per_user[METRIC], float), groups_N=np.asarray(per_user["groups"]))
+        per_user_N=np.asarray(per_user[METRIC], float), groups_N=np.asarray(per_user["groups"]),
+        commit=res.get("environment", {}).get("commit"))
+
+
+def commits(runs: dict[str, list[RunSummary]]) -> dict[str | None, int]:
+    """How many runs each commit finished (None: runs that predate the record), most first."""
+    counts: dict[str | None, int] = {}
+    for rs in runs.values():
+        for r in rs:
+            counts[r.commit] = counts.get(r.commit, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from tall_jax.study.analysis import COLUMNS, RunSummary, aim, mean_std, paired_tests
+from tall_jax.study.analysis import COLUMNS, RunSummary, aim, commits, mean_std, paired_tests
 from tall_jax.study.variants import Variant
 
 ALPHA = 0.05
@@ -109,7 +109,8 @@ def diagnostics_table(variants: list[Variant], runs: dict[str, list[RunSummary]]
 
 def write_csv(path: Path, runs: dict[str, list[RunSummary]]) -> None:
     fields = (["variant", "seed", "best_epoch", "smoothed_epoch", "epochs_run", "epoch_seconds_median", "valid_score",
-               "gate_entropy", "w_max", "w_std"] + [f"best_{c}" for c in COLUMNS] + [f"smoothed_{c}" for c in COLUMNS])
+               "gate_entropy", "w_max", "w_std"] + [f"best_{c}" for c in COLUMNS] + [f"smoothed_{c}" for c in COLUMNS]
+              + ["commit"])
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(fields)
@@ -118,7 +119,8 @@ def write_csv(path: Path, runs: dict[str, list[RunSummary]]) -> None:
                 w.writerow([r.variant, r.seed, r.best_epoch, r.smoothed_epoch, r.epochs_run,
                             f"{r.epoch_seconds:.2f}", f"{r.valid_score:.6f}", _num(r.gate_entropy, ".6f"),
                             _num(r.weights.get("w_max"), ".4f"), _num(r.weights.get("w_std"), ".4f")]
-                           + [f"{r.best[c]:.6f}" for c in COLUMNS] + [f"{r.smoothed[c]:.6f}" for c in COLUMNS])
+                           + [f"{r.best[c]:.6f}" for c in COLUMNS] + [f"{r.smoothed[c]:.6f}" for c in COLUMNS]
+                           + [r.commit or ""])
 
 
 def plot(path: Path, variants: list[Variant], runs: dict[str, list[RunSummary]], title: str,
@@ -152,6 +154,17 @@ def plot(path: Path, variants: list[Variant], runs: dict[str, list[RunSummary]],
     return path
 
 
+def _code_line(runs: dict[str, list[RunSummary]]) -> str:
+    """Which commits finished the runs: a study spans sessions and code changes of the same maths."""
+    def name(commit: str | None) -> str:
+        if commit is None:
+            return "before the record"
+        return commit[:7] + (" with uncommitted changes" if commit.endswith("+dirty") else "")
+    counts = "; ".join(f"{name(c)}: {n}" for c, n in commits(runs).items())
+    return (f"Code: runs finished by each commit ({counts}); each run's `results.json` records its "
+            "commit, and the CSV lists it.")
+
+
 def write_page(out: Path, *, study: str, command: str, dataset: str, n_experts: int,
                seeds: list[int], variants: list[Variant], runs: dict[str, list[RunSummary]],
                reference: str = "tall", environment: dict[str, Any] | None = None,
@@ -170,6 +183,7 @@ def write_page(out: Path, *, study: str, command: str, dataset: str, n_experts: 
              f"{' '.join(map(str, seeds))}). Rerun the command to resume it and to refresh this page.", ""]
     if environment:
         lines += ["Environment: " + ", ".join(f"{k} {v}" for k, v in environment.items()) + ".", ""]
+    lines += [_code_line(runs), ""]
     lines += ["## Variants", "", "| variant | model | changes | what it asks |", "|---|---|---|---|"]
     for v in variants:
         changes = ", ".join(f"{k}={val}" for k, val in v.overrides) or "(preset)"
