@@ -15,6 +15,7 @@ Neither is corrected for the number of variants compared; the page says so.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 from pathlib import Path
@@ -86,11 +87,7 @@ def load_run(out_dir: str | Path, variant: str, seed: int) -> RunSummary | None:
 
 def commits(runs: dict[str, list[RunSummary]]) -> dict[str | None, int]:
     """How many runs each commit finished (None: runs that predate the record), most first."""
-    counts: dict[str | None, int] = {}
-    for rs in runs.values():
-        for r in rs:
-            counts[r.commit] = counts.get(r.commit, 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+    return dict(collections.Counter(r.commit for rs in runs.values() for r in rs).most_common())
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
