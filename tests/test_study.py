@@ -54,7 +54,8 @@ def test_forks_share_only_the_epochs_before_the_gap():
     assert forks == {"lmoe": "tall", "lmoe_uniform": "tall_uniform", "lmoe_route": "tall_route",
                      "lmoe_route_train": "tall_route_train",
                      "tall_per_item": "tall", "tall_exact_kkt": "tall", "tall_cap": "tall",
-                     "tall_route_item_cap": "tall_route", "tall_uniform_item": "tall_uniform"}
+                     "tall_route_item_cap": "tall_route", "tall_uniform_item": "tall_uniform",
+                     "tall_uniform_item_cap": "tall_uniform"}
     for name, trunk in forks.items():
         assert vs[name].fork_epoch(vs[trunk], "ml-1m", 10) == make_config("ml-1m", "tall").gap == 40
     with pytest.raises(ValueError, match="gate"):  # a different gate acts from epoch 1

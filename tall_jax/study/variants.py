@@ -115,6 +115,9 @@ def ablation_variants(dataset: str, n_experts: int) -> list[Variant]:
            gate="uniform"),
         _v("tall_uniform_item", "tall", "the uniform mixture with the per-item weight signal",
            trunk="tall_uniform", gate="uniform", weight_per_item=True),
+        _v("tall_uniform_item_cap", "tall",
+           "the combination of the steadiest changes: uniform mixture, per-item weight signal, capped weights",
+           trunk="tall_uniform", gate="uniform", weight_per_item=True, weight_cap=WEIGHT_CAP),
         _v("lmoe_route_train", "lmoe", "LMoE with a gate that routes on the train items: softmax of each "
            f"expert's -NLL per train item / {ROUTE_TEMPERATURE:g} (no validation item in the gate)",
            trunk="tall_route_train", side=True, **route_train),
