@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from tall_jax.datasets.own import is_registered
 from tall_jax.precision import PRECISIONS
 
 MODELS = ("multvae", "wl", "moe", "lmoe", "lmoe_lc", "lmoe_gap_l", "tall", "uniform_moe")
@@ -201,8 +202,9 @@ def make_config(dataset: str, model: str, **overrides: Any) -> TALLConfig:
     Dataset presets apply first, model presets second (so ``lmoe_lc`` forces gap 0), explicit
     overrides last.
     """
-    if dataset not in DATASET_PRESETS:
-        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(DATASET_PRESETS)}")
+    if dataset not in DATASET_PRESETS and not is_registered(dataset):
+        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(DATASET_PRESETS)}, or a file "
+                         "made a dataset by tall_jax.datasets.register_dataset")
     if model not in MODEL_PRESETS:
         raise ValueError(f"unknown model {model!r}; known: {', '.join(MODEL_PRESETS)}")
     fields = {f.name for f in dataclasses.fields(TALLConfig)}
@@ -210,7 +212,7 @@ def make_config(dataset: str, model: str, **overrides: Any) -> TALLConfig:
     if unknown:
         raise ValueError(f"unknown config field(s): {', '.join(sorted(unknown))}")
     values: dict[str, Any] = dict(model=model)
-    values.update(DATASET_PRESETS[dataset])
+    values.update(DATASET_PRESETS.get(dataset, {}))  # a registered file: the generic defaults
     values.update(MODEL_PRESETS[model])
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TALLConfig(**values)

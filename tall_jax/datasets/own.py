@@ -129,12 +129,14 @@ def register_dataset(path: str | Path, *, columns=None, min_rating: float | None
 
     Afterwards ``load_dataset(name)``, ``make_config(name, model)`` and ``run_experiment(name, ...)``
     accept it; its config preset is the generic TALL defaults (``TALLConfig``'s field values)."""
-    from tall_jax.configs import DATASET_PRESETS  # lazy: configs sits above the datasets layer
-
     spec = OwnData(Path(path), columns=columns, min_rating=min_rating, kcore=kcore)
     _REGISTRY[spec.name] = spec
-    DATASET_PRESETS.setdefault(spec.name, {})
     return spec.name
+
+
+def is_registered(name: str) -> bool:
+    """Whether ``name`` was made a dataset by :func:`register_dataset`."""
+    return str(name) in _REGISTRY
 
 
 def own_data(name: str | Path) -> OwnData | None:

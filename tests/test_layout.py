@@ -1,0 +1,114 @@
+"""The package's layers (README, "Layout"): every module imports only from its own layer or those to
+its left. Package facades (``__init__``) and command entry points (``__main__``) stand outside the
+layers: no module of the package imports them."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "tall_jax"
+
+# Left to right; a module takes the layer of its longest listed prefix.
+LAYERS = (
+    ("files", "cli", "plots", "checkpoint"),  # leaf utilities: no tall_jax import
+    ("datasets",),
+    ("protocol",),
+    ("batching",),
+    ("vae", "gate", "head", "weights", "precision", "metrics", "ranking", "objective", "optim",
+     "sharding", "configs"),  # model maths and the configuration it reads
+    ("state", "steps", "evaluation", "stopping"),
+    ("fit", "multirun", "baselines"),  # training loops, the local baselines' training
+    ("run", "baselines.experiment", "results", "identity", "paper", "two_tower"),  # experiments
+    ("report", "table2", "study", "two_tower.report", "two_tower.study", "two_tower.study_page",
+     "two_tower.plots"),  # pages and studies built from experiments
+)
+
+
+def _module(path: Path) -> str:
+    return ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+
+
+def _layer(module: str) -> int:
+    best, rank = -1, None
+    for i, names in enumerate(LAYERS):
+        for name in names:
+            if (module == name or module.startswith(name + ".")) and len(name) > best:
+                best, rank = len(name), i
+    if rank is None:
+        raise AssertionError(f"tall_jax.{module} has no layer in tests/test_layout.py: place it")
+    return rank
+
+
+def _is_module(name: str) -> bool:
+    path = PACKAGE.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def _type_checking_lines(tree: ast.Module) -> set[int]:
+    lines: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.body:
+                lines.update(range(child.lineno, child.end_lineno + 1))
+    return lines
+
+
+def imports(source: str, module: str, is_package: bool = False) -> list[tuple[int, str]]:
+    """(line, module inside tall_jax) of every runtime import in the ``source`` of ``module``, lazy
+    ones included, ``if TYPE_CHECKING:`` ones not; ``from pkg import sub`` counts as an import of
+    the submodule ``pkg.sub``."""
+    tree = ast.parse(source)
+    skip = _type_checking_lines(tree)
+    here = module.split(".")
+    package = here if is_package else here[:-1]
+    found = []
+    for node in ast.walk(tree):
+        if getattr(node, "lineno", None) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[:len(package) - node.level + 1] + ([node.module] if node.module else [])
+                base_name = ".".join(["tall_jax", *base])
+            else:
+                base_name = node.module or ""
+            names = [f"{base_name}.{a.name}" if _is_module(f"{base_name}.{a.name}"[len("tall_jax."):])
+                     else base_name for a in node.names]
+        else:
+            continue
+        found += [(node.lineno, n[len("tall_jax."):]) for n in names if n.startswith("tall_jax.")]
+    return sorted(found)
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    return imports(path.read_text(), _module(path), path.name == "__init__.py")
+
+
+MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.stem not in ("__init__", "__main__"))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: _module(p))
+def test_a_module_imports_only_from_its_left(path):
+    mine = _layer(_module(path))
+    wrong = [f"line {line}: {name} (layer {_layer(name)})" for line, name in _imports(path)
+             if _layer(name) > mine]
+    assert not wrong, f"tall_jax.{_module(path)} (layer {mine}) imports to its right: {'; '.join(wrong)}"
+
+
+def test_nothing_imports_an_entry_point():
+    users = [f"{_module(p)} line {line}" for p in PACKAGE.rglob("*.py") for line, name in _imports(p)
+             if name.endswith("__main__")]
+    assert not users, users
+
+
+def test_the_checker_sees_every_kind_of_import():
+    source = ("from tall_jax import fit\nfrom . import batching\nimport tall_jax.steps\n"
+              "if TYPE_CHECKING:\n    from tall_jax.report import Run\n"
+              "def f():\n    from tall_jax.baselines import local\n    from .datasets.own import x\n")
+    assert imports(source, "protocol") == [(1, "fit"), (2, "batching"), (3, "steps"),
+                                           (7, "baselines.local"), (8, "datasets.own")]
+    assert _layer("fit") > _layer("protocol")  # so the first import would fail the layout test
+    assert _layer("baselines.experiment") > _layer("baselines.local") > _layer("steps")
