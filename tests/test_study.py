@@ -81,12 +81,12 @@ def test_a_fork_waits_for_its_trunk_unless_it_can_start(tmp_path):
     trunk, fork = runner.plan(vs, [0], tmp_path, "ml-1m", 10)
     pending = {trunk.label, fork.label}
     assert runner.may_start(trunk, pending) and not runner.may_start(fork, pending)
-    assert runner.describe(fork) == "waits for tall/seed0 to reach epoch 40"
+    assert runner.standing(fork).text == "waits for tall/seed0 to reach epoch 40"
     assert runner.may_start(fork, {fork.label})  # the trunk is done without a kept checkpoint: from scratch
     kept = checkpoint.write_folder(state_lib.kept_dir(trunk.out_dir, 40) / state_lib.CHECKPOINT,
                                    {"state.msgpack": b"s", "best.msgpack": b"b", "progress.json": b"{}"})
     assert runner.may_start(fork, pending)
-    assert runner.describe(fork) == "not started; starts from tall/seed0 at epoch 40"
+    assert runner.standing(fork).text == "not started; starts from tall/seed0 at epoch 40"
     assert state_lib.fork_checkpoint(trunk.out_dir, 40, fork.out_dir)
     copied = fork.out_dir / state_lib.CHECKPOINT
     assert sorted(p.name for p in copied.iterdir()) == sorted(p.name for p in kept.iterdir())
@@ -235,5 +235,5 @@ def test_seconds_left_hand_worked(tmp_path):
         (15 * 10 + 20 * 10 + 1 * 10) / 2)
     vs = V.select(V.ablation_variants("ml-1m", 10), ["tall", "lmoe"])
     planned = {r.label: r for r in runner.plan(vs, [0], tmp_path, "ml-1m", 10)}
-    assert runner.epochs_done(planned["tall/seed0"]) == 0
-    assert runner.epochs_done(planned["lmoe/seed0"]) == 40  # it will start from tall's epoch 40
+    assert runner.standing(planned["tall/seed0"]).epochs == 0
+    assert runner.standing(planned["lmoe/seed0"]).epochs == 40  # it will start from tall's epoch 40

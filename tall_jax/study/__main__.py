@@ -22,7 +22,7 @@ from pathlib import Path
 from tall_jax.cli import HelpFormatter, Parser, show_progress_logs
 from tall_jax.configs import DATASET_PRESETS
 from tall_jax.study.analysis import collect, seconds_left
-from tall_jax.study.runner import describe, epochs_done, execute, plan, run_one
+from tall_jax.study.runner import execute, plan, run_one, standing
 from tall_jax.study.variants import STUDIES, ablation_variants, precision_variants, select
 from tall_jax.study.writeup import write_page
 
@@ -104,10 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.status:
             shown = [r for r in planned if r.variant.name in chosen]
             for r in shown:
-                print(f"{r.label:32s} {describe(r)}")
+                print(f"{r.label:32s} {standing(r).text}")
             print(f"{sum(r.done() for r in shown)} of {len(shown)} runs finished")
             runs = collect(_folders(variants, planned))
-            left = seconds_left([(r.variant.name, epochs_done(r)) for r in shown if not r.done()], runs,
+            left = seconds_left([(r.variant.name, standing(r).epochs) for r in shown if not r.done()], runs,
                                 args.jobs)
             if left:
                 print(f"about {left / 3600:.1f} h of training left with --jobs {args.jobs}, at the pace "

@@ -100,33 +100,30 @@ def may_start(run: Run, pending: set[str]) -> bool:
     return run.trunk.label not in pending
 
 
-def describe(run: Run) -> str:
-    """Where ``run`` stands, from its folder: finished, at which epoch, or how it will start."""
+@dataclasses.dataclass(frozen=True)
+class Standing:
+    """Where a run stands, read from its folder and its trunk's."""
+
+    text: str  # e.g. "checkpoint at epoch 55 (best 55)"
+    epochs: int  # epochs behind it: its own, or the trunk's fork epoch it will start from
+
+
+def standing(run: Run) -> Standing:
+    """Finished, at which checkpoint, or how it will start (from its trunk's checkpoint of the fork
+    epoch, kept or still to come, or from epoch 1)."""
     if run.done():
         res = json.loads((run.out_dir / "results.json").read_text())
-        return f"finished: best epoch {res['best_epoch']} of {res['epochs_run']}"
+        return Standing(f"finished: best epoch {res['best_epoch']} of {res['epochs_run']}", res["epochs_run"])
     progress = state_lib.checkpoint_progress(run.out_dir)
     if progress is not None:
-        return f"checkpoint at epoch {progress[0]} (best {progress[1]})"
+        return Standing(f"checkpoint at epoch {progress[0]} (best {progress[1]})", progress[0])
     if run.trunk is None:
-        return "not started"
+        return Standing("not started", 0)
     if state_lib.has_checkpoint(state_lib.kept_dir(run.trunk.out_dir, run.fork_epoch)):
-        return f"not started; starts from {run.trunk.label} at epoch {run.fork_epoch}"
+        return Standing(f"not started; starts from {run.trunk.label} at epoch {run.fork_epoch}", run.fork_epoch)
     if run.trunk.done():
-        return "not started; from epoch 1 (its trunk kept no checkpoint)"
-    return f"waits for {run.trunk.label} to reach epoch {run.fork_epoch}"
-
-
-def epochs_done(run: Run) -> int:
-    """Epochs ``run`` has behind it: its checkpoint's, or its trunk's fork epoch when it will start
-    from the trunk's checkpoint (kept, or still to come from a trunk that has not finished)."""
-    progress = state_lib.checkpoint_progress(run.out_dir)
-    if progress is not None:
-        return progress[0]
-    if run.trunk is not None and (not run.trunk.done() or state_lib.has_checkpoint(
-            state_lib.kept_dir(run.trunk.out_dir, run.fork_epoch))):
-        return run.fork_epoch
-    return 0
+        return Standing("not started; from epoch 1 (its trunk kept no checkpoint)", 0)
+    return Standing(f"waits for {run.trunk.label} to reach epoch {run.fork_epoch}", run.fork_epoch)
 
 
 def check_folder(run: Run, dataset: str, n_experts: int) -> None:
