@@ -91,6 +91,28 @@ def test_online_mixture_equals_the_gemm_mixture_of_the_gate(chunk, temperature):
     np.testing.assert_allclose(mix, head.mixture_logits(expected_g, z, w, b), rtol=RTOL, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind,temperature,chunk", [("loss", 1.0, 1), ("loss", 1.0, 3), ("route", 0.1, 2)])
+def test_gated_mixture_vjp_equals_autodiff_of_the_composition(kind, temperature, chunk):
+    # Cotangents on both outputs (the gate's own too), against autodiff of losses -> gate -> mixture
+    # built from the all-experts-at-once logits: checks the backward's softmax-VJP centre.
+    z, w, b, x, v = _random_head(6)
+    ks = jax.random.split(jax.random.PRNGKey(11))
+    cot = (jax.random.normal(ks[0], (B, M)), jax.random.normal(ks[1], (B, E)))
+    logits_fn = functools.partial(gate.validation_gate_logits, kind=kind, temperature=temperature)
+
+    def composed(z, w, b):
+        logits = jnp.einsum("ebd,edm->ebm", z, w) + b[:, None, :]
+        g = gate.validation_gate(gate.masked_validation_loss(logits, x, v).T, jnp.sum(v, -1),
+                                 kind=kind, temperature=temperature)
+        return gate.mix_logits(g, logits), g
+
+    out_ref, vjp_ref = jax.vjp(composed, z, w, b)
+    out_new, vjp_new = jax.vjp(lambda z, w, b: head.loss_gated_mixture(z, w, b, x, v, logits_fn, chunk),
+                               z, w, b)
+    _assert_trees_close(out_ref, out_new, atol=1e-5)
+    _assert_trees_close(vjp_ref(cot), vjp_new(cot), rtol=1e-4, atol=1e-4)
+
+
 # lmoe and wl share tall's and multvae's loss_fn (they differ in the weights passed in)
 MODELS = ["multvae", "moe", "uniform_moe", "tall"]
 
