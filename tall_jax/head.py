@@ -115,43 +115,31 @@ def _losses_scan(z, w, b, x, v, chunk, precision, gate_logits_fn=None):
     return loss.reshape(n_experts, batch), lse, mix_BxM
 
 
-def _backward_scan(z, w, b, x, v, lse, dloss_ExB, chunk, precision, gated=None):
+def _backward_scan(z, w, b, x, v, lse, dloss_ExB, chunk, precision, gate_ExB=None, dmix_BxM=None):
     """Gradients (dz, dW, db) of every expert's logits' cotangent dO_k, recomputed chunk by chunk:
 
         dO_ukm = dL_uk (|V_u| softmax_m(o_uk (1 - x_u))_m (1 - x_um) - v_um)  [+ g_uk dmix_um]
 
-    then dz_k = dO_k W_k^T, dW_k = z_k^T dO_k, db_k = sum_u dO_k. ``lse`` holds the forward's
-    chunked logsumexps. Without ``gated``, dL is ``dloss_ExB``. With ``gated`` (the loss-gated
-    mixture's backward: gate_logits_fn, g [E, B], L [E, B], the gate's own cotangent [E, B], the
-    softmax VJP's centre c [B] and dmix [B, M]), the bracket is added and each chunk forms its dL
-    itself from its recomputed logits:
-
-        dg_uk = <dmix_u, o_uk> + (cotangent of g)_uk,   dL_uk = g_uk (dg_uk - c_u) ds_uk/dL_uk."""
+    (the bracket when the mixture's cotangent is given), then dz_k = dO_k W_k^T, dW_k = z_k^T dO_k,
+    db_k = sum_u dO_k. ``lse`` holds the forward's chunked logsumexps."""
     n_valid_1xB, keep_1xBxM, in_v_1xBxM = _row_masks(x, v)
+    with_mixture = dmix_BxM is not None
 
     def body(_, pack):
-        z_c, w_c, b_c, lse_cxB = pack[:4]
+        z_c, w_c, b_c, lse_cxB, dloss_cxB = pack[:5]
         logits = _chunk_logits(z_c, w_c, b_c, precision)
-        if gated is None:
-            dloss_cxB = pack[4]
-        else:
-            gate_logits_fn, _, _, _, centre_B, dmix_BxM = gated
-            gate_cxB, loss_cxB, dgate_cxB = pack[4:]
-            dg_cxB = jnp.sum(logits * dmix_BxM[None], axis=-1) + dgate_cxB
-            _, logits_vjp = jax.vjp(lambda l_cxB: gate_logits_fn(l_cxB.T, n_valid_1xB[0]).T, loss_cxB)
-            (dloss_cxB,) = logits_vjp(gate_cxB * (dg_cxB - centre_B[None]))
         p = jnp.exp(jnp.where(keep_1xBxM, logits, 0.0) - lse_cxB[..., None])
         dlogits = (jnp.where(keep_1xBxM, (dloss_cxB * n_valid_1xB)[..., None] * p, 0.0)
                    - jnp.where(in_v_1xBxM, dloss_cxB[..., None], 0.0))
-        if gated is not None:
-            dlogits = dlogits + gate_cxB[..., None] * dmix_BxM[None]
+        if with_mixture:
+            dlogits = dlogits + pack[5][..., None] * dmix_BxM[None]
         dz = prec.einsum("cbm,cdm->cbd", dlogits, w_c, precision)
         dw = prec.einsum("cbd,cbm->cdm", z_c, dlogits, precision)
         return None, (dz, dw, jnp.sum(dlogits, axis=1))
 
-    per_expert = (z, w, b) + ((dloss_ExB,) if gated is None else tuple(gated[1:4]))
-    packs = tuple(_chunks(a, chunk) for a in per_expert[:3]) + (lse,) + tuple(
-        _chunks(a, chunk) for a in per_expert[3:])
+    packs = tuple(_chunks(a, chunk) for a in (z, w, b)) + (lse, _chunks(dloss_ExB, chunk))
+    if with_mixture:
+        packs = packs + (_chunks(gate_ExB, chunk),)
     _, (dz, dw, db) = jax.lax.scan(body, None, packs)
     unchunk = lambda a: a.reshape((-1,) + a.shape[2:])  # noqa: E731
     return unchunk(dz), unchunk(dw), unchunk(db)
@@ -177,14 +165,13 @@ def loss_gated_mixture(z_ExBxD: jax.Array, dec_w_ExDxM: jax.Array, dec_b_ExM: ja
     VJP for both.
 
     Forward: one scan over chunks of experts gives L and, online, the mixture (:func:`_losses_scan`).
-    Backward: one scan recomputes each chunk's logits and forms its decoder gradient once, from
+    Backward: each expert's decoder gradient is formed once, from
 
         dO_k = g_k dmix + dL_k dL/do_k,   dg_uk = <dmix_u, o_uk> + (cotangent of g)_uk,
-        dL_uk = g_uk (dg_uk - sum_j g_uj dg_uj) ds_uk/dL_uk   (softmax VJP, s = gate_logits_fn),
 
-    where sum_j g_uj dg_uj = <dmix_u, o_u> + sum_j g_uj (cotangent of g)_uj is known before the scan
-    and ds/dL is autodiff of ``gate_logits_fn`` on the chunk. Same value and gradient as composing
-    the two functions, with three [E d, M]-sized GEMMs fewer (the mixture's, its two gradients').
+    where dL comes from the gate's own VJP (autodiff of softmax . gate_logits_fn) and
+    <dmix_u, o_uk> = z_uk . (W_k dmix_u) + b_k . dmix_u is one GEMM. Same value and gradient as
+    composing the two functions, with two [E d, M]-sized GEMMs fewer.
     """
     return _gated_fwd(z_ExBxD, dec_w_ExDxM, dec_b_ExM, x_BxM, v_BxM, gate_logits_fn, chunk,
                       precision)[0]
@@ -197,19 +184,22 @@ def _gate_of(gate_logits_fn, loss_BxE, n_valid_B):
 def _gated_fwd(z, w, b, x, v, gate_logits_fn, chunk, precision):
     loss_ExB, lse, mix_BxM = _losses_scan(z, w, b, x, v, chunk, precision, gate_logits_fn)
     gate_BxE = _gate_of(gate_logits_fn, loss_ExB.T, jnp.sum(v, axis=-1))
-    return (mix_BxM, gate_BxE), (z, w, b, x, v, lse, loss_ExB, gate_BxE, mix_BxM)
+    return (mix_BxM, gate_BxE), (z, w, b, x, v, lse, loss_ExB, gate_BxE)
 
 
 def _gated_bwd(gate_logits_fn, chunk, precision, residuals, cotangents):
-    z, w, b, x, v, lse, loss_ExB, gate_BxE, mix_BxM = residuals
+    z, w, b, x, v, lse, loss_ExB, gate_BxE = residuals
     dmix_BxM, dgate_BxE = cotangents
-    # The softmax VJP's centre sum_k g_uk dg_uk needs every expert's dg_uk = <dmix_u, o_uk> + dgate_uk,
-    # but its mixture part is <dmix_u, sum_k g_uk o_uk> = <dmix_u, mix_u>: known before the scan, so
-    # each chunk forms its own dL from the logits it recomputes anyway (no [B, M] x [M, E d] GEMM).
-    centre_B = (jnp.sum(dmix_BxM * mix_BxM, axis=-1)
-                + jnp.sum(gate_BxE * dgate_BxE, axis=-1))
-    gated = (gate_logits_fn, gate_BxE.T, loss_ExB, dgate_BxE.T, centre_B, dmix_BxM)
-    grads = _backward_scan(z, w, b, x, v, lse, None, chunk, precision, gated=gated)
+    n_experts, batch, latent = z.shape
+    w_dmix_BxExD = prec.einsum("bm,km->bk", dmix_BxM, w.reshape(n_experts * latent, -1),
+                               precision).reshape(batch, n_experts, latent)
+    dgate_BxE = (dgate_BxE + jnp.einsum("bed,ebd->be", w_dmix_BxExD, z)
+                 + prec.einsum("bm,em->be", dmix_BxM, b, precision))
+    n_valid_B = jnp.sum(v, axis=-1)
+    _, gate_vjp = jax.vjp(lambda loss_BxE: _gate_of(gate_logits_fn, loss_BxE, n_valid_B), loss_ExB.T)
+    (dloss_BxE,) = gate_vjp(dgate_BxE)
+    grads = _backward_scan(z, w, b, x, v, lse, dloss_BxE.T, chunk, precision,
+                           gate_ExB=gate_BxE.T, dmix_BxM=dmix_BxM)
     return grads + (jnp.zeros_like(x), jnp.zeros_like(v))
 
 
