@@ -5,8 +5,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import jax
-import pytest
+# Tests run tiny shapes, where XLA's optimisation passes take most of the time: ask for few of them
+# (a third off the suite's time). Set before JAX is imported, so the programs the tests start in
+# child processes inherit it too; JAX_DISABLE_MOST_OPTIMIZATIONS=0 restores the full pipeline.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_disable_most_optimizations",
+                  os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"].lower() in ("1", "true", "yes"))
 
 # Silent broadcasting between arrays of different ranks is an error in every test (design.md).
 jax.config.update("jax_numpy_rank_promotion", "raise")
