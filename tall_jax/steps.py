@@ -109,7 +109,9 @@ def _forward_fused(params: Params, xn_BxM: jax.Array, x_BxM: jax.Array, v_BxM: j
     chunk = config.expert_chunk or head.auto_chunk(n_experts, *x_BxM.shape)
     decoder = (z_ExBxD, experts["dec_w"], experts["dec_b"])
     mask_BxM, target_BxM = gate_rows(x_BxM, v_BxM, config)
-    if config.gate in LOSS_GATE_KINDS and not config.gate_stop_gradient:
+    # a detached gate trains cheaper through the mixture GEMM (no gate VJP to form), but evaluation
+    # differentiates nothing, so it always takes the online mixture
+    if config.gate in LOSS_GATE_KINDS and not (config.gate_stop_gradient and train):
         gate_logits_fn = functools.partial(gate_lib.validation_gate_logits,
                                            kind=LOSS_GATE_KINDS[config.gate],
                                            temperature=config.gate_temperature)

@@ -185,6 +185,19 @@ def test_gate_gradient_through_validation_items_is_kept():
     assert float(jnp.max(jnp.abs(diff))) > 1e-6
 
 
+def test_detached_gate_evaluates_as_the_reference():
+    # evaluation takes the online mixture with gate_stop_gradient too (it differentiates nothing)
+    data = _data()
+    ref = _config("lmoe", forward_impl="reference", gate_stop_gradient=True)
+    params = state_lib.init(jax.random.PRNGKey(0), ref, N, M).params
+    batch = batching.make_batch(data, jnp.arange(B))
+    x, v = (batching.dense_rows(idx, M) for idx in (batch.train_idx, batch.valid_idx))
+    outs = [steps.forward(params, x, v, jax.random.PRNGKey(1), ref.replace(forward_impl=impl), train=False)
+            for impl in ("reference", "fused")]
+    for key in ("mix_BxM", "gate_BxE"):
+        np.testing.assert_allclose(outs[1][key], outs[0][key], rtol=RTOL, atol=1e-5)
+
+
 @pytest.mark.parametrize("model", ["tall", "moe", "multvae"])
 def test_fused_epoch_and_evaluation_match_reference(model):
     data = _data(1)
