@@ -23,6 +23,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,6 +47,7 @@ class Run:
     test: RankingSummary
     variant: str = ""  # how the run departs from the faithful configuration, e.g. "n_experts=10"
     users: tuple[int, ...] | None = None  # the evaluated users when the run covered only a subset
+    seconds: float | None = None  # training time: see :func:`run_seconds`
 
     @property
     def name(self) -> str:
@@ -81,6 +83,18 @@ class Run:
         return src[metric]
 
 
+def run_seconds(d: dict[str, Any]) -> float | None:
+    """A run's training time from its results: the sum of its epochs' seconds (training and
+    evaluation; a resumed or forked run counts every epoch of its history, start-up and compilation
+    not), else its wall time (runs without an epoch history: the local baselines); None without
+    either."""
+    history = d.get("history")
+    if isinstance(history, list) and history and all(isinstance(h, dict) and "seconds" in h for h in history):
+        return float(sum(float(h["seconds"]) for h in history))
+    wall = d.get("wall_time_s")
+    return float(wall) if isinstance(wall, (int, float)) else None
+
+
 def load_run(path: Path) -> Run:
     """Parse one results.json; raises ValueError naming the file and the problem."""
     try:
@@ -107,7 +121,7 @@ def load_run(path: Path) -> Run:
             raise ValueError(f"{path}: evaluated a user subset but {users_path.name} is missing beside it")
         users = tuple(int(u) for u in np.load(users_path))
     return Run(path, str(d["dataset"]), str(d["model"]), seed, str(d.get("split", "?")), test,
-               str(d.get("variant", "") or ""), users)
+               str(d.get("variant", "") or ""), users, run_seconds(d))
 
 
 def collect_runs(root: Path, skip_malformed: bool = False) -> list[Run]:

@@ -43,6 +43,7 @@ class Row:
     mean: tuple[float, ...]
     std: tuple[float, ...] | None
     note: str = ""  # reference rows: their source; improvement rows: how they were computed
+    seconds: tuple[float, ...] = ()  # "ours" rows: each seed's training time (empty if a run lacks it)
 
 
 def _order(names: Sequence[str], preferred: Sequence[str]) -> list[str]:
@@ -82,7 +83,9 @@ def build_rows(runs: Sequence[Run], metric: str = "ndcg@20",
             vals = np.array([[r.value(metric, c) for c in COLUMNS] for r in by_name[name]], np.float64)
             means[name] = tuple(vals.mean(0))
             std = tuple(vals.std(0, ddof=1)) if len(vals) >= 2 else None
-            rows.append(Row(ds, "ours", name, "", len(vals), means[name], std))
+            seconds = [r.seconds for r in by_name[name]]
+            rows.append(Row(ds, "ours", name, "", len(vals), means[name], std,
+                            seconds=() if None in seconds else tuple(seconds)))
             for source in references:
                 ref = paper.paper_row(ds, base[name], source)
                 if ref is not None and (source, base[name]) not in refs:
@@ -186,19 +189,34 @@ def _cell(row: Row, j: int) -> str:
     return f"{m:.4f} ± {row.std[j]:.4f}"
 
 
+def _seconds_cell(row: Row) -> str:
+    if not row.seconds:
+        return ""
+    mean = float(np.mean(row.seconds))
+    return f"{mean:,.0f}" + (f" ± {np.std(row.seconds, ddof=1):,.0f}" if len(row.seconds) > 1 else "")
+
+
+SECONDS_NOTE = ("Seconds per run: mean ± std over seeds of each run's training time, the sum of its "
+                "epochs' seconds (training and evaluation; a resumed run, or one started from another "
+                "run's checkpoint, counts every epoch of its history; start-up and compilation not), or "
+                "its wall time for runs without an epoch history (the local baselines). Taken on "
+                "whatever machine trained the run, often beside other jobs: a cost, not a benchmark.")
+
+
 def to_markdown(rows: Sequence[Row], metric: str, runs: Sequence[Run],
                 fairness: Sequence[Row] = ()) -> str:
     """Table 2 per dataset, each followed by its spread-over-groups table when ``fairness`` rows
     (:func:`fairness_rows`) are given."""
-    out = [f"# Table 2: test {metric}, mean ± std over seeds (ddof=1)", ""]
+    out = [f"# Table 2: test {metric}, mean ± std over seeds (ddof=1)", "", SECONDS_NOTE, ""]
     for ds in dict.fromkeys(r.dataset for r in rows):
         splits = sorted({r.split for r in runs if r.dataset == ds})
         out += [f"## {ds} (split: {', '.join(splits)})", "",
-                "| model | seeds | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
+                "| model | seeds | " + " | ".join(COLUMNS) + " | seconds per run |",
+                "|---|---|" + "---|" * len(COLUMNS) + "---:|"]
         for row in rows:
             if row.dataset == ds:
                 seeds = str(row.n_seeds) if row.kind == "ours" else ""
-                cells = [_cell(row, j) for j in range(len(COLUMNS))]
+                cells = [_cell(row, j) for j in range(len(COLUMNS))] + [_seconds_cell(row)]
                 out.append(f"| {_label(row)} | {seeds} | " + " | ".join(cells) + " |")
         out.append("")
         out += _fairness_markdown(fairness, ds, metric)
@@ -206,18 +224,23 @@ def to_markdown(rows: Sequence[Row], metric: str, runs: Sequence[Run],
 
 
 def write_csv(rows: Sequence[Row], path: Path, metric: str, columns: Sequence[str] = COLUMNS,
-              ids: Sequence[str] = ("dataset", "kind", "model", "vs", "note")) -> None:
+              ids: Sequence[str] = ("dataset", "kind", "model", "vs", "note"), seconds: bool = True) -> None:
     """One line per row: the ``ids`` fields, the metric, the seed count, then per value column its
-    mean and std at full precision (std empty without one). Table 2: ``columns=COLUMNS``; the spread
-    over groups: ``columns=FAIRNESS_KEYS`` without the ``vs`` id."""
+    mean and std at full precision (std empty without one), then (``seconds``) the mean and std of
+    the seconds per run. Table 2: ``columns=COLUMNS``; the spread over groups:
+    ``columns=FAIRNESS_KEYS`` without the ``vs`` id and the seconds."""
     header = [*ids, "metric", "n_seeds"]
     for c in columns:
         header += [c, f"{c}_std"]
-    lines: list[list[Any]] = [header]
+    lines: list[list[Any]] = [header + (["seconds", "seconds_std"] if seconds else [])]
     for r in rows:
         line: list[Any] = [getattr(r, k) for k in ids] + [metric, r.n_seeds if r.kind == "ours" else ""]
         for j in range(len(columns)):
             line += [repr(float(r.mean[j])), "" if r.std is None else repr(float(r.std[j]))]
+        if seconds:
+            line += ([repr(float(np.mean(r.seconds))),
+                      repr(float(np.std(r.seconds, ddof=1))) if len(r.seconds) > 1 else ""]
+                     if r.seconds else ["", ""])
         lines.append(line)
     buf = io.StringIO()
     csv.writer(buf).writerows(lines)
@@ -226,7 +249,7 @@ def write_csv(rows: Sequence[Row], path: Path, metric: str, columns: Sequence[st
 
 def write_fairness_csv(rows: Sequence[Row], path: Path, metric: str) -> None:
     """``fairness.csv``: :func:`write_csv` over the spread columns (max − min, low / high, std)."""
-    write_csv(rows, path, metric, FAIRNESS_KEYS, ("dataset", "kind", "model", "note"))
+    write_csv(rows, path, metric, FAIRNESS_KEYS, ("dataset", "kind", "model", "note"), seconds=False)
 
 
 def plot(rows: Sequence[Row], path: Path, metric: str) -> None:

@@ -28,7 +28,8 @@ def _write_run(root: Path, model: str, seed: int, values: tuple[float, ...], dat
     d.mkdir(parents=True)
     (d / "results.json").write_text(json.dumps({
         "dataset": dataset, "model": model, "seed": seed, "split": "authors", "test": test,
-        "settings": {}, "wall_time_s": 1.0}))
+        "settings": {}, "wall_time_s": 1.0 + seed,
+        "history": [{"epoch": e, "seconds": 10.0 * (seed + 1)} for e in (1, 2, 3)]}))
 
 
 RUNS = {  # model -> two seeds' rows (overall, low, med-low, medium, med-high, high)
@@ -67,6 +68,11 @@ def test_two_seed_table(tmp_path):
             assert float(ours[model][c]) == pytest.approx((a[j] + b[j]) / 2, rel=1e-12, abs=1e-15)
             assert float(ours[model][f"{c}_std"]) == pytest.approx(_hand_std(a[j], b[j]), rel=1e-9, abs=1e-15)
     assert ours["zeta"]["n_seeds"] == "1" and ours["zeta"]["overall_std"] == ""
+    # seconds per run: the sum of each seed's epoch times (30 s and 60 s), mean and std over seeds
+    assert float(ours["tall"]["seconds"]) == 45.0
+    assert float(ours["tall"]["seconds_std"]) == pytest.approx(_hand_std(30.0, 60.0))
+    assert ours["zeta"]["seconds"] == "30.0" and ours["zeta"]["seconds_std"] == ""
+    assert "| 45 ± 21 |" in (out / "table2.md").read_text()
     imp = {r["vs"]: r for r in rows if r["kind"] == "improvement"}
     assert set(imp) == {"multvae", "lft", "zeta"}
     for model in ("multvae", "lft"):
@@ -257,3 +263,10 @@ def test_fidelity_doc_anchors_exist_and_readme_points_to_it():
     readme = (root / "README.md").read_text()
     assert "shared/spec" not in readme and "../shared" not in readme
     assert 'jax[cuda12]' in readme and 'jax[tpu]' in readme
+
+
+def test_run_seconds_sums_the_epochs_else_takes_the_wall_time():
+    assert report.run_seconds({"history": [{"seconds": 1.5}, {"seconds": 2.0}], "wall_time_s": 99}) == 3.5
+    assert report.run_seconds({"wall_time_s": 7}) == 7.0  # a local baseline: no epoch history
+    assert report.run_seconds({"history": [{"epoch": 1}], "wall_time_s": 4.0}) == 4.0
+    assert report.run_seconds({}) is None
