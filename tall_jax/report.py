@@ -1,12 +1,12 @@
-"""The paper's Table 2 from a folder of runs: ``python -m tall_jax.report runs/ [--metric ndcg@20] [--out DIR]``.
+"""The paper's Table 2 from folders of runs: ``python -m tall_jax.report runs/ [MORE ...] [--metric ndcg@20] [--out DIR]``.
 
-Reads every ``results.json`` below the folder, at any depth, so both the run folders of the command
+Reads every ``results.json`` below the folders, at any depth, so both the run folders of the command
 line (``runs/<dataset>/<model>-E<E>-<hash>/seed<k>``) and older ones (``runs/<dataset>/<model>/seed<k>``)
 are found (``dataset``, ``model``, ``seed``, ``split``, ``test`` = ``RankingSummary.to_json()``; the row
 name is the model and its ``variant``), groups runs by (dataset, row name), and writes
 ``table2.md``, ``table2.csv`` and ``table2.png``: per model the mean ± std (ddof=1) over seeds of the test
 metric overall and per mainstream group (docs/fidelity.md#groups), the paper's row beside it (docs/fidelity.md#paper-numbers), and "TALL vs X"
-improvement rows (tall − x)/x·100 in %. A baseline evaluated on a user subset (LFT ``--users``; its
+improvement rows (tall − x)/x·100 in %, and each row's seconds per run (:func:`run_seconds`). A baseline evaluated on a user subset (LFT ``--users``; its
 ``evaluated_users.npy``) is compared with TALL's per-user results (``per_user_test.npz``) on the same
 users, so both sides of that row average over one user set.
 
@@ -152,9 +152,11 @@ def collect_runs(root: Path, skip_malformed: bool = False) -> list[Run]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tall_jax.report", description=__doc__.splitlines()[0])
-    ap.add_argument("runs", type=Path, help="folder searched recursively for results.json")
+    ap.add_argument("runs", type=Path, nargs="+",
+                    help="folder(s) searched recursively for results.json (e.g. runs/ml-1m and a study's "
+                         "runs/studies/ml-1m/E100)")
     ap.add_argument("--metric", default="ndcg@20", help="test metric to tabulate (default ndcg@20)")
-    ap.add_argument("--out", type=Path, default=None, help="output folder (default: the runs folder)")
+    ap.add_argument("--out", type=Path, default=None, help="output folder (default: the first runs folder)")
     ap.add_argument("--reference", nargs="+", choices=["paper", "lft_repo", "none"], default=["paper"],
                     help="reference rows, one or more: the TALL paper (docs/fidelity.md#paper-numbers), the LFT repo (docs/fidelity.md#lft-repo-numbers), "
                          "or none (the plot's ticks show the first)")
@@ -163,15 +165,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     reference = [r for r in dict.fromkeys(args.reference) if r != "none"] or None
     try:
-        runs = collect_runs(args.runs, args.skip_malformed)
+        runs = [r for root in args.runs for r in collect_runs(root, args.skip_malformed)]
         if not runs:
-            raise FileNotFoundError(f"no readable results.json under {args.runs}")
+            raise FileNotFoundError(f"no readable results.json under {', '.join(map(str, args.runs))}")
         rows = build_rows(runs, args.metric, reference)
         fair = fairness_rows(runs, args.metric, reference)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = args.out or args.runs
+    out = args.out or args.runs[0]
     out.mkdir(parents=True, exist_ok=True)
     md = to_markdown(rows, args.metric, runs, fair)
     atomic_write_text(out / "table2.md", md)

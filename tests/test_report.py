@@ -270,3 +270,11 @@ def test_run_seconds_sums_the_epochs_else_takes_the_wall_time():
     assert report.run_seconds({"wall_time_s": 7}) == 7.0  # a local baseline: no epoch history
     assert report.run_seconds({"history": [{"epoch": 1}], "wall_time_s": 4.0}) == 4.0
     assert report.run_seconds({}) is None
+
+
+def test_report_reads_several_folders(tmp_path):
+    _write_run(tmp_path / "a", "tall", 0, (0.4,) * 6)
+    _write_run(tmp_path / "b", "tall", 1, (0.5,) * 6)
+    assert report.main([str(tmp_path / "a"), str(tmp_path / "b"), "--no-plot"]) == 0
+    ours = [r for r in _read_csv(tmp_path / "a" / "table2.csv") if r["kind"] == "ours"]
+    assert [(r["model"], r["n_seeds"], float(r["overall"])) for r in ours] == [("tall", "2", pytest.approx(0.45))]
