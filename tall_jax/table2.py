@@ -45,6 +45,13 @@ class Row:
     note: str = ""  # reference rows: their source; improvement rows: how they were computed
     seconds: tuple[float, ...] = ()  # "ours" rows: each seed's training time (empty if a run lacks it)
 
+    def seconds_mean_std(self) -> tuple[float, float | None] | None:
+        """Mean and std (ddof=1; None for one seed) of the seconds per run; None without them."""
+        if not self.seconds:
+            return None
+        std = float(np.std(self.seconds, ddof=1)) if len(self.seconds) > 1 else None
+        return float(np.mean(self.seconds)), std
+
 
 def _order(names: Sequence[str], preferred: Sequence[str]) -> list[str]:
     known = [n for n in preferred if n in names]
@@ -190,10 +197,11 @@ def _cell(row: Row, j: int) -> str:
 
 
 def _seconds_cell(row: Row) -> str:
-    if not row.seconds:
+    summary = row.seconds_mean_std()
+    if summary is None:
         return ""
-    mean = float(np.mean(row.seconds))
-    return f"{mean:,.0f}" + (f" ± {np.std(row.seconds, ddof=1):,.0f}" if len(row.seconds) > 1 else "")
+    mean, std = summary
+    return f"{mean:,.0f}" + (f" ± {std:,.0f}" if std is not None else "")
 
 
 SECONDS_NOTE = ("Seconds per run: mean ± std over seeds of each run's training time, the sum of its "
@@ -238,9 +246,9 @@ def write_csv(rows: Sequence[Row], path: Path, metric: str, columns: Sequence[st
         for j in range(len(columns)):
             line += [repr(float(r.mean[j])), "" if r.std is None else repr(float(r.std[j]))]
         if seconds:
-            line += ([repr(float(np.mean(r.seconds))),
-                      repr(float(np.std(r.seconds, ddof=1))) if len(r.seconds) > 1 else ""]
-                     if r.seconds else ["", ""])
+            summary = r.seconds_mean_std()
+            line += ["", ""] if summary is None else [repr(summary[0]),
+                                                      "" if summary[1] is None else repr(summary[1])]
         lines.append(line)
     buf = io.StringIO()
     csv.writer(buf).writerows(lines)
