@@ -61,6 +61,16 @@ def _pm(m: float, s: float, fmt: str = "{:.4f}") -> str:
     return f"{fmt.format(m)} ± {fmt.format(s).lstrip('+')}"
 
 
+def _pm_finite(v, spread: bool) -> str:
+    """:func:`_pm` of the mean and, with ``spread``, the std (ddof=1; NaN for one value) over the
+    finite values of ``v``; "–" without one (a territory or title no seed could score)."""
+    v = np.asarray(v, np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return "–"
+    return _pm(float(v.mean()), (float(v.std(ddof=1)) if v.size > 1 else float("nan")) if spread else 0.0)
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -126,7 +136,7 @@ def build_page(runs: list[dict[str, Any]], metas: list[dict[str, Any]], args, co
             cells = [n] + (extra(k) if extra else [])
             for m in models:
                 v = _day_mean(stack[level][m])[:, k]
-                cells.append(_pm(np.nanmean(v), np.nanstd(v, ddof=1) if len(v) > 1 else 0.0))
+                cells.append(_pm_finite(v, spread=len(v) > 1))
             rows.append(cells)
         return rows
 
@@ -169,9 +179,10 @@ def build_page(runs: list[dict[str, Any]], metas: list[dict[str, Any]], args, co
     for c_i, c in enumerate(cases):
         cells = [c["name"]]
         for m in models:
-            cells.append(_pm(np.nanmean(t_ap[m][:, c_i]), np.nanstd(t_ap[m][:, c_i], ddof=1) if len(runs) > 1 else 0))
+            cells.append(_pm_finite(t_ap[m][:, c_i], spread=len(runs) > 1))
         for m in models:
-            cells.append(f"{np.nanmean(t_mean[m][:, c_i]):.4f}")
+            finite = t_mean[m][:, c_i][np.isfinite(t_mean[m][:, c_i])]
+            cells.append(f"{finite.mean():.4f}" if finite.size else "–")
         rows.append(cells)
     out += ["Title-level AP (mean ± std over seeds) and mean predicted propensity:", "",
             _table(["title", *[f"AP {h}" for h in mheads], *[f"mean score {h}" for h in mheads]], rows), ""]
