@@ -225,6 +225,16 @@ def test_aim_hand_worked():
     assert analysis.aim(low, tall, lmoe).below_reference == ("low",) and not analysis.aim(low, tall, lmoe).met
     assert not analysis.aim(good[:1], tall, lmoe).met  # one seed has no spread
     assert analysis.aim(good, tall, []) is None
+    # F = (.0007 / .0014)^2 = 1/4 on (1, 1) degrees of freedom, whose CDF is (2 / pi) arctan(sqrt x)
+    assert a.spread_p == pytest.approx(2 * (2 / np.pi) * np.arctan(0.5), rel=1e-3)
+
+
+def test_variance_ratio_p_hand_worked():
+    # On (2, 2) degrees of freedom the F distribution's CDF is x / (1 + x): F = 3 gives p = 2 / 4
+    a, b = [0.0, 1.0, 2.0], [0.0, 3 ** -0.5, 2 * 3 ** -0.5]  # variances 1 and 1/3
+    assert analysis.variance_ratio_p(a, b) == pytest.approx(0.5)
+    assert analysis.variance_ratio_p(b, a) == pytest.approx(0.5)
+    assert np.isnan(analysis.variance_ratio_p([1.0], b)) and np.isnan(analysis.variance_ratio_p([1.0, 1.0], b))
 
 
 def test_seconds_left_hand_worked(tmp_path):

@@ -11,7 +11,8 @@ Significance. Against the reference (faithful TALL), over the seeds both variant
 - over users: each user's NDCG@20 difference, averaged over the common seeds, tested with the
   Wilcoxon signed-rank test (two-sided) within each group;
 - over seeds: the per-seed group means, paired by seed, tested with a paired t-test.
-Neither is corrected for the number of variants compared; the page says so.
+Neither is corrected for the number of variants compared; the page says so. The aim's spread
+comparison comes with the F-test of equal variances over seeds (:func:`variance_ratio_p`).
 """
 from __future__ import annotations
 
@@ -140,6 +141,7 @@ class Aim:
     low_vs_rival: float  # its mean low-group score minus the rival's
     spread: float  # std over seeds of its overall score
     rival_spread: float
+    spread_p: float = float("nan")  # :func:`variance_ratio_p` of the two spreads
 
     @property
     def met(self) -> bool:
@@ -156,7 +158,23 @@ def aim(runs: list[RunSummary], reference: list[RunSummary], rival: list[RunSumm
     mine, ref, riv = ({c: [b[s].best[c] for s in common] for c in COLUMNS} for b in by_seed)
     below = tuple(c for c in COLUMNS if np.mean(mine[c]) <= np.mean(ref[c]))
     return Aim(len(common), below, float(np.mean(mine["low"]) - np.mean(riv["low"])),
-               mean_std(mine["overall"])[1], mean_std(riv["overall"])[1])
+               mean_std(mine["overall"])[1], mean_std(riv["overall"])[1],
+               variance_ratio_p(mine["overall"], riv["overall"]))
+
+
+def variance_ratio_p(a: list[float], b: list[float]) -> float:
+    """Two-sided p-value of the F-test that ``a`` and ``b`` come from equal variances:
+    F = s_a^2 / s_b^2 on (n_a - 1, n_b - 1) degrees of freedom, p = min(1, 2 min(P(X <= F), P(X >= F))).
+    NaN below two values or with a zero variance. With 3-5 seeds it tells how little a spread
+    ordering can mean; it assumes independent seeds, which runs started from one trunk are not quite."""
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    var_a, var_b = float(np.var(a, ddof=1)), float(np.var(b, ddof=1))
+    if var_a == 0.0 or var_b == 0.0:
+        return float("nan")
+    dist = scipy.stats.f(len(a) - 1, len(b) - 1)
+    ratio = var_a / var_b
+    return float(min(1.0, 2.0 * min(dist.cdf(ratio), dist.sf(ratio))))
 
 
 def seconds_left(todo: list[tuple[str, int]], runs: dict[str, list[RunSummary]], jobs: int) -> float | None:

@@ -60,7 +60,8 @@ def paired_table(variants: list[Variant], runs: dict[str, list[RunSummary]], ref
 def aim_table(variants: list[Variant], runs: dict[str, list[RunSummary]], reference: str,
               rival: str) -> list[str]:
     lines = [f"| variant | seeds | columns not above `{reference}` | low minus `{rival}` | "
-             f"std over seeds (overall) | `{rival}`'s std | meets the aim |", "|---|---:|---|---:|---:|---:|---|"]
+             f"std over seeds (overall) | `{rival}`'s std | F-test p (equal spreads) | meets the aim |",
+             "|---|---:|---|---:|---:|---:|---:|---|"]
     for v in variants:
         if v.name in (reference, rival) or not runs.get(v.name):
             continue
@@ -71,7 +72,7 @@ def aim_table(variants: list[Variant], runs: dict[str, list[RunSummary]], refere
         verdict = "yes" if a.met else ("needs 2+ seeds" if a.n_seeds < 2 else "no")
         below = "all" if len(a.below_reference) == len(COLUMNS) else ", ".join(a.below_reference) or "none"
         lines.append(f"| {v.name} | {a.n_seeds} | {below} | "
-                     f"{a.low_vs_rival:+.4f} | {spread[0]} | {spread[1]} | {verdict} |")
+                     f"{a.low_vs_rival:+.4f} | {spread[0]} | {spread[1]} | {_p(a.spread_p)} | {verdict} |")
     return lines
 
 
@@ -203,7 +204,9 @@ def write_page(out: Path, *, study: str, command: str, dataset: str, n_experts: 
         lines += ["", "## Against the improved preset's aim", "",
                   f"The aim: a mean above `{reference}`'s in every column, ahead of `{rival}` on the low group, "
                   f"and a seed spread (std over seeds of the overall score) no larger than `{rival}`'s; "
-                  "over the seeds the three runs share.", ""]
+                  "over the seeds the three runs share. The F-test's p-value says how much the two "
+                  "spreads' order can be trusted with this many seeds (it assumes independent seeds; "
+                  "runs started from one trunk share their first epochs).", ""]
         lines += aim_table(main, runs, reference, rival)
     lines += ["", "## Model selection: best epoch vs smoothed", "",
               "Best: the epoch with the best validation score (the authors' rule). Smoothed: the centre of the "
