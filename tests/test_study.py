@@ -247,23 +247,3 @@ def test_seconds_left_hand_worked(tmp_path):
     planned = {r.label: r for r in runner.plan(vs, [0], tmp_path, "ml-1m", 10)}
     assert runner.standing(planned["tall/seed0"]).epochs == 0
     assert runner.standing(planned["lmoe/seed0"]).epochs == 40  # it will start from tall's epoch 40
-
-
-def test_each_job_gets_a_core_of_its_own(monkeypatch):
-    monkeypatch.setattr(runner.os, "sched_getaffinity", lambda pid: {3, 1}, raising=False)
-    monkeypatch.setattr(runner.os, "sched_setaffinity", lambda pid, cores: None, raising=False)
-    assert runner.job_cores(2) == [1, 3]
-    assert runner.job_cores(3) == []  # more runs than cores: they share them
-    assert runner.job_cores(1) == []  # one run keeps every core (XLA's own threads)
-    assert runner._child_setup(0, None) is None
-
-
-@pytest.mark.skipif(not hasattr(runner.os, "sched_setaffinity"), reason="the OS cannot pin processes")
-def test_a_pinned_child_runs_on_its_core():
-    import subprocess
-    import sys
-
-    core = max(runner.os.sched_getaffinity(0))
-    out = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
-                         capture_output=True, text=True, check=True, preexec_fn=runner._child_setup(0, core))
-    assert out.stdout.strip() == f"[{core}]"

@@ -8,8 +8,8 @@ from the one asked for is refused, never overwritten.
 
 Why processes: every run gets its own memory and a clean XLA; and on a CPU two single-threaded
 runs side by side finish more work than one two-threaded run (XLA keeps ~1.3 of 2 cores busy on
-these shapes; measured 1.4x the throughput on ML-1M, E = 10), so ``jobs`` > 1 asks each run for one
-thread and pins it to a core of its own (:func:`job_cores`). Results do not depend on the thread count (same losses, bit for bit, in that measurement).
+these shapes; measured 1.4x the throughput on ML-1M, E = 10), so ``jobs`` > 1 pins each run to one
+thread. Results do not depend on the thread count (same losses, bit for bit, in that measurement).
 
 A variant with a trunk (:mod:`tall_jax.study.variants`) waits while its trunk of the same seed is
 still to train; the trunk keeps its checkpoint of the fork epoch T, the variant starts from a copy
@@ -163,8 +163,7 @@ def execute(runs: list[Run], *, dataset: str, n_experts: int, data_dir: str | No
     env = dict(os.environ)
     if jobs > 1:
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + SINGLE_THREAD_XLA).strip()
-    cores = job_cores(jobs)
-    running: dict[str, tuple[subprocess.Popen, Any, float, int | None]] = {}
+    running: dict[str, tuple[subprocess.Popen, Any, float]] = {}
     # a SIGTERM (kill, a stopped session) unwinds like Ctrl-C, so the children are stopped too
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     failed: list[str] = []
@@ -187,14 +186,13 @@ def execute(runs: list[Run], *, dataset: str, n_experts: int, data_dir: str | No
                 log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {started}\n")
                 log.flush()
                 bar.write(f"{time.strftime('%H:%M:%S')} started {started}")
-                core = next((c for c in cores if c not in {r[3] for r in running.values()}), None)
                 proc = subprocess.Popen(child_command(run, dataset, n_experts, data_dir), stdout=log,
                                         stderr=subprocess.STDOUT, env=env,
-                                        preexec_fn=_child_setup(nice, core))
-                running[run.label] = (proc, log, time.time(), core)
+                                        preexec_fn=(lambda: os.nice(nice)) if nice else None)
+                running[run.label] = (proc, log, time.time())
             bar.set_postfix_str(", ".join(running), refresh=True)
             time.sleep(2.0)
-            for label, (proc, log, began, _) in list(running.items()):
+            for label, (proc, log, began) in list(running.items()):
                 if proc.poll() is None:
                     continue
                 log.close()
@@ -208,37 +206,13 @@ def execute(runs: list[Run], *, dataset: str, n_experts: int, data_dir: str | No
                     bar.write(f"{time.strftime('%H:%M:%S')} finished {label} in {minutes}")
                 bar.update(1)
     finally:
-        for proc, log, _, _ in running.values():  # interrupted: the runs resume next time
+        for proc, log, _ in running.values():  # interrupted: the runs resume next time
             proc.terminate()
             proc.wait()
             log.close()
         signal.signal(signal.SIGTERM, previous)
         bar.close()
     return failed
-
-
-def job_cores(jobs: int) -> list[int]:
-    """The cores the ``jobs`` runs are pinned to, one each: this process's CPUs when there are at
-    least ``jobs`` of them (and the OS can pin), else none ([]: the runs share every core). Even with
-    the single-thread flags XLA:CPU keeps two busy threads per process, so two unpinned runs put
-    four threads on two cores; pinned, each run's thread pool sees its one core."""
-    if jobs < 2 or not hasattr(os, "sched_setaffinity"):
-        return []
-    cores = sorted(os.sched_getaffinity(0))
-    return cores if len(cores) >= jobs else []
-
-
-def _child_setup(nice: int, core: int | None):
-    """The child's preexec_fn: its niceness and its core (None when there is nothing to set)."""
-    if not nice and core is None:
-        return None
-
-    def setup() -> None:
-        if nice:
-            os.nice(nice)
-        if core is not None:
-            os.sched_setaffinity(0, {core})
-    return setup
 
 
 def run_one(dataset: str, n_experts: int, variant: Variant, seed: int, out_dir: str | Path,
