@@ -61,11 +61,16 @@ def _pm(m: float, s: float, fmt: str = "{:.4f}") -> str:
     return f"{fmt.format(m)} ± {fmt.format(s).lstrip('+')}"
 
 
+def _finite(v) -> np.ndarray:
+    """The finite values of ``v`` (a territory or title a seed could not score is NaN)."""
+    v = np.asarray(v, np.float64)
+    return v[np.isfinite(v)]
+
+
 def _pm_finite(v, spread: bool) -> str:
     """:func:`_pm` of the mean and, with ``spread``, the std (ddof=1; NaN for one value) over the
-    finite values of ``v``; "–" without one (a territory or title no seed could score)."""
-    v = np.asarray(v, np.float64)
-    v = v[np.isfinite(v)]
+    finite values of ``v``; "–" without one."""
+    v = _finite(v)
     if v.size == 0:
         return "–"
     return _pm(float(v.mean()), (float(v.std(ddof=1)) if v.size > 1 else float("nan")) if spread else 0.0)
@@ -181,7 +186,7 @@ def build_page(runs: list[dict[str, Any]], metas: list[dict[str, Any]], args, co
         for m in models:
             cells.append(_pm_finite(t_ap[m][:, c_i], spread=len(runs) > 1))
         for m in models:
-            finite = t_mean[m][:, c_i][np.isfinite(t_mean[m][:, c_i])]
+            finite = _finite(t_mean[m][:, c_i])
             cells.append(f"{finite.mean():.4f}" if finite.size else "–")
         rows.append(cells)
     out += ["Title-level AP (mean ± std over seeds) and mean predicted propensity:", "",
