@@ -1,6 +1,6 @@
 """The package's layers (README, "Layout"): every module imports only from its own layer or those to
-its left. Package facades (``__init__``) and command entry points (``__main__``) stand outside the
-layers: no module of the package imports them."""
+its left. Package facades (``__init__``) and command entry points (``__main__``) are not checked;
+no module of the package imports a ``__main__``."""
 from __future__ import annotations
 
 import ast
@@ -75,7 +75,8 @@ def imports(source: str, module: str, is_package: bool = False) -> list[tuple[in
                 base_name = ".".join(["tall_jax", *base])
             else:
                 base_name = node.module or ""
-            names = [f"{base_name}.{a.name}" if _is_module(f"{base_name}.{a.name}"[len("tall_jax."):])
+            inside = base_name.startswith("tall_jax.") or base_name == "tall_jax"
+            names = [f"{base_name}.{a.name}" if inside and _is_module(f"{base_name}.{a.name}"[len("tall_jax."):])
                      else base_name for a in node.names]
         else:
             continue
