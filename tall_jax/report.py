@@ -4,13 +4,13 @@ Reads every ``results.json`` below the folders, at any depth, so both the run fo
 line (``runs/<dataset>/<model>-E<E>-<hash>/seed<k>``) and older ones (``runs/<dataset>/<model>/seed<k>``)
 are found (``dataset``, ``model``, ``seed``, ``split``, ``test`` = ``RankingSummary.to_json()``; the row
 name is the model and its ``variant``), groups runs by (dataset, row name), and writes
-``table2.md``, ``table2.csv`` and ``table2.png``: per model the mean ± std (ddof=1) over seeds of the test
+``table2.md``, ``table2.csv`` and ``table2.png`` (``--name`` changes the stem): per model the mean ± std (ddof=1) over seeds of the test
 metric overall and per mainstream group (docs/fidelity.md#groups), the paper's row beside it (docs/fidelity.md#paper-numbers), and "TALL vs X"
 improvement rows (tall − x)/x·100 in %, and each row's seconds per run (:func:`run_seconds`). A baseline evaluated on a user subset (LFT ``--users``; its
 ``evaluated_users.npy``) is compared with TALL's per-user results (``per_user_test.npz``) on the same
 users, so both sides of that row average over one user set.
 
-Below each dataset's table, the spread of the metric over the five groups (``fairness.csv`` too): per
+Below each dataset's table, the spread of the metric over the five groups (``table2_fairness.csv`` too): per
 run max − min, low / high and the std over the groups (:func:`tall_jax.metrics.group_fairness`), then
 mean ± std over seeds; the reference rows get the spread of the reference's own group values. This
 module finds and reads the runs; the rows and their Markdown / CSV / PNG forms are :mod:`tall_jax.table2`.
@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -150,6 +152,14 @@ def collect_runs(root: Path, skip_malformed: bool = False) -> list[Run]:
     return runs
 
 
+def produced_by(argv: Sequence[str] | None, runs: Sequence[Run]) -> str:
+    """The page's provenance line: the command, the date, and how many runs it read."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    command = " ".join(["python -m tall_jax.report", *map(shlex.quote, args)])
+    return (f"Produced by `{command}` on {datetime.date.today().isoformat()} from {len(runs)} "
+            f"results.json (each records its settings and environment).")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tall_jax.report", description=__doc__.splitlines()[0])
     ap.add_argument("runs", type=Path, nargs="+",
@@ -157,11 +167,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "runs/studies/ml-1m/E100)")
     ap.add_argument("--metric", default="ndcg@20", help="test metric to tabulate (default ndcg@20)")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default: the first runs folder)")
+    ap.add_argument("--name", default="table2", metavar="STEM",
+                    help="file stem of the outputs: STEM.md, STEM.csv, STEM_fairness.csv, STEM.png "
+                         "(default table2; e.g. --out docs/results --name ml1m_table2)")
     ap.add_argument("--reference", nargs="+", choices=["paper", "lft_repo", "none"], default=["paper"],
                     help="reference rows, one or more: the TALL paper (docs/fidelity.md#paper-numbers), the LFT repo (docs/fidelity.md#lft-repo-numbers), "
                          "or none (the plot's ticks show the first)")
     ap.add_argument("--skip-malformed", action="store_true", help="warn about bad results.json and go on")
-    ap.add_argument("--no-plot", action="store_true", help="skip table2.png")
+    ap.add_argument("--no-plot", action="store_true", help="skip the plot (STEM.png)")
     args = ap.parse_args(argv)
     reference = [r for r in dict.fromkeys(args.reference) if r != "none"] or None
     try:
@@ -173,17 +186,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if not args.name or Path(args.name).name != args.name:
+        print(f"error: --name must be a plain file stem, got {args.name!r}", file=sys.stderr)
+        return 2
     out = args.out or args.runs[0]
     out.mkdir(parents=True, exist_ok=True)
-    md = to_markdown(rows, args.metric, runs, fair)
-    atomic_write_text(out / "table2.md", md)
-    write_csv(rows, out / "table2.csv", args.metric)
-    write_fairness_csv(fair, out / "fairness.csv", args.metric)
+    paths = {kind: out / f"{args.name}{kind}" for kind in (".md", ".csv", "_fairness.csv", ".png")}
+    md = to_markdown(rows, args.metric, runs, fair, produced_by=produced_by(argv, runs))
+    atomic_write_text(paths[".md"], md)
+    write_csv(rows, paths[".csv"], args.metric)
+    write_fairness_csv(fair, paths["_fairness.csv"], args.metric)
     if not args.no_plot:
-        plot(rows, out / "table2.png", args.metric)
+        plot(rows, paths[".png"], args.metric)
     print(md)
-    print(f"wrote {out / 'table2.md'}, {out / 'table2.csv'}, {out / 'fairness.csv'}"
-          + ("" if args.no_plot else f", {out / 'table2.png'}"))
+    print("wrote " + ", ".join(str(p) for kind, p in paths.items() if not (kind == ".png" and args.no_plot)))
     return 0
 
 

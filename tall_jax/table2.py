@@ -212,10 +212,12 @@ SECONDS_NOTE = ("Seconds per run: mean ± std over seeds of each run's training 
 
 
 def to_markdown(rows: Sequence[Row], metric: str, runs: Sequence[Run],
-                fairness: Sequence[Row] = ()) -> str:
+                fairness: Sequence[Row] = (), produced_by: str = "") -> str:
     """Table 2 per dataset, each followed by its spread-over-groups table when ``fairness`` rows
-    (:func:`fairness_rows`) are given."""
-    out = [f"# Table 2: test {metric}, mean ± std over seeds (ddof=1)", "", SECONDS_NOTE, ""]
+    (:func:`fairness_rows`) are given; ``produced_by``: a line that says how the page was made."""
+    out = [f"# Table 2: test {metric}, mean ± std over seeds (ddof=1)", ""]
+    out += [produced_by, ""] if produced_by else []
+    out += [SECONDS_NOTE, ""]
     for ds in dict.fromkeys(r.dataset for r in rows):
         splits = sorted({r.split for r in runs if r.dataset == ds})
         out += [f"## {ds} (split: {', '.join(splits)})", "",

@@ -101,6 +101,23 @@ def test_other_metric_has_no_paper_rows(tmp_path):
     assert not (tmp_path / "table2.png").exists()
 
 
+def test_name_and_provenance(tmp_path, capsys):
+    """--name sets the files' stem; the page says which command made it, from how many runs."""
+    runs = tmp_path / "runs"
+    for seed, vals in enumerate(RUNS["tall"]):
+        _write_run(runs, "tall", seed, vals)
+    out = tmp_path / "docs"
+    assert report.main([str(runs), "--out", str(out), "--name", "ml1m_table2", "--no-plot"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["ml1m_table2.csv", "ml1m_table2.md",
+                                                      "ml1m_table2_fairness.csv"]
+    md = (out / "ml1m_table2.md").read_text()
+    assert (f"Produced by `python -m tall_jax.report {runs} --out {out} --name ml1m_table2 --no-plot` on "
+            in md) and "from 2 results.json" in md
+    capsys.readouterr()
+    assert report.main([str(runs), "--name", "a/b"]) == 2
+    assert "--name must be a plain file stem" in capsys.readouterr().err
+
+
 def test_errors_name_the_file(tmp_path, capsys):
     assert report.main([str(tmp_path)]) == 2
     assert "no results.json found" in capsys.readouterr().err
@@ -213,13 +230,13 @@ def test_subset_run_is_compared_with_tall_on_the_same_users_and_two_reference_so
 
 
 def test_fairness_rows_hand_worked(tmp_path):
-    """Spread of NDCG@20 over the groups per run, then mean ± std over seeds, in fairness.csv and the
+    """Spread of NDCG@20 over the groups per run, then mean ± std over seeds, in table2_fairness.csv and the
     markdown; the paper row gets the spread of the paper's own group values."""
     runs = tmp_path / "runs"
     for seed, vals in enumerate(RUNS["tall"]):
         _write_run(runs, "tall", seed, vals)
     assert report.main([str(runs), "--no-plot"]) == 0
-    rows = {r["kind"]: r for r in _read_csv(runs / "fairness.csv")}
+    rows = {r["kind"]: r for r in _read_csv(runs / "table2_fairness.csv")}
     ours, ref = rows["ours"], rows["paper"]
     # seed 0: groups .30 .35 .40 .45 .50 -> max-min .20, low/high .6, std sqrt(mean(.1², .05², 0, .05², .1²))
     # seed 1: groups .32 .33 .42 .47 .56 -> max-min .24, low/high .32/.56

@@ -95,7 +95,7 @@ def test_report_reads_new_and_old_run_folders(runs, tmp_path, capsys):
     table = (mixed / "table2.md").read_text()
     assert "| multvae [patience=1, max_epochs=2] |" in table and "| tall [n_experts=2, patience=1, max_epochs=2] |" in table
     assert report.main([str(root), "--out", str(tmp_path / "all")]) == 0
-    for name in ("table2.md", "table2.csv", "fairness.csv", "table2.png"):
+    for name in ("table2.md", "table2.csv", "table2_fairness.csv", "table2.png"):
         assert (tmp_path / "all" / name).is_file()
     text = (tmp_path / "all" / "table2.md").read_text()
     assert all(f"| {m}" in text for m in MODELS + BASELINES)
