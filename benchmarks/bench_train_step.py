@@ -413,7 +413,7 @@ def main(argv=None) -> None:
     p.add_argument("--data-dir", default=os.environ.get("TALL_JAX_DATA", ""),
                    help="folder with ml-1m/tall_split (else random data of the ML-1M shape)")
     p.add_argument("--timeout", type=float, default=1200, help="seconds per subprocess")
-    p.add_argument("--name", default=None, help="results file name (default: bench_<time>.json)")
+    p.add_argument("--name", default=None, help="results file name, .json added when missing (default: bench_<time>.json)")
     p.add_argument("--out-dir", default=str(REPO / "benchmarks" / "results"), help="results folder")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--mode", help=argparse.SUPPRESS)
@@ -461,7 +461,8 @@ def main(argv=None) -> None:
     result["loadavg_end"] = os.getloadavg()
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / (args.name or f"bench_{time.strftime('%Y%m%d_%H%M%S')}.json")
+    name = args.name or f"bench_{time.strftime('%Y%m%d_%H%M%S')}"
+    path = out_dir / (name if name.endswith(".json") else f"{name}.json")
     path.write_text(json.dumps(result, indent=1))
     print(f"wrote {path}")
 
