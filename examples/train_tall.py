@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tall_jax.baselines import BASELINES, BaselineConfig, make_baseline_config
 from tall_jax.baselines.config import SYNTHETIC_LFT, global_config
+from tall_jax.baselines.experiment import shared_global
 from tall_jax.cli import HelpFormatter, Parser, show_progress_logs
 from tall_jax.configs import (DATASET_PRESETS, ENCODERS, FORWARD_IMPLS, GATES, MODEL_PRESETS, MODELS,
                              TALLConfig, make_config)
@@ -137,7 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="your own file: keep users and items with at least this many interactions "
                         f"(iterated k-core filter) (default: {DEFAULT_KCORE[0]},{DEFAULT_KCORE[1]})")
     p.add_argument("--model", nargs="+", default=["tall"], choices=MODELS + BASELINES, metavar="MODEL",
-                   help=f"one or more of: {', '.join(MODELS + BASELINES)} (default: tall)")
+                   help=f"one or more of: {', '.join(MODELS + BASELINES)} (default: tall); the MultVAE "
+                        "family runs first, so a baseline reuses a global model another run of the "
+                        "command already trained with the same settings (LOCA a multvae run, LFT the "
+                        "WL of an enlft run, and vice versa)")
     p.add_argument("--out", default="runs", help="output root")
     m = p.add_argument_group("MultVAE / WL / mixtures (unset: the faithful preset of dataset and model)")
     m.add_argument("--experts", type=int, help="E, number of experts of a mixture (" + _preset("n_experts") + ")")
@@ -229,6 +233,8 @@ def _fail(e: BaseException) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # the MultVAE family first: its runs can serve as the baselines' global models
+    args.model = sorted(dict.fromkeys(args.model), key=lambda m: m in BASELINES)
     show_progress_logs()
     overrides = {field: getattr(args, flag) for flag, field in OVERRIDES.items()}
     overrides["gate_stop_gradient"] = args.gate_stop_gradient
@@ -314,11 +320,17 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seed:
             for model in args.model:
                 out = outs[seed, model]
+                global_from = None
+                if model in BASELINES:
+                    global_from = args.global_from or shared_global(
+                        model, make_baseline_config(model, seed=seed, dataset=dataset, **base_overrides),
+                        dataset, {m: outs[seed, m] for m in args.model if m != model})
+                    if global_from is not None and args.global_from is None:
+                        print(f"[{model}] seed {seed}: the global model is {global_from}, trained by this command")
                 res = together.get((seed, model)) or run_experiment(dataset, model, out_dir=out, split=args.split, seed=seed,
                                      data_dir=args.data_dir, progress=not args.no_progress,
                                      resume=args.resume, overrides=model_overrides(model),
-                                     global_from=args.global_from if model in BASELINES else None,
-                                     mesh=args.mesh)
+                                     global_from=global_from, mesh=args.mesh)
                 summary = RankingResult.from_json(res["test"])
                 summaries[(model, seed)] = summary
                 if model in BASELINES:

@@ -160,3 +160,25 @@ def test_custom_loop_example_runs(capsys):
     assert _example("custom_loop").main(["--epochs", "1", "--experts", "2"]) == 0
     out = capsys.readouterr().out
     assert "epoch  1" in out and "train_step compiled 1 time(s)" in out
+
+
+def test_baselines_reuse_the_global_models_of_the_same_command(runs, tmp_path):
+    """In one command, LOCA takes the multvae run as its global model and EnLFT the WL that LFT
+    trained (the family runs first, then the baselines in the order given): the same result as a
+    LOCA that trains its own global MultVAE."""
+    _, folders = runs
+    loca = json.loads((folders["loca"] / "results.json").read_text())
+    enlft = json.loads((folders["enlft"] / "results.json").read_text())
+    assert loca["global_model"]["reused_from"] == str(folders["multvae"])
+    assert enlft["global_model"]["reused_from"] == str(folders["lft"] / "global_wl")
+    assert "reused_from" not in json.loads((folders["lft"] / "results.json").read_text())["global_model"]
+    mp = pytest.MonkeyPatch()
+    mp.setattr(baseline_experiment, "global_config", _tiny_global(baseline_experiment.global_config))
+    try:
+        assert _example("train_tall").main(["--model", "loca", *TINY, "--out", str(tmp_path)]) == 0
+    finally:
+        mp.undo()
+    (alone,) = (tmp_path / "synthetic").glob("loca-*/seed0")
+    own = json.loads((alone / "results.json").read_text())
+    assert "reused_from" not in own["global_model"] and (alone / "global_multvae").is_dir()
+    assert own["test"] == loca["test"] and own["valid"] == loca["valid"]

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ def global_model(ds, gcfg, ms_N, groups_N, folder: Path, which: str, progress: b
     meta_path = folder / "global_config.json"
     template = state_lib.init(jax.random.PRNGKey(gcfg.seed), gcfg, ds.n_users, ds.n_items, ms_N=ms_N)
     meta: dict[str, Any] = {}
+    reused_from = None if reuse is None else str(reuse)
     if reuse is not None and (Path(reuse) / "global_config.json").exists():
         folder, meta_path = Path(reuse), Path(reuse) / "global_config.json"
         if not same_model(json.loads(meta_path.read_text()).get("config") or {}, gcfg):
@@ -65,7 +67,7 @@ def global_model(ds, gcfg, ms_N, groups_N, folder: Path, which: str, progress: b
             raise ValueError(f"{res_path}: its settings differ from the global {gcfg.model} config "
                              f"this baseline needs ({gcfg.to_dict()})")
         folder = Path(reuse)
-        meta = {"config": gcfg.to_dict(), "reused_from": str(folder), "best_epoch": prev["best_epoch"],
+        meta = {"config": gcfg.to_dict(), "best_epoch": prev["best_epoch"],
                 "epochs_run": prev["epochs_run"], "wall_time_s": prev["wall_time_s"], "test": prev["test"]}
         final, best = _load_global(folder, template)
     elif meta_path.exists() and same_model(json.loads(meta_path.read_text()).get("config") or {}, gcfg):
@@ -78,8 +80,31 @@ def global_model(ds, gcfg, ms_N, groups_N, folder: Path, which: str, progress: b
         meta = {"config": gcfg.to_dict(), "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
                 "wall_time_s": res.wall_time_s, "test": res.test.to_json()}
         results_lib.write_json(meta_path, meta)
+    if reused_from is not None:
+        meta = {**meta, "reused_from": reused_from}
     params = final.params if which == "final" else best
     return jax.tree.map(lambda a: jax.numpy.asarray(a)[0], params["experts"]), meta
+
+
+def shared_global(model: str, config, dataset: str, runs: Mapping[str, str | Path]) -> Path | None:
+    """A finished folder among ``runs`` (model -> run folder of the same seed, e.g. a command line's
+    other runs) that can serve as ``model``'s global model instead of training it again, or None.
+
+    Candidates: a run of the global model itself (a MultVAE run for LOCA; a WL run for LFT / EnLFT
+    when their global WL is the TALL repo's), then the global model another baseline trained (LFT
+    and EnLFT train the same WL). Only a folder whose recorded settings equal the global config
+    counts, so reusing it gives the result training it would give (same config, same seed)."""
+    gcfg = global_config(dataset, config)
+    own = Path(runs[gcfg.model]) if gcfg.model in runs else None
+    if own is not None and (own / "results.json").exists():
+        if same_model(json.loads((own / "results.json").read_text()).get("settings") or {}, gcfg):
+            return own
+    for other in BASELINES:
+        folder = Path(runs[other]) / f"global_{gcfg.model}" if other in runs and other != model else None
+        if folder is not None and (folder / "global_config.json").exists():
+            if same_model(json.loads((folder / "global_config.json").read_text()).get("config") or {}, gcfg):
+                return folder
+    return None
 
 
 def _load_global(folder: Path, template):
