@@ -247,3 +247,41 @@ def test_seconds_left_hand_worked(tmp_path):
     planned = {r.label: r for r in runner.plan(vs, [0], tmp_path, "ml-1m", 10)}
     assert runner.standing(planned["tall/seed0"]).epochs == 0
     assert runner.standing(planned["lmoe/seed0"]).epochs == 40  # it will start from tall's epoch 40
+
+
+def test_loss_jump_hand_worked():
+    from tall_jax.study.dynamics import loss_jump
+
+    epochs = np.arange(1, 9)
+    # gap 2: the lowest loss since the gap is 7 (epoch 4); 8.5 > 1.2 * 7 = 8.4 at epoch 6
+    loss = np.array([20.0, 19.0, 8.0, 7.0, 8.3, 8.5, 9.0, 6.0])
+    assert loss_jump(epochs, loss, gap=2) == 6
+    # epochs up to the gap do not count (20 -> 8 is a fall; 8 * 1.2 = 9.6 is never passed after it)
+    assert loss_jump(epochs, np.array([5.0, 20.0, 8.0, 8.0, 9.0, 9.5, 9.0, 8.0]), gap=2) is None
+    assert loss_jump(epochs, loss, gap=2, factor=1.25) == 7  # 9.0 > 1.25 * 7 = 8.75
+    assert loss_jump(epochs, loss, gap=2, factor=1.3) is None  # 9.0 < 1.3 * 7 = 9.1
+
+
+def test_jump_table_and_curves(tmp_path):
+    from tall_jax.study.dynamics import jump_table, plot_curves
+
+    groups = np.repeat(np.arange(5), 10)
+    epochs = np.arange(1, 11)
+    runs = {}
+    for name, loss in (("tall", [9, 8, 7, 6, 5, 5, 7, 8, 6, 5]), ("lmoe", [9, 8, 7, 6, 5, 5, 5, 4, 4, 4])):
+        runs[name] = []
+        for seed in range(2):
+            r = _summary(name, seed, np.full(50, .3 + .01 * seed), groups)
+            r.gap, r.best_epoch = 3, 8 - seed
+            r.curve = {"epoch": epochs, "test": 0.3 + 0.001 * epochs, "loss": np.array(loss, float),
+                       "w_std": np.where(epochs > 3, 0.1 * epochs, np.nan) if name == "tall" else np.full(10, np.nan)}
+            runs[name].append(r)
+    rows = {line.split(" | ")[0][2:]: line for line in jump_table(["tall", "lmoe", "none"], runs)[2:]}
+    assert set(rows) == {"tall", "lmoe"}
+    # tall: 7 > 1.2 * 5 at epoch 7 in both seeds; the epoch before it scores .306; best epochs 8 and 7
+    assert rows["tall"] == ("| tall | 2 of 2 | 7.0 ± 0.0 | 7.5 ± 0.7 | 2 of 2 | 0.3060 ± 0.0000 | "
+                            "0.3050 ± 0.0071 | 1.00 ± 0.00 |")
+    assert rows["lmoe"].startswith("| lmoe | 0 of 2 | – | 7.5 ± 0.7 | 0 of 2 |")
+    path = plot_curves(tmp_path / "curves.png", ["tall", "lmoe"], runs, "t")
+    assert path is not None and path.stat().st_size > 0
+    assert plot_curves(tmp_path / "none.png", ["none"], runs, "t") is None

@@ -23,7 +23,7 @@ from tall_jax.cli import HelpFormatter, Parser, show_progress_logs
 from tall_jax.configs import DATASET_PRESETS
 from tall_jax.study.analysis import collect, seconds_left
 from tall_jax.study.runner import execute, plan, run_one, standing
-from tall_jax.study.variants import STUDIES, ablation_variants, precision_variants, select
+from tall_jax.study.variants import CURVES, STUDIES, ablation_variants, precision_variants, select
 from tall_jax.study.writeup import write_page
 
 
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             import jax
             written = write_page(page, study=args.study, command=_command(args), dataset=args.dataset,
                                  n_experts=args.experts, seeds=args.seeds, variants=variants, runs=runs,
-                                 n_planned=len(planned),
+                                 n_planned=len(planned), curves=CURVES.get(args.study, ()),
                                  environment={"jax": jax.__version__, "backend": jax.default_backend(),
                                               "python": platform.python_version(),
                                               "cpus": os.cpu_count()})

@@ -48,6 +48,10 @@ class RunSummary:
     per_user_N: np.ndarray  # test NDCG@20 per user, best epoch
     groups_N: np.ndarray
     commit: str | None = None  # of the code that finished the run (None: it predates the record)
+    gap: int = 0  # T: the last epoch with w = 1
+    # per epoch: "epoch", "test" (overall test NDCG@20), "loss" (weighted training loss), "w_std"
+    # (std of the weights; NaN without them); empty when not read from a run folder
+    curve: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def smoothed_epoch(history: list[dict[str, Any]], width: int = SMOOTH_WIDTH) -> int:
@@ -83,7 +87,16 @@ def load_run(out_dir: str | Path, variant: str, seed: int) -> RunSummary | None:
         gate_entropy=best_h["gate"]["entropy_mean"] if "gate" in best_h else None,
         weights=dict(best_h.get("weights", {})),
         per_user_N=np.asarray(per_user[METRIC], float), groups_N=np.asarray(per_user["groups"]),
-        commit=res.get("environment", {}).get("commit"))
+        commit=res.get("environment", {}).get("commit"), gap=int(res.get("settings", {}).get("gap", 0)),
+        curve=history_curve(history))
+
+
+def history_curve(history: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """A run's per-epoch curves (:attr:`RunSummary.curve`) from its results' history."""
+    return {"epoch": np.array([h["epoch"] for h in history], int),
+            "test": np.array([h["test_ndcg@20"] for h in history], float),
+            "loss": np.array([h["loss"] for h in history], float),
+            "w_std": np.array([(h.get("weights") or {}).get("w_std", np.nan) for h in history], float)}
 
 
 def commits(runs: dict[str, list[RunSummary]]) -> dict[str | None, int]:

@@ -152,6 +152,9 @@ def precision_study(dataset: str, n_experts: int) -> list[Variant]:
 
 
 STUDIES = {"ablations": ablation_variants, "precision": precision_study}
+# the variants whose per-epoch curves a study's page draws (a legible few)
+CURVES = {"ablations": ("tall", "lmoe", "tall_cap", "tall_cap3", "tall_per_item", "tall_uniform_item"),
+          "precision": ("tall", "tall_bf16", "lmoe", "lmoe_bf16")}
 
 
 def select(variants: list[Variant], names: list[str] | None) -> list[Variant]:

@@ -4,12 +4,14 @@ from __future__ import annotations
 import csv
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tall_jax.study.analysis import COLUMNS, RunSummary, aim, commits, mean_std, paired_tests
+from tall_jax.study.dynamics import JUMP_FACTOR, jump_table, plot_curves
 from tall_jax.study.variants import Variant
 
 ALPHA = 0.05
@@ -169,9 +171,10 @@ def _code_line(runs: dict[str, list[RunSummary]]) -> str:
 def write_page(out: Path, *, study: str, command: str, dataset: str, n_experts: int,
                seeds: list[int], variants: list[Variant], runs: dict[str, list[RunSummary]],
                reference: str = "tall", rival: str = "lmoe", environment: dict[str, Any] | None = None,
-               n_planned: int | None = None) -> list[Path]:
-    """Write ``<out>.md``, ``<out>.csv`` and ``<out>.png``; returns their paths. Differences are to
-    the ``reference`` variant; the ablations' aim is also measured against the ``rival``."""
+               n_planned: int | None = None, curves: Sequence[str] = ()) -> list[Path]:
+    """Write ``<out>.md``, ``<out>.csv`` and ``<out>.png`` (and ``<out>_curves.png`` of the variants
+    named in ``curves``); returns their paths. Differences are to the ``reference`` variant; the
+    ablations' aim is also measured against the ``rival``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     main = [v for v in variants if not v.tune]  # the sweeps have their own table, off the plot's scale
     png = plot(out.with_suffix(".png"), main, runs, f"{dataset}, E = {n_experts}: gain over one MultVAE per group (mean, std over seeds)")
@@ -213,6 +216,21 @@ def write_page(out: Path, *, study: str, command: str, dataset: str, n_experts: 
               f"best {3}-epoch moving average of the validation score; its test NDCG@20 comes from the run's "
               "per-epoch history. A large gap means the best epoch was a validation spike.", ""]
     lines += selection_table(main, runs)
+    jumps = jump_table([v.name for v in main], runs)
+    curves_png = None
+    if len(jumps) > 2:
+        curves_png = plot_curves(out.with_name(out.name + "_curves.png"), list(curves), runs,
+                                 f"{dataset}, E = {n_experts}: per epoch, mean over seeds")
+        lines += ["", "## After the gap: the weights feed back on the training", "",
+                  "The loss-change weights favour the users whose validation loss fell fastest over the "
+                  "window, and a larger weight makes that loss fall faster still. Jump: the first epoch "
+                  f"after the gap T whose weighted training loss (what each step minimises) exceeds "
+                  f"{JUMP_FACTOR:g} times its lowest value since T. The variants without adaptive weights are "
+                  "the control. Each cell is the mean ± std over the runs that jump; the best epoch's "
+                  "column is over all runs.", ""]
+        lines += jumps
+        if curves_png:
+            lines += ["", f"![test NDCG@20, weighted training loss and the weights' spread per epoch]({curves_png.name})"]
     lines += ["", "## Gate and weights at the best epoch", "",
               "Gate entropy: mean over users of -Σ_k g_uk log g_uk (log E for a uniform gate). Weights: the "
               "adaptive weights of the best epoch (max, std over users, Spearman correlation of |w_u - 1| "
@@ -238,4 +256,4 @@ def write_page(out: Path, *, study: str, command: str, dataset: str, n_experts: 
     lines += ["", f"![gain in NDCG@20 over MultVAE per group]({png.name})" if png else "", "",
               f"Per-run values: [{out.with_suffix('.csv').name}]({out.with_suffix('.csv').name}).", ""]
     out.with_suffix(".md").write_text("\n".join(lines))
-    return [p for p in (out.with_suffix(".md"), out.with_suffix(".csv"), png) if p is not None]
+    return [p for p in (out.with_suffix(".md"), out.with_suffix(".csv"), png, curves_png) if p is not None]
