@@ -110,6 +110,14 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
+def mean_std_text(values: list[float], digits: int = 4) -> str:
+    """"m ± s" of :func:`mean_std` (just "m" for one value, "–" for none)."""
+    if not values:
+        return "–"
+    m, s = mean_std(values)
+    return f"{m:.{digits}f} ± {s:.{digits}f}" if len(values) > 1 else f"{m:.{digits}f}"
+
+
 @dataclasses.dataclass
 class PairedTest:
     column: str

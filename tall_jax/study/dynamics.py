@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tall_jax.study.analysis import RunSummary, mean_std
+from tall_jax.study.analysis import RunSummary
+from tall_jax.study.analysis import mean_std_text as _ms
 
 JUMP_FACTOR = 1.2
 
@@ -40,13 +41,6 @@ def loss_jump(epochs: np.ndarray, loss: np.ndarray, gap: int, factor: float = JU
 def _jump(r: RunSummary) -> int | None:
     c = r.curve
     return loss_jump(c["epoch"], c["loss"], r.gap) if c else None
-
-
-def _ms(values: list[float], digits: int) -> str:
-    if not values:
-        return "–"
-    m, s = mean_std(values)
-    return f"{m:.{digits}f} ± {s:.{digits}f}" if len(values) > 1 else f"{m:.{digits}f}"
 
 
 def jump_table(names: list[str], runs: dict[str, list[RunSummary]]) -> list[str]:

@@ -10,18 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from tall_jax.study.analysis import COLUMNS, RunSummary, aim, commits, mean_std, paired_tests
+from tall_jax.study.analysis import COLUMNS, RunSummary, aim, commits, paired_tests
+from tall_jax.study.analysis import mean_std_text as _ms
 from tall_jax.study.dynamics import JUMP_FACTOR, jump_table, plot_curves
 from tall_jax.study.variants import Variant
 
 ALPHA = 0.05
-
-
-def _ms(values: list[float], digits: int = 4) -> str:
-    if not values:
-        return "–"
-    m, s = mean_std(values)
-    return f"{m:.{digits}f} ± {s:.{digits}f}" if len(values) > 1 else f"{m:.{digits}f}"
 
 
 def _p(p: float) -> str:
