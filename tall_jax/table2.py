@@ -207,7 +207,8 @@ def _seconds_cell(row: Row) -> str:
 SECONDS_NOTE = ("Seconds per run: mean ± std over seeds of each run's training time, the sum of its "
                 "epochs' seconds (training and evaluation; a resumed run, or one started from another "
                 "run's checkpoint, counts every epoch of its history; start-up and compilation not), or "
-                "its wall time for runs without an epoch history (the local baselines). Taken on "
+                "its wall time for runs without an epoch history (the local baselines; one that reused "
+                "another run's global model does not count that model's training). Taken on "
                 "whatever machine trained the run, often beside other jobs: a cost, not a benchmark.")
 
 
