@@ -53,7 +53,7 @@ def test_forks_share_only_the_epochs_before_the_gap():
     forks = {v.name: v.trunk for v in vs.values() if v.trunk}
     assert forks == {"lmoe": "tall", "lmoe_uniform": "tall_uniform", "lmoe_route": "tall_route",
                      "lmoe_route_train": "tall_route_train",
-                     "tall_per_item": "tall", "tall_exact_kkt": "tall", "tall_cap": "tall", "tall_cap3": "tall",
+                     "tall_per_item": "tall", "tall_per_item_matched": "tall", "tall_exact_kkt": "tall", "tall_cap": "tall", "tall_cap3": "tall",
                      "tall_route_item_cap": "tall_route", "tall_uniform_item": "tall_uniform",
                      "tall_uniform_item_cap": "tall_uniform"}
     for name, trunk in forks.items():
