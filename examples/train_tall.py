@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
                         model, make_baseline_config(model, seed=seed, dataset=dataset, **base_overrides),
                         dataset, {m: outs[seed, m] for m in args.model if m != model})
                     if global_from is not None and args.global_from is None:
-                        print(f"[{model}] seed {seed}: the global model is {global_from}, trained by this command")
+                        print(f"[{model}] seed {seed}: reuses the global model in {global_from} (same settings)")
                 res = together.get((seed, model)) or run_experiment(dataset, model, out_dir=out, split=args.split, seed=seed,
                                      data_dir=args.data_dir, progress=not args.no_progress,
                                      resume=args.resume, overrides=model_overrides(model),
