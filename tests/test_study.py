@@ -148,6 +148,10 @@ def test_page_from_summaries(tmp_path):
                          n_experts=10, seeds=[0, 1], variants=vs, runs=runs)
     text = (tmp_path / "page.md").read_text()
     assert "| multvae | 2 |" in text and "Paired difference to `tall`" in text
+    summary = text.split("## Summary")[1].split("##")[0]
+    best = max(runs, key=lambda n: np.mean([r.best["overall"] for r in runs[n]]))
+    assert f"(overall, variants with 2+ seeds): `{best}`" in summary
+    assert "Apart from `tall` over seeds" in summary and "No variant meets" in summary
     aim_rows = text.split("## Against the improved preset's aim")[1].split("##")[0]
     assert "| multvae | 2 |" in aim_rows and "| tall |" not in aim_rows and "| lmoe |" not in aim_rows
     assert len((tmp_path / "page.csv").read_text().splitlines()) == 1 + 6

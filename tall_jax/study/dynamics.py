@@ -38,7 +38,8 @@ def loss_jump(epochs: np.ndarray, loss: np.ndarray, gap: int, factor: float = JU
     return None
 
 
-def _jump(r: RunSummary) -> int | None:
+def jump_epoch(r: RunSummary) -> int | None:
+    """:func:`loss_jump` of a run (None without its curves or without a jump)."""
     c = r.curve
     return loss_jump(c["epoch"], c["loss"], r.gap) if c else None
 
@@ -54,7 +55,7 @@ def jump_table(names: list[str], runs: dict[str, list[RunSummary]]) -> list[str]
         rs = [r for r in runs.get(name, []) if r.curve]
         if not rs:
             continue
-        jumped = [(r, j) for r in rs if (j := _jump(r)) is not None]
+        jumped = [(r, j) for r in rs if (j := jump_epoch(r)) is not None]
         before, spread = [], []
         for r, j in jumped:
             epochs = list(r.curve["epoch"])

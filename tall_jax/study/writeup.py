@@ -12,7 +12,7 @@ import numpy as np
 
 from tall_jax.study.analysis import COLUMNS, RunSummary, aim, commits, paired_tests
 from tall_jax.study.analysis import mean_std_text as _ms
-from tall_jax.study.dynamics import JUMP_FACTOR, jump_table, plot_curves
+from tall_jax.study.dynamics import JUMP_FACTOR, jump_epoch, jump_table, plot_curves
 from tall_jax.study.variants import Variant
 
 ALPHA = 0.05
@@ -27,6 +27,38 @@ def _p(p: float) -> str:
 
 def _num(x: float | None, fmt: str = ".3f") -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def summary_lines(variants: list[Variant], runs: dict[str, list[RunSummary]], reference: str,
+                  rival: str) -> list[str]:
+    """The page's findings in a few bullet points, each read off one of the tables below."""
+    multi = [v.name for v in variants if len(runs.get(v.name, [])) > 1]
+    lines = []
+    if multi:
+        for col in ("overall", "low"):
+            top = max(multi, key=lambda n: np.mean([r.best[col] for r in runs[n]]))
+            lines.append(f"- Highest mean test NDCG@20 ({col}, variants with 2+ seeds): `{top}`, "
+                         f"{_ms([r.best[col] for r in runs[top]])} over {len(runs[top])} seeds.")
+    apart: dict[str, list[str]] = {"above": [], "below": []}
+    for name in multi:
+        tests = paired_tests(runs[name], runs.get(reference, [])) if name != reference else []
+        if tests and tests[0].p_seeds < ALPHA:
+            apart["above" if tests[0].mean_diff > 0 else "below"].append(f"`{name}` ({tests[0].mean_diff:+.4f})")
+    if runs.get(reference):
+        lines.append(f"- Apart from `{reference}` over seeds (paired t-test on the overall score, p < {ALPHA:g}): "
+                     f"above: {', '.join(apart['above']) or 'none'}; below: {', '.join(apart['below']) or 'none'}.")
+    if runs.get(reference) and runs.get(rival):
+        met = [v.name for v in variants if v.name not in (reference, rival) and runs.get(v.name)
+               and (a := aim(runs[v.name], runs[reference], runs[rival])) is not None and a.met]
+        lines.append(f"- Meets the improved preset's aim: {', '.join(f'`{n}`' for n in met)}." if met else
+                     "- No variant meets the improved preset's aim (its table says which part each misses).")
+    jumps = [(r, j) for v in variants for r in runs.get(v.name, []) if (j := jump_epoch(r)) is not None]
+    if jumps:
+        lines.append(f"- The weighted training loss jumps (above {JUMP_FACTOR:g} times its lowest since the gap) "
+                     f"in {len(jumps)} runs of {len({r.variant for r, _ in jumps})} variants, at epoch "
+                     f"{min(j for _, j in jumps)}-{max(j for _, j in jumps)}; their best epoch is at or after "
+                     f"the jump in {sum(r.best_epoch >= j for r, j in jumps)} of them.")
+    return lines
 
 
 def results_table(variants: list[Variant], runs: dict[str, list[RunSummary]], key: str) -> list[str]:
@@ -183,6 +215,9 @@ def write_page(out: Path, *, study: str, command: str, dataset: str, n_experts: 
     if environment:
         lines += ["Environment: " + ", ".join(f"{k} {v}" for k, v in environment.items()) + ".", ""]
     lines += [_code_line(runs), ""]
+    summary = summary_lines(main, runs, reference, rival) if study == "ablations" else []
+    if summary:
+        lines += ["## Summary", ""] + summary + [""]
     lines += ["## Variants", "", "| variant | model | changes | what it asks |", "|---|---|---|---|"]
     for v in variants:
         changes = ", ".join(f"{k}={val}" for k, val in v.overrides) or "(preset)"
