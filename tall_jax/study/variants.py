@@ -19,16 +19,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from tall_jax.configs import DATASET_PRESETS, MODEL_PRESETS, TALLConfig, make_config
+from tall_jax.configs import DATASET_PRESETS, MODEL_PRESETS, PRESET_ALPHA_SCALE, TALLConfig, make_config
 
 # Temperatures of the routing gate tried on the first seed (selected on validation NDCG).
 ROUTE_TEMPERATURES = (0.3, 0.1, 0.03)
 ROUTE_TEMPERATURE = 0.1  # the one the multi-seed "route" variants use
-# The per-item signal l_u/|V_u| spreads about 0.105 times as wide as TALL's over users (std of the
-# window means at epoch T = 40, ML-1M, seeds 1-3: 0.0121-0.0124 against 0.1163-0.1168), so at the
-# preset's alpha its weights stay near 1 (std 0.08 against TALL's 0.72); alpha times this ratio
-# gives them TALL's spread (std 0.71-0.72 at epoch 41).
-PER_ITEM_ALPHA_RATIO = 0.105
+# The per-item signal l_u/|V_u| spreads about 0.105 times as wide as TALL's over users, so at the
+# dataset's alpha its weights stay near 1 (std 0.08 against TALL's 0.72 at epoch 41 on ML-1M); alpha
+# times this ratio gives them TALL's spread (the `tall_plus` preset's scale, configs.PRESET_ALPHA_SCALE).
+PER_ITEM_ALPHA_RATIO = PRESET_ALPHA_SCALE["tall_plus"]
 WEIGHT_CAP = 10.0
 TIGHT_WEIGHT_CAP = 3.0
 # Config fields read only by the adaptive weights of epochs t > gap (tall_jax.steps.begin_epoch), and
