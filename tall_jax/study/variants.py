@@ -108,7 +108,7 @@ def ablation_variants(dataset: str, n_experts: int) -> list[Variant]:
         _v("tall_per_item_matched", "tall",
            f"the per-item signal at TALL's strength: alpha x {PER_ITEM_ALPHA_RATIO:g}, so that the weights "
            "spread as TALL's do at the first weighted epoch (per item, the signal is ~10x narrower): "
-           "is the per-item signal's effect its definition or its weaker weights?",
+           "is the per-item signal's effect its definition or its weaker weights? (the `tall_plus` preset)",
            trunk="tall", weight_per_item=True,
            alpha=round(DATASET_PRESETS[dataset]["alpha"] * PER_ITEM_ALPHA_RATIO, 6)),
         _v("tall_exact_kkt", "tall", "TALL with the exact KKT solution (simplex projection)",
