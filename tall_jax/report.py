@@ -176,6 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--skip-malformed", action="store_true", help="warn about bad results.json and go on")
     ap.add_argument("--no-plot", action="store_true", help="skip the plot (STEM.png)")
     args = ap.parse_args(argv)
+    if not args.name or Path(args.name).name != args.name:  # before any run is read
+        print(f"error: --name must be a plain file stem, got {args.name!r}", file=sys.stderr)
+        return 2
     reference = [r for r in dict.fromkeys(args.reference) if r != "none"] or None
     try:
         runs = [r for root in args.runs for r in collect_runs(root, args.skip_malformed)]
@@ -185,9 +188,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         fair = fairness_rows(runs, args.metric, reference)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    if not args.name or Path(args.name).name != args.name:
-        print(f"error: --name must be a plain file stem, got {args.name!r}", file=sys.stderr)
         return 2
     out = args.out or args.runs[0]
     out.mkdir(parents=True, exist_ok=True)

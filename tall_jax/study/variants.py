@@ -24,10 +24,6 @@ from tall_jax.configs import DATASET_PRESETS, MODEL_PRESETS, PRESET_ALPHA_SCALE,
 # Temperatures of the routing gate tried on the first seed (selected on validation NDCG).
 ROUTE_TEMPERATURES = (0.3, 0.1, 0.03)
 ROUTE_TEMPERATURE = 0.1  # the one the multi-seed "route" variants use
-# The per-item signal l_u/|V_u| spreads about 0.105 times as wide as TALL's over users, so at the
-# dataset's alpha its weights stay near 1 (std 0.08 against TALL's 0.72 at epoch 41 on ML-1M); alpha
-# times this ratio gives them TALL's spread (the `tall_plus` preset's scale, configs.PRESET_ALPHA_SCALE).
-PER_ITEM_ALPHA_RATIO = PRESET_ALPHA_SCALE["tall_plus"]
 WEIGHT_CAP = 10.0
 TIGHT_WEIGHT_CAP = 3.0
 # Config fields read only by the adaptive weights of epochs t > gap (tall_jax.steps.begin_epoch), and
@@ -106,11 +102,11 @@ def ablation_variants(dataset: str, n_experts: int) -> list[Variant]:
         _v("tall_per_item", "tall", "TALL with the weight signal per validation item, l_u/|V_u|",
            trunk="tall", weight_per_item=True),
         _v("tall_per_item_matched", "tall",
-           f"the per-item signal at TALL's strength: alpha x {PER_ITEM_ALPHA_RATIO:g}, so that the weights "
+           f"the per-item signal at TALL's strength: alpha x {PRESET_ALPHA_SCALE['tall_plus']:g}, so that the weights "
            "spread as TALL's do at the first weighted epoch (per item, the signal is ~10x narrower): "
            "is the per-item signal's effect its definition or its weaker weights? (the `tall_plus` preset)",
            trunk="tall", weight_per_item=True,
-           alpha=round(DATASET_PRESETS[dataset]["alpha"] * PER_ITEM_ALPHA_RATIO, 6)),
+           alpha=make_config(dataset, "tall_plus").alpha),  # the preset's alpha (configs.PRESET_ALPHA_SCALE)
         _v("tall_exact_kkt", "tall", "TALL with the exact KKT solution (simplex projection)",
            trunk="tall", kkt_mode="exact"),
         _v("tall_cap", "tall", f"TALL with the weights capped at {WEIGHT_CAP:g} and rescaled to mean 1",
