@@ -196,6 +196,38 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
     assert "error:" in capsys.readouterr().err
 
 
+def test_the_record_outlives_the_run_folders(tmp_path, capsys):
+    """A fresh checkout has the committed record and no run folders: the study restores the finished
+    runs (nothing trains) and rebuilds the same page; a record made for other settings is refused
+    with a warning and the run trains again."""
+    import shutil
+
+    from tall_jax.study import records
+
+    root, page = tmp_path / "runs", tmp_path / "page"
+    argv = ["ablations", "--dataset", "synthetic", "--experts", "2", "--seeds", "0", "--variants",
+            "multvae", "--epochs", "2", "--root", str(root), "--page", str(page), "--no-progress"]
+    assert main(argv) == 0
+    entry = tmp_path / "page_runs" / "multvae" / "seed0"
+    assert sorted(p.name for p in entry.iterdir()) == ["per_user_test.npz", "results.json", "study_run.json"]
+    with np.load(entry / "per_user_test.npz") as z:
+        assert sorted(z.files) == sorted(records.PER_USER_KEYS)
+    first = (tmp_path / "page.csv").read_text()
+    shutil.rmtree(root)
+    capsys.readouterr()
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "restored 1 finished run(s)" in out and "started" not in out
+    assert (tmp_path / "page.csv").read_text() == first
+    shutil.rmtree(root)
+    made = json.loads((entry / "study_run.json").read_text())
+    (entry / "study_run.json").write_text(json.dumps({**made, "overrides": {"max_epochs": 9}}))
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "made for other settings" in captured.err and "started multvae/seed0" in captured.out
+    assert json.loads((entry / "study_run.json").read_text()) == made  # the new run is recorded
+
+
 def test_a_missing_data_folder_fails_before_any_run_and_keeps_the_page(tmp_path, capsys):
     page = tmp_path / "page.md"
     page.write_text("an earlier page")

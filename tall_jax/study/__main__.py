@@ -10,6 +10,8 @@ that routes; :mod:`tall_jax.study.variants`). ``precision``: LMoE and TALL in fl
 Every (variant, seed) trains in its own folder under ``--root`` and resumes from its checkpoint;
 rerunning the command continues the study and rewrites the page (default
 ``docs/results/<dataset>_<study>.md`` with its .csv and .png; ``_E<E>`` is added for E other than 10).
+Each finished run is also kept in the page's record, ``<page>_runs/`` (:mod:`tall_jax.study.records`):
+commit it with the page, and the study continues on a fresh checkout without training those again.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from tall_jax.cli import HelpFormatter, Parser, show_progress_logs
 from tall_jax.configs import DATASET_PRESETS
+from tall_jax.study import records as records_lib
 from tall_jax.study.analysis import collect, seconds_left
 from tall_jax.study.runner import execute, plan, run_one, standing
 from tall_jax.study.variants import CURVES, STUDIES, ablation_variants, precision_variants, select
@@ -52,6 +55,9 @@ def _parser() -> Parser:
         s.add_argument("--page", default=None, metavar="PATH",
                        help="results page without suffix (default: docs/results/<dataset>_<study>, "
                             "with _E<E> unless E = 10)")
+        s.add_argument("--records", default=None, metavar="DIR",
+                       help="the record of finished runs, restored into --root on start and "
+                            "updated as runs finish (default: <page>_runs; commit it with the page)")
         s.add_argument("--report-only", action="store_true", help="write the page from the finished runs")
         s.add_argument("--status", action="store_true",
                        help="print where each run stands and the hours left (no training, no page)")
@@ -101,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
             variants = [v.capped(args.epochs) for v in variants]
         chosen = {v.name for v in select(variants, args.variants)}
         planned = plan(variants, args.seeds, args.root, args.dataset, args.experts)
+        page = Path(args.page or default_page(args.dataset, args.study, args.experts))
+        records = Path(args.records) if args.records else records_lib.records_dir(page)
+        _restore(planned, records, args.dataset, args.experts)
         if args.status:
             shown = [r for r in planned if r.variant.name in chosen]
             for r in shown:
@@ -117,8 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args.report_only:
             failed = execute([r for r in planned if r.variant.name in chosen], dataset=args.dataset,
                              n_experts=args.experts, data_dir=data_dir, jobs=args.jobs, nice=args.nice,
-                             progress=not args.no_progress)
-        page = Path(args.page or default_page(args.dataset, args.study, args.experts))
+                             progress=not args.no_progress,
+                             on_finish=lambda run: records_lib.save(run, records))
+        saved = sum(records_lib.save(r, records) for r in planned)  # also runs finished elsewhere
+        if saved:
+            print(f"recorded {saved} finished run(s) in {records}")
         runs = collect(_folders(variants, planned))
         if any(runs.values()):
             import jax
@@ -139,6 +151,16 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, NotADirectoryError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+
+
+def _restore(planned, records: Path, dataset: str, n_experts: int) -> None:
+    """Copy the recorded runs into their empty folders, saying what was restored or refused."""
+    said = [records_lib.restore(r, records, dataset, n_experts) for r in planned]
+    for text in said:
+        if text not in (None, "restored"):
+            print(f"warning: {text}", file=sys.stderr)
+    if said.count("restored"):
+        print(f"restored {said.count('restored')} finished run(s) from {records}")
 
 
 def _folders(variants, planned) -> dict[str, dict[int, Path]]:

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tall_jax import state as state_lib
 from tall_jax.identity import field_differences
@@ -149,14 +149,17 @@ def child_command(run: Run, dataset: str, n_experts: int, data_dir: str | None) 
 
 
 def execute(runs: list[Run], *, dataset: str, n_experts: int, data_dir: str | None, jobs: int = 1,
-            nice: int = 0, progress: bool = True) -> list[str]:
+            nice: int = 0, progress: bool = True,
+            on_finish: Callable[[Run], Any] | None = None) -> list[str]:
     """Train every unfinished run, ``jobs`` processes at a time; returns the labels that failed
-    (their log: ``<out_dir>/train.log``)."""
+    (their log: ``<out_dir>/train.log``). ``on_finish(run)`` is called as each run finishes (the
+    study records it there, so a session cut short keeps every finished run)."""
     from tqdm.auto import tqdm
 
     for run in runs:
         check_folder(run, dataset, n_experts)
     todo = [r for r in runs if not r.done()]
+    by_label = {r.label: r for r in runs}
     if todo:  # a missing data file fails here, once, not in every child; it also fills the split cache
         from tall_jax.datasets import load_dataset
         load_dataset(dataset, seed=todo[0].seed, data_dir=data_dir)
@@ -204,6 +207,8 @@ def execute(runs: list[Run], *, dataset: str, n_experts: int, data_dir: str | No
                               f"after {minutes}; see its train.log)")
                 else:
                     bar.write(f"{time.strftime('%H:%M:%S')} finished {label} in {minutes}")
+                    if on_finish is not None:
+                        on_finish(by_label[label])
                 bar.update(1)
     finally:
         for proc, log, _ in running.values():  # interrupted: the runs resume next time

@@ -1,0 +1,70 @@
+"""A study's record: what each finished run's page entry is computed from, kept beside the page.
+
+Run folders (``--root``: checkpoints, logs, figures) are scratch: a fresh checkout or machine has
+none, and a study spread over several sessions would start again. The record keeps, for every
+finished (variant, seed), the run's ``results.json`` and ``study_run.json`` and its per-user test
+NDCG@20 with the user groups (``per_user_test.npz``, compressed; the other metrics and the top items
+are left out), about 60 KB a run. It lives in ``<page>_runs/<variant>/seed<k>/`` and is meant to be
+committed with the page: on the next start, a recorded run is copied back into its folder (so it is
+finished, skipped and on the page) unless it was made for other settings, which is said and the run
+trains again.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from tall_jax.identity import field_differences
+from tall_jax.results import RESULTS_FILE
+from tall_jax.study.analysis import METRIC
+from tall_jax.study.runner import RECORD, Run, check_folder
+
+PER_USER = "per_user_test.npz"
+PER_USER_KEYS = (METRIC, "groups")
+
+
+def records_dir(page: str | Path) -> Path:
+    """``<page>_runs``: the record of the page ``<page>.md``."""
+    page = Path(page)
+    return page.with_name(page.name + "_runs")
+
+
+def entry_dir(records: Path, run: Run) -> Path:
+    return Path(records) / run.variant.name / f"seed{run.seed}"
+
+
+def save(run: Run, records: Path) -> bool:
+    """Record a finished run (rewritten only when its results changed); returns whether it wrote."""
+    if not run.done():
+        return False
+    entry = entry_dir(records, run)
+    results = (run.out_dir / RESULTS_FILE).read_text()
+    if (entry / RESULTS_FILE).exists() and (entry / RESULTS_FILE).read_text() == results:
+        return False
+    entry.mkdir(parents=True, exist_ok=True)
+    with np.load(run.out_dir / PER_USER) as z:
+        np.savez_compressed(entry / PER_USER, **{k: z[k] for k in PER_USER_KEYS})
+    shutil.copyfile(run.out_dir / RECORD, entry / RECORD)
+    (entry / RESULTS_FILE).write_text(results)  # last: an entry with results is complete
+    return True
+
+
+def restore(run: Run, records: Path, dataset: str, n_experts: int) -> str | None:
+    """Copy a recorded run into its empty folder. Returns None when nothing was to restore, "restored",
+    or why the entry was not used (it was made for other settings than the run's)."""
+    entry = entry_dir(records, run)
+    if run.done() or not (entry / RESULTS_FILE).exists():
+        return None
+    saved = json.loads((entry / RECORD).read_text())
+    wanted = json.loads(json.dumps(run.record(dataset, n_experts)))
+    diff = field_differences(saved, wanted, RECORD)
+    if diff:
+        return f"{entry} was made for other settings ({'; '.join(diff)}): not used, the run trains again"
+    check_folder(run, dataset, n_experts)  # never over a folder made for another variant
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    for name in (PER_USER, RECORD, RESULTS_FILE):  # results last: the folder is finished once it has them
+        shutil.copyfile(entry / name, run.out_dir / name)
+    return "restored"
