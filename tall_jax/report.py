@@ -31,6 +31,7 @@ import numpy as np
 
 from tall_jax.files import atomic_write_text
 from tall_jax.metrics import RankingResult, RankingSummary
+from tall_jax.results import keep_run
 from tall_jax.table2 import (COLUMNS, DATASET_ORDER, FAIRNESS_KEYS, MODEL_ORDER, Row, build_rows,  # noqa: F401
                              fairness_rows, plot, to_markdown, write_csv, write_fairness_csv)
 
@@ -152,6 +153,24 @@ def collect_runs(root: Path, skip_malformed: bool = False) -> list[Run]:
     return runs
 
 
+def record_runs(runs: Sequence[Run], roots: Sequence[Path], record: Path, metric: str) -> int:
+    """Keep each run (:func:`tall_jax.results.keep_run`) in ``record``, at its path below the runs
+    folder it was found in, under that folder's own path (``runs/table2/ml-1m/wl/seed0`` ->
+    ``record/runs/table2/ml-1m/wl/seed0``); returns how many it wrote."""
+    written, record = 0, Path(record)
+    for run in runs:
+        folder = run.path.parent.resolve()
+        if folder.is_relative_to(record.resolve()):  # read from the record itself: kept already
+            continue
+        root = next(Path(r).resolve() for r in roots if folder.is_relative_to(Path(r).resolve()))
+        try:
+            place = root.relative_to(Path.cwd().resolve())
+        except ValueError:  # a folder outside the working directory: its absolute path's parts
+            place = Path(*root.parts[1:])
+        written += keep_run(folder, record / place / folder.relative_to(root), (metric,))
+    return written
+
+
 def produced_by(argv: Sequence[str] | None, runs: Sequence[Run]) -> str:
     """The page's provenance line: the command, the date, and how many runs it read."""
     args = sys.argv[1:] if argv is None else list(argv)
@@ -175,6 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "or none (the plot's ticks show the first)")
     ap.add_argument("--skip-malformed", action="store_true", help="warn about bad results.json and go on")
     ap.add_argument("--no-plot", action="store_true", help="skip the plot (STEM.png)")
+    ap.add_argument("--record", type=Path, default=None, metavar="DIR",
+                    help="also keep what the table is computed from (each results.json, the per-user "
+                         "--metric, a subset run's users) in DIR, under each runs folder's path, to "
+                         "commit beside the page: run folders are scratch, and the report reads DIR")
     args = ap.parse_args(argv)
     if not args.name or Path(args.name).name != args.name:  # before any run is read
         print(f"error: --name must be a plain file stem, got {args.name!r}", file=sys.stderr)
@@ -191,6 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     out = args.out or args.runs[0]
     out.mkdir(parents=True, exist_ok=True)
+    if args.record is not None:
+        kept = record_runs(runs, args.runs, args.record, args.metric)
+        print(f"recorded {kept} run(s) in {args.record}" if kept else f"{args.record} already holds these runs")
     paths = {kind: out / f"{args.name}{kind}" for kind in (".md", ".csv", "_fairness.csv", ".png")}
     md = to_markdown(rows, args.metric, runs, fair, produced_by=produced_by(argv, runs))
     atomic_write_text(paths[".md"], md)

@@ -87,3 +87,29 @@ def write_results(out_dir: str | Path, results: dict[str, Any], name: str = RESU
     """Write ``results`` plus its ``environment`` block to ``out_dir/name`` atomically; returns the path."""
     results.setdefault("environment", environment())
     return write_json(Path(out_dir) / name, results)
+
+
+PER_USER_FILE = "per_user_test.npz"
+USERS_FILE = "evaluated_users.npy"  # a user-subset run's evaluated users
+
+
+def keep_run(src: str | Path, dst: str | Path, metrics: tuple[str, ...], extra: tuple[str, ...] = ()) -> bool:
+    """Copy what a finished run's table entry is computed from into ``dst`` (a committed record):
+    its results.json, the per-user test ``metrics`` with the user groups (compressed; the other
+    metrics and the top items are left out), the evaluated users of a subset run and the ``extra``
+    files. Rewrites nothing when ``dst`` already holds the same results; returns whether it wrote."""
+    import numpy as np
+
+    src, dst = Path(src), Path(dst)
+    results = (src / RESULTS_FILE).read_text()
+    if (dst / RESULTS_FILE).exists() and (dst / RESULTS_FILE).read_text() == results:
+        return False
+    dst.mkdir(parents=True, exist_ok=True)
+    if (src / PER_USER_FILE).exists():
+        with np.load(src / PER_USER_FILE) as z:
+            np.savez_compressed(dst / PER_USER_FILE, **{k: z[k] for k in (*metrics, "groups") if k in z.files})
+    for name in (USERS_FILE, *extra):
+        if (src / name).exists():
+            (dst / name).write_bytes((src / name).read_bytes())
+    atomic_write_text(dst / RESULTS_FILE, results)  # last: an entry with results is complete
+    return True

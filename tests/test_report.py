@@ -295,3 +295,28 @@ def test_report_reads_several_folders(tmp_path):
     assert report.main([str(tmp_path / "a"), str(tmp_path / "b"), "--no-plot"]) == 0
     ours = [r for r in _read_csv(tmp_path / "a" / "table2.csv") if r["kind"] == "ours"]
     assert [(r["model"], r["n_seeds"], float(r["overall"])) for r in ours] == [("tall", "2", pytest.approx(0.45))]
+
+
+def test_the_record_rebuilds_the_same_table_without_the_run_folders(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    runs = Path("runs")
+    for model, rows in RUNS.items():
+        for seed, values in enumerate(rows):
+            _write_run(runs / "table2", model, seed, values)
+    _write_run(runs / "study", "lmoe", 0, (0.38,) * 6)
+    d = runs / "table2" / "ml-1m_tall_s0"
+    RankingResult({"ndcg@20": np.linspace(0, 1, 10), "recall@20": np.ones(10)},
+                  np.repeat(np.arange(5), 2)).save_per_user(d / "per_user_test.npz")
+    args = ["runs/table2", "runs/study", "--no-plot", "--out", "first"]
+    assert report.main([*args, "--record", "kept"]) == 0
+    assert "recorded 7 run(s) in kept" in capsys.readouterr().out
+    kept = Path("kept") / "runs" / "table2" / "ml-1m_tall_s0"
+    with np.load(kept / "per_user_test.npz") as z:  # the table's metric and the groups only
+        assert sorted(z.files) == ["groups", "ndcg@20"]
+    assert report.main([*args, "--record", "kept"]) == 0
+    assert "kept already holds these runs" in capsys.readouterr().out
+    import shutil
+    shutil.rmtree(runs)
+    assert report.main(["kept", "--no-plot", "--out", "second", "--record", "kept"]) == 0
+    assert "already holds" in capsys.readouterr().out  # reading the record never nests it in itself
+    assert (Path("second") / "table2.csv").read_text() == (Path("first") / "table2.csv").read_text()

@@ -15,15 +15,10 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from tall_jax.identity import field_differences
-from tall_jax.results import RESULTS_FILE
+from tall_jax.results import PER_USER_FILE, RESULTS_FILE, keep_run
 from tall_jax.study.analysis import METRIC
 from tall_jax.study.runner import RECORD, Run, check_folder
-
-PER_USER = "per_user_test.npz"
-PER_USER_KEYS = (METRIC, "groups")
 
 
 def records_dir(page: str | Path) -> Path:
@@ -38,18 +33,7 @@ def entry_dir(records: Path, run: Run) -> Path:
 
 def save(run: Run, records: Path) -> bool:
     """Record a finished run (rewritten only when its results changed); returns whether it wrote."""
-    if not run.done():
-        return False
-    entry = entry_dir(records, run)
-    results = (run.out_dir / RESULTS_FILE).read_text()
-    if (entry / RESULTS_FILE).exists() and (entry / RESULTS_FILE).read_text() == results:
-        return False
-    entry.mkdir(parents=True, exist_ok=True)
-    with np.load(run.out_dir / PER_USER) as z:
-        np.savez_compressed(entry / PER_USER, **{k: z[k] for k in PER_USER_KEYS})
-    shutil.copyfile(run.out_dir / RECORD, entry / RECORD)
-    (entry / RESULTS_FILE).write_text(results)  # last: an entry with results is complete
-    return True
+    return run.done() and keep_run(run.out_dir, entry_dir(records, run), (METRIC,), extra=(RECORD,))
 
 
 def restore(run: Run, records: Path, dataset: str, n_experts: int) -> str | None:
@@ -65,6 +49,6 @@ def restore(run: Run, records: Path, dataset: str, n_experts: int) -> str | None
         return f"{entry} was made for other settings ({'; '.join(diff)}): not used, the run trains again"
     check_folder(run, dataset, n_experts)  # never over a folder made for another variant
     run.out_dir.mkdir(parents=True, exist_ok=True)
-    for name in (PER_USER, RECORD, RESULTS_FILE):  # results last: the folder is finished once it has them
+    for name in (PER_USER_FILE, RECORD, RESULTS_FILE):  # results last: then the folder is finished
         shutil.copyfile(entry / name, run.out_dir / name)
     return "restored"
