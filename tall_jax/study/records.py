@@ -4,7 +4,7 @@ Run folders (``--root``: checkpoints, logs, figures) are scratch: a fresh checko
 none, and a study spread over several sessions would start again. The record keeps, for every
 finished (variant, seed), the run's ``results.json`` and ``study_run.json`` and its per-user test
 NDCG@20 with the user groups (``per_user_test.npz``, compressed; the other metrics and the top items
-are left out), about 60 KB a run. It lives in ``<page>_runs/<variant>/seed<k>/`` and is meant to be
+are left out), ~150 KB a run (~50 KB compressed in git). It lives in ``<page>_runs/<variant>/seed<k>/`` and is meant to be
 committed with the page: on the next start, a recorded run is copied back into its folder (so it is
 finished, skipped and on the page) unless it was made for other settings, which is said and the run
 trains again.
