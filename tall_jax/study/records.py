@@ -11,14 +11,12 @@ trains again.
 """
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
-from tall_jax.identity import field_differences
 from tall_jax.results import PER_USER_FILE, RESULTS_FILE, keep_run
 from tall_jax.study.analysis import METRIC
-from tall_jax.study.runner import RECORD, Run, check_folder
+from tall_jax.study.runner import RECORD, Run, check_folder, record_differences
 
 
 def records_dir(page: str | Path) -> Path:
@@ -42,9 +40,7 @@ def restore(run: Run, records: Path, dataset: str, n_experts: int) -> str | None
     entry = entry_dir(records, run)
     if run.done() or not (entry / RESULTS_FILE).exists():
         return None
-    saved = json.loads((entry / RECORD).read_text())
-    wanted = json.loads(json.dumps(run.record(dataset, n_experts)))
-    diff = field_differences(saved, wanted, RECORD)
+    diff = record_differences(entry / RECORD, run, dataset, n_experts)
     if diff:
         return f"{entry} was made for other settings ({'; '.join(diff)}): not used, the run trains again"
     check_folder(run, dataset, n_experts)  # never over a folder made for another variant

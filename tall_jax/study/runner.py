@@ -126,13 +126,16 @@ def standing(run: Run) -> Standing:
     return Standing(f"waits for {run.trunk.label} to reach epoch {run.fork_epoch}", run.fork_epoch)
 
 
+def record_differences(path: Path, run: Run, dataset: str, n_experts: int) -> list[str]:
+    """What the record at ``path`` (a ``study_run.json``) says differently from ``run``'s."""
+    saved, wanted = json.loads(path.read_text()), json.loads(json.dumps(run.record(dataset, n_experts)))
+    return field_differences(saved, wanted, RECORD)
+
+
 def check_folder(run: Run, dataset: str, n_experts: int) -> None:
     """Refuse a folder made for another variant (its record names what differs)."""
     path = run.out_dir / RECORD
-    if not path.exists():
-        return
-    saved, wanted = json.loads(path.read_text()), json.loads(json.dumps(run.record(dataset, n_experts)))
-    diff = field_differences(saved, wanted, RECORD)
+    diff = record_differences(path, run, dataset, n_experts) if path.exists() else []
     if diff:
         raise ValueError(f"{run.out_dir} was trained for other settings ({'; '.join(diff)}); "
                          "remove it or choose another --root")
