@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tall_jax import paper
+from tall_jax.configs import MODEL_PRESETS, TALLConfig
 from tall_jax.files import atomic_write_bytes
 from tall_jax.metrics import FAIRNESS_COLUMNS, group_fairness
 
@@ -62,6 +63,17 @@ def _improvement(tall: Sequence[float], x: Sequence[float]) -> tuple[float, ...]
     return tuple((t - v) / v * 100.0 if v != 0 else math.nan for t, v in zip(tall, x))
 
 
+def n_experts(model: str, variant: str) -> int:
+    """E of a row: the ``n_experts=`` of its variant, else its model's preset (1 for MultVAE, WL and
+    the local baselines, whose models are single MultVAEs)."""
+    for part in variant.split(", "):
+        key, _, value = part.partition("=")
+        if key == "n_experts":
+            return int(value)
+    preset = MODEL_PRESETS.get(model)
+    return 1 if preset is None else int(preset.get("n_experts", TALLConfig.n_experts))
+
+
 def _tall_on_subsets(tall_runs: Sequence[Run], x_runs: Sequence[Run], metric: str) -> tuple[float, ...]:
     """TALL's mean over each subset run's own users, averaged over TALL's seeds and the subset runs."""
     per_pair = np.array([[t.values_on(x.users, metric) for t in tall_runs] for x in x_runs])
@@ -72,7 +84,9 @@ def build_rows(runs: Sequence[Run], metric: str = "ndcg@20",
                reference: str | Sequence[str] | None = "paper") -> list[Row]:
     """Table 2 rows per dataset: each model's mean ± std over seeds, its reference rows (only for the
     paper's metric, NDCG@20; ``reference``: one or several of "paper", "lft_repo"), then "TALL vs X"
-    improvement rows when "tall" is present (X on a user subset: TALL over the same users)."""
+    improvement rows when "tall" is present (X on a user subset: TALL over the same users). A TALL row
+    is compared with every single model and with the mixtures of its own E only (TALL at E = 100 is
+    not set against an LMoE of 10 experts)."""
     references = [] if reference is None else [reference] if isinstance(reference, str) else list(reference)
     if metric != paper.PAPER_METRIC:
         references = []
@@ -83,6 +97,7 @@ def build_rows(runs: Sequence[Run], metric: str = "ndcg@20",
             if r.dataset == ds:
                 by_name.setdefault(r.name, []).append(r)
         base = {name: group[0].model for name, group in by_name.items()}
+        experts = {name: n_experts(group[0].model, group[0].variant) for name, group in by_name.items()}
         means: dict[str, tuple[float, ...]] = {}
         refs: dict[tuple[str, str], tuple[float, ...]] = {}  # (source, model) -> values
         order = {m: i for i, m in enumerate(MODEL_ORDER)}
@@ -100,7 +115,7 @@ def build_rows(runs: Sequence[Run], metric: str = "ndcg@20",
                     rows.append(Row(ds, "paper", base[name], "", 0, refs[source, base[name]], None, source))
         for tall in [n for n in means if base[n] == "tall"]:
             for name in means:
-                if base[name] == "tall":
+                if base[name] == "tall" or experts[name] not in (1, experts[tall]):
                     continue
                 subset = [r for r in by_name[name] if r.users is not None]
                 if subset:

@@ -196,6 +196,26 @@ def test_variants_get_their_own_rows_and_tall_variants_are_compared(tmp_path):
     assert not [r for r in rows if r.kind == "improvement_paper"]  # a reduced TALL is not the paper's
 
 
+def test_tall_is_compared_with_single_models_and_mixtures_of_its_own_size(tmp_path):
+    for model, variant, value in [("multvae", "", 0.30), ("lmoe", "", 0.34), ("lmoe", "n_experts=10", 0.32),
+                                  ("tall", "", 0.35), ("tall", "n_experts=10, alpha=0.1", 0.33)]:
+        d = tmp_path / f"{model}-{variant}"
+        d.mkdir()
+        groups = {g: {"ndcg@20": value} for g in GROUP_NAMES}
+        test = {"overall": {"ndcg@20": value}, "groups": groups,
+                "group_sizes": {g: 1 for g in groups}, "n_users": 5, "n_undefined": 0}
+        (d / "results.json").write_text(json.dumps(
+            {"dataset": "ml-1m", "model": model, "seed": 0, "split": "authors", "test": test,
+             "variant": variant}))
+    rows = report.build_rows(report.collect_runs(tmp_path), reference=None)
+    pairs = {(r.model, r.vs): r.mean[0] for r in rows if r.kind == "improvement"}
+    assert set(pairs) == {("tall", "multvae"), ("tall", "lmoe"),
+                          ("tall [n_experts=10, alpha=0.1]", "multvae"),
+                          ("tall [n_experts=10, alpha=0.1]", "lmoe [n_experts=10]")}
+    assert pairs["tall", "lmoe"] == pytest.approx((0.35 - 0.34) / 0.34 * 100)
+    assert pairs["tall [n_experts=10, alpha=0.1]", "lmoe [n_experts=10]"] == pytest.approx(3.125)
+
+
 def test_subset_run_is_compared_with_tall_on_the_same_users_and_two_reference_sources(tmp_path):
     runs = tmp_path / "runs"
     groups = np.repeat(np.arange(5), 2)  # 10 users, two per group
