@@ -153,14 +153,30 @@ def collect_runs(root: Path, skip_malformed: bool = False) -> list[Run]:
     return runs
 
 
-def record_runs(runs: Sequence[Run], roots: Sequence[Path], record: Path, metric: str) -> int:
+def in_a_record(folder: Path) -> Path | None:
+    """The page record ``folder`` lies in (a folder ``<stem>_runs`` beside a page ``<stem>.md``, as the
+    studies and ``--record`` write them), or None."""
+    for parent in Path(folder).resolve().parents:
+        if parent.name.endswith("_runs") and parent.with_name(parent.name[:-len("_runs")] + ".md").is_file():
+            return parent
+    return None
+
+
+def record_runs(runs: Sequence[Run], roots: Sequence[Path], record: Path, metric: str) -> tuple[int, list[Path]]:
     """Keep each run (:func:`tall_jax.results.keep_run`) in ``record``, at its path below the runs
     folder it was found in, under that folder's own path (``runs/table2/ml-1m/wl/seed0`` ->
-    ``record/runs/table2/ml-1m/wl/seed0``); returns how many it wrote."""
-    written, record = 0, Path(record)
+    ``record/runs/table2/ml-1m/wl/seed0``). A run read from a page's record (this one or another
+    page's, e.g. a study's) is committed there already and not copied. Returns how many it wrote and
+    the other records it read from."""
+    written, record, others = 0, Path(record), []
     for run in runs:
         folder = run.path.parent.resolve()
         if folder.is_relative_to(record.resolve()):  # read from the record itself: kept already
+            continue
+        other = in_a_record(folder)
+        if other is not None:
+            if other not in others:
+                others.append(other)
             continue
         root = next(Path(r).resolve() for r in roots if folder.is_relative_to(Path(r).resolve()))
         try:
@@ -168,7 +184,7 @@ def record_runs(runs: Sequence[Run], roots: Sequence[Path], record: Path, metric
         except ValueError:  # a folder outside the working directory: its absolute path's parts
             place = Path(*root.parts[1:])
         written += keep_run(folder, record / place / folder.relative_to(root), (metric,))
-    return written
+    return written, others
 
 
 def produced_by(argv: Sequence[str] | None, runs: Sequence[Run]) -> str:
@@ -215,8 +231,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or args.runs[0]
     out.mkdir(parents=True, exist_ok=True)
     if args.record is not None:
-        kept = record_runs(runs, args.runs, args.record, args.metric)
+        kept, others = record_runs(runs, args.runs, args.record, args.metric)
         print(f"recorded {kept} run(s) in {args.record}" if kept else f"{args.record} already holds these runs")
+        for other in others:
+            print(f"runs read from the record {other} stay there (commit it with this page)")
     paths = {kind: out / f"{args.name}{kind}" for kind in (".md", ".csv", "_fairness.csv", ".png")}
     md = to_markdown(rows, args.metric, runs, fair, produced_by=produced_by(argv, runs))
     atomic_write_text(paths[".md"], md)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -335,8 +336,23 @@ def test_the_record_rebuilds_the_same_table_without_the_run_folders(tmp_path, mo
         assert sorted(z.files) == ["groups", "ndcg@20"]
     assert report.main([*args, "--record", "kept"]) == 0
     assert "kept already holds these runs" in capsys.readouterr().out
-    import shutil
     shutil.rmtree(runs)
     assert report.main(["kept", "--no-plot", "--out", "second", "--record", "kept"]) == 0
     assert "already holds" in capsys.readouterr().out  # reading the record never nests it in itself
     assert (Path("second") / "table2.csv").read_text() == (Path("first") / "table2.csv").read_text()
+
+
+def test_runs_from_a_study_record_are_read_but_not_copied(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    study = Path("docs") / "page_runs"  # a study's record: <stem>_runs beside <stem>.md
+    _write_run(study / "lmoe", "lmoe", 0, (0.38,) * 6)
+    _write_run(Path("runs"), "multvae", 0, (0.30,) * 6)
+    assert report.main(["runs", str(study), "--no-plot", "--out", "out", "--record", "kept"]) == 0
+    # without its page it is just a runs folder, and is kept
+    assert sorted(p.parent.name for p in Path("kept").rglob("results.json")) == ["ml-1m_lmoe_s0", "ml-1m_multvae_s0"]
+    (study.parent / "page.md").write_text("# a page\n")
+    shutil.rmtree("kept")
+    assert report.main(["runs", str(study), "--no-plot", "--out", "out", "--record", "kept"]) == 0
+    out = capsys.readouterr().out
+    assert "recorded 1 run(s) in kept" in out and f"read from the record {study.resolve()} stay there" in out
+    assert sorted(p.parent.name for p in Path("kept").rglob("results.json")) == ["ml-1m_multvae_s0"]
