@@ -134,9 +134,13 @@ def main(argv: list[str] | None = None) -> int:
         runs = collect(_folders(variants, planned))
         if any(runs.values()):
             import jax
+            # the page: the variants asked for and every other one with a finished run
+            shown = [v for v in variants if v.name in chosen or runs.get(v.name)]
+            names = {v.name for v in shown}
             written = write_page(page, study=args.study, command=_command(args), dataset=args.dataset,
-                                 n_experts=args.experts, seeds=args.seeds, variants=variants, runs=runs,
-                                 n_planned=len(planned), curves=CURVES.get(args.study, ()),
+                                 n_experts=args.experts, seeds=args.seeds, variants=shown, runs=runs,
+                                 n_planned=sum(r.variant.name in names for r in planned),
+                                 curves=CURVES.get(args.study, ()),
                                  environment={"jax": jax.__version__, "backend": jax.default_backend(),
                                               "python": platform.python_version(),
                                               "cpus": os.cpu_count()})
@@ -172,7 +176,7 @@ def _folders(variants, planned) -> dict[str, dict[int, Path]]:
 
 def _command(args) -> str:
     parts = [args.study, "--dataset", args.dataset, "--experts", str(args.experts), "--seeds",
-             *map(str, args.seeds)]
+             *map(str, args.seeds)] + (["--variants", *args.variants] if args.variants else [])
     return "python -m tall_jax.study " + " ".join(shlex.quote(p) for p in parts)
 
 
