@@ -190,7 +190,11 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
     assert main(argv + ["--status"]) == 0
     out = capsys.readouterr().out  # the chosen variants only
     assert "multvae/seed0" in out and "finished: best epoch" in out and "1 of 1 runs finished" in out
-    assert "| multvae | 1 |" in (tmp_path / "page.md").read_text()
+    page = (tmp_path / "page.md").read_text()
+    assert "| multvae | 1 |" in page
+    # the page lists the variants asked for (and those with finished runs), and its command names them
+    assert "--variants multvae`" in page and "(1 of 1 planned runs finished" in page
+    assert "| tall | tall |" not in page
     assert json.loads((folder / "results.json").read_text())["epochs_run"] == 3
     assert main(argv[:-1] + ["--jobs", "0"]) == 2
     assert "error:" in capsys.readouterr().err
