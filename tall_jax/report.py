@@ -31,7 +31,7 @@ import numpy as np
 
 from tall_jax.files import atomic_write_text
 from tall_jax.metrics import RankingResult, RankingSummary
-from tall_jax.results import keep_run
+from tall_jax.results import keep_run, record_holding
 from tall_jax.table2 import (COLUMNS, DATASET_ORDER, FAIRNESS_KEYS, MODEL_ORDER, Row, build_rows,  # noqa: F401
                              fairness_rows, plot, to_markdown, write_csv, write_fairness_csv)
 
@@ -153,15 +153,6 @@ def collect_runs(root: Path, skip_malformed: bool = False) -> list[Run]:
     return runs
 
 
-def in_a_record(folder: Path) -> Path | None:
-    """The page record ``folder`` lies in (a folder ``<stem>_runs`` beside a page ``<stem>.md``, as the
-    studies and ``--record`` write them), or None."""
-    for parent in Path(folder).resolve().parents:
-        if parent.name.endswith("_runs") and parent.with_name(parent.name[:-len("_runs")] + ".md").is_file():
-            return parent
-    return None
-
-
 def record_runs(runs: Sequence[Run], roots: Sequence[Path], record: Path, metric: str) -> tuple[int, list[Path]]:
     """Keep each run (:func:`tall_jax.results.keep_run`) in ``record``, at its path below the runs
     folder it was found in, under that folder's own path (``runs/table2/ml-1m/wl/seed0`` ->
@@ -173,7 +164,7 @@ def record_runs(runs: Sequence[Run], roots: Sequence[Path], record: Path, metric
         folder = run.path.parent.resolve()
         if folder.is_relative_to(record.resolve()):  # read from the record itself: kept already
             continue
-        other = in_a_record(folder)
+        other = record_holding(folder)
         if other is not None:
             if other not in others:
                 others.append(other)

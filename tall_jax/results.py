@@ -93,6 +93,24 @@ PER_USER_FILE = "per_user_test.npz"
 USERS_FILE = "evaluated_users.npy"  # a user-subset run's evaluated users
 
 
+RECORD_SUFFIX = "_runs"  # a page's record: <stem>_runs beside <stem>.md
+
+
+def record_dir(page: str | Path) -> Path:
+    """``<page>_runs``: the record of the page ``<page>.md``, committed beside it."""
+    page = Path(page)
+    return page.with_name(page.name + RECORD_SUFFIX)
+
+
+def record_holding(folder: str | Path) -> Path | None:
+    """The page record (:func:`record_dir`) that ``folder`` lies in, or None."""
+    for parent in Path(folder).resolve().parents:
+        stem = parent.name.removesuffix(RECORD_SUFFIX)
+        if stem != parent.name and parent.with_name(stem + ".md").is_file():
+            return parent
+    return None
+
+
 def keep_run(src: str | Path, dst: str | Path, metrics: tuple[str, ...], extra: tuple[str, ...] = ()) -> bool:
     """Copy what a finished run's table entry is computed from into ``dst`` (a committed record):
     its results.json, the per-user test ``metrics`` with the user groups (compressed; the other

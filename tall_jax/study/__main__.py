@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tall_jax.cli import HelpFormatter, Parser, show_progress_logs
 from tall_jax.configs import DATASET_PRESETS
+from tall_jax.results import record_dir
 from tall_jax.study import records as records_lib
 from tall_jax.study.analysis import collect, seconds_left
 from tall_jax.study.runner import execute, plan, run_one, standing
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         chosen = {v.name for v in select(variants, args.variants)}
         planned = plan(variants, args.seeds, args.root, args.dataset, args.experts)
         page = Path(args.page or default_page(args.dataset, args.study, args.experts))
-        records = Path(args.records) if args.records else records_lib.records_dir(page)
+        records = Path(args.records) if args.records else record_dir(page)
         _restore(planned, records, args.dataset, args.experts)
         if args.status:
             shown = [r for r in planned if r.variant.name in chosen]

@@ -19,12 +19,6 @@ from tall_jax.study.analysis import METRIC
 from tall_jax.study.runner import RECORD, Run, check_folder, record_differences
 
 
-def records_dir(page: str | Path) -> Path:
-    """``<page>_runs``: the record of the page ``<page>.md``."""
-    page = Path(page)
-    return page.with_name(page.name + "_runs")
-
-
 def entry_dir(records: Path, run: Run) -> Path:
     return Path(records) / run.variant.name / f"seed{run.seed}"
 
