@@ -195,6 +195,7 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
     # the page lists the variants asked for (and those with finished runs), and its command names them
     assert "--variants multvae`" in page and "(1 of 1 planned runs finished" in page
     assert "| tall | tall |" not in page
+    assert "Against the improved preset's aim" not in page  # no variant to measure it on: no empty table
     assert json.loads((folder / "results.json").read_text())["epochs_run"] == 3
     assert main(argv[:-1] + ["--jobs", "0"]) == 2
     assert "error:" in capsys.readouterr().err

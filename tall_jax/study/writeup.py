@@ -29,6 +29,15 @@ def _num(x: float | None, fmt: str = ".3f") -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
 
+def _contenders(variants: list[Variant], runs: dict[str, list[RunSummary]], reference: str,
+                rival: str) -> list[str]:
+    """The variants with finished runs that the aim is measured on (all but the two it compares with;
+    none unless both of those have runs)."""
+    if not (runs.get(reference) and runs.get(rival)):
+        return []
+    return [v.name for v in variants if v.name not in (reference, rival) and runs.get(v.name)]
+
+
 def summary_lines(variants: list[Variant], runs: dict[str, list[RunSummary]], reference: str,
                   rival: str) -> list[str]:
     """The page's findings in a few bullet points, each read off one of the tables below."""
@@ -47,9 +56,9 @@ def summary_lines(variants: list[Variant], runs: dict[str, list[RunSummary]], re
     if runs.get(reference):
         lines.append(f"- Apart from `{reference}` over seeds (paired t-test on the overall score, p < {ALPHA:g}): "
                      f"above: {', '.join(apart['above']) or 'none'}; below: {', '.join(apart['below']) or 'none'}.")
-    if runs.get(reference) and runs.get(rival):
-        met = [v.name for v in variants if v.name not in (reference, rival) and runs.get(v.name)
-               and (a := aim(runs[v.name], runs[reference], runs[rival])) is not None and a.met]
+    if _contenders(variants, runs, reference, rival):
+        met = [n for n in _contenders(variants, runs, reference, rival)
+               if (a := aim(runs[n], runs[reference], runs[rival])) is not None and a.met]
         lines.append(f"- Meets the improved preset's aim: {', '.join(f'`{n}`' for n in met)}." if met else
                      "- No variant meets the improved preset's aim (its table says which part each misses).")
     jumps = [(r, j) for v in variants for r in runs.get(v.name, []) if (j := jump_epoch(r)) is not None]
@@ -90,16 +99,14 @@ def aim_table(variants: list[Variant], runs: dict[str, list[RunSummary]], refere
     lines = [f"| variant | seeds | columns not above `{reference}` | low minus `{rival}` | "
              f"std over seeds (overall) | `{rival}`'s std | F-test p (equal spreads) | meets the aim |",
              "|---|---:|---|---:|---:|---:|---:|---|"]
-    for v in variants:
-        if v.name in (reference, rival) or not runs.get(v.name):
-            continue
-        a = aim(runs[v.name], runs.get(reference, []), runs.get(rival, []))
+    for name in _contenders(variants, runs, reference, rival):
+        a = aim(runs[name], runs.get(reference, []), runs.get(rival, []))
         if a is None:
             continue
         spread = (f"{a.spread:.4f}", f"{a.rival_spread:.4f}") if a.n_seeds > 1 else ("–", "–")
         verdict = "yes" if a.met else ("needs 2+ seeds" if a.n_seeds < 2 else "no")
         below = "all" if len(a.below_reference) == len(COLUMNS) else ", ".join(a.below_reference) or "none"
-        lines.append(f"| {v.name} | {a.n_seeds} | {below} | "
+        lines.append(f"| {name} | {a.n_seeds} | {below} | "
                      f"{a.low_vs_rival:+.4f} | {spread[0]} | {spread[1]} | {_p(a.spread_p)} | {verdict} |")
     return lines
 
@@ -232,7 +239,7 @@ def write_page(out: Path, *, study: str, command: str, dataset: str, n_experts: 
               "users and of the paired t-test over seeds; * marks p < 0.05. Not corrected for the number of "
               "variants compared.", ""]
     lines += paired_table(main, runs, reference)
-    if study == "ablations":
+    if study == "ablations" and _contenders(main, runs, reference, rival):
         lines += ["", "## Against the improved preset's aim", "",
                   f"The aim: a mean above `{reference}`'s in every column, ahead of `{rival}` on the low group, "
                   f"and a seed spread (std over seeds of the overall score) no larger than `{rival}`'s; "
