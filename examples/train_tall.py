@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from tall_jax.baselines import BASELINES, BaselineConfig, make_baseline_config
-from tall_jax.baselines.config import SYNTHETIC_LFT, global_config
+from tall_jax.baselines.config import FIELD_MODELS, SYNTHETIC_LFT, applies, global_config
 from tall_jax.baselines.experiment import shared_global
 from tall_jax.cli import HelpFormatter, Parser, show_progress_logs
 from tall_jax.configs import (DATASET_PRESETS, ENCODERS, FORWARD_IMPLS, GATES, MODEL_PRESETS, MODELS,
@@ -243,9 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     base_overrides = {field: getattr(args, flag) for flag, field in BASELINE_OVERRIDES.items()}
 
     def model_overrides(model: str) -> dict:
-        """--experts applies to the mixtures only; MultVAE and WL are single models."""
+        """--experts applies to the mixtures only (MultVAE and WL are single models); a baseline flag
+        to the baselines that read it (--users: LFT, --anchors: EnLFT, ...)."""
         if model in BASELINES:
-            return base_overrides
+            return {k: v for k, v in base_overrides.items() if applies(k, model)}
         single = MODEL_PRESETS.get(model, {}).get("n_experts") == 1
         return {k: v for k, v in overrides.items() if not (single and k == "n_experts")}
 
@@ -277,11 +278,19 @@ def main(argv: list[str] | None = None) -> int:
             if clash:
                 raise ValueError(f"--together trains the MultVAE family without checkpoints or a mesh; "
                                  f"not with {', '.join(clash)}")
+        for flag, field in BASELINE_OVERRIDES.items():
+            shared = field in OVERRIDES.values()  # --epochs, --patience: the MultVAE family's too
+            if getattr(args, flag) is not None and not any(
+                    applies(field, m) if m in BASELINES else shared for m in args.model):
+                readers = ", ".join(FIELD_MODELS.get(field, BASELINES)) + (" and the MultVAE family"
+                                                                            if shared else "")
+                raise ValueError(f"--{flag.replace('_', '-')} applies to {readers}, not to --model "
+                                 f"{' '.join(args.model)}")
         shown = {}
         for seed in args.seed:  # resolve every configuration before the first long run
             for model in args.model:
                 if model in BASELINES:
-                    cfg = make_baseline_config(model, seed=seed, dataset=dataset, **base_overrides)
+                    cfg = make_baseline_config(model, seed=seed, dataset=dataset, **model_overrides(model))
                     global_config(dataset, cfg)
                 else:
                     cfg = make_config(dataset, model, seed=seed, **model_overrides(model))
@@ -323,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                 global_from = None
                 if model in BASELINES:
                     global_from = args.global_from or shared_global(
-                        model, make_baseline_config(model, seed=seed, dataset=dataset, **base_overrides),
+                        model, make_baseline_config(model, seed=seed, dataset=dataset, **model_overrides(model)),
                         dataset, {m: outs[seed, m] for m in args.model if m != model})
                     if global_from is not None and args.global_from is None:
                         print(f"[{model}] seed {seed}: reuses the global model in {global_from} (same settings)")

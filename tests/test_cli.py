@@ -139,6 +139,9 @@ def test_bad_flags_are_one_line(tmp_path, capsys, argv, needle):
     (["--data-dir", "/no/such/folder"], "/no/such/folder"),
     (["--columns", "user,item"], "own data file only"),
     (["--global-from", "/no/such/run"], "--global-from applies to"),
+    (["--model", "enlft", "--users", "200"], "--users applies to lft, not to --model enlft"),
+    (["--model", "multvae", "--anchors", "3"], "--anchors applies to enlft, not to"),
+    (["--model", "lft", "--epochs", "3"], "--epochs applies to loca and the MultVAE family, not to"),
 ])
 def test_bad_settings_exit_2_before_any_run_folder(tmp_path, capsys, argv, needle):
     rc, err = _run(tmp_path, capsys, *argv)
@@ -197,6 +200,28 @@ def test_lft_on_synthetic_is_reduced_and_says_so():
     assert make_baseline_config("lft", dataset="ml-1m").users == 0  # real data: the full run
     from tall_jax.configs import variant
     assert variant(cfg, make_baseline_config("lft")) == "ft_epochs=10, users=50"
+
+
+def test_a_baseline_flag_reaches_only_the_baselines_that_read_it(tmp_path, capsys, monkeypatch):
+    """--model lft enlft --users 200 --anchors 7: LFT gets the user subset, EnLFT the anchors; neither
+    is recorded as a variant in a field its code never reads (EnLFT has no user subset)."""
+    with pytest.raises(ValueError, match="users: not read by enlft"):
+        make_baseline_config("enlft", users=200)
+    seen = {}
+
+    def record(root, settings):
+        seen[settings["config"]["model"]] = settings
+        return tmp_path / "runs" / settings["config"]["model"]
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_tall, "default_out_dir", record)
+    monkeypatch.setattr(train_tall, "run_experiment", stop)
+    rc, _ = _run(tmp_path, capsys, "--model", "lft", "enlft", "--users", "200", "--anchors", "7")
+    assert rc == 130
+    assert seen["lft"]["variant"] == "ft_epochs=10, users=200" and seen["lft"]["config"]["n_anchors"] == 100
+    assert seen["enlft"]["variant"] == "n_anchors=7" and seen["enlft"]["config"]["users"] == 0
 
 
 def test_datasets_cli_errors(tmp_path, capsys):

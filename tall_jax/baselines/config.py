@@ -86,6 +86,24 @@ class BaselineConfig:
         return dataclasses.asdict(self)
 
 
+# The models a model-specific field is read by (a field not named here, e.g. seed, latent or chunk, is
+# read by all three): setting one for another model would only make that run a false variant.
+FIELD_MODELS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("n_local", "anchor_stride", "train_h", "test_h", "loca_batch", "loca_lr", "loca_reg",
+                     "loca_dropout", "loca_beta", "loca_loss_norm", "loca_global_state", "patience",
+                     "max_epochs"), ("loca",)),
+    **dict.fromkeys(("global_wl", "sim_threshold", "alpha_mix", "cos_threshold", "min_size", "ft_epochs",
+                     "ft_batch", "ft_lr", "ft_reg", "ft_dropout", "ft_beta"), ("lft", "enlft")),
+    **dict.fromkeys(("max_size", "users"), ("lft",)),
+    **dict.fromkeys(("n_anchors", "anchor_penalty", "agg_cut"), ("enlft",)),
+}
+
+
+def applies(field: str, model: str) -> bool:
+    """Whether ``model``'s code reads the BaselineConfig field ``field``."""
+    return model in FIELD_MODELS.get(field, BASELINES)
+
+
 # Reduced defaults per (dataset, model), so the quick offline run stays quick: LFT fine-tunes one model
 # per user, which for the 1,500 synthetic users x 30 epochs takes ~20 minutes on 2 CPU cores; by
 # default there it fine-tunes a seeded subset of 50 users for 10 epochs, about a minute with the
@@ -99,14 +117,19 @@ DATASET_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 def make_baseline_config(model: str, seed: int = 0, dataset: str | None = None,
                          **overrides: Any) -> BaselineConfig:
     """The faithful config of ``model``, then the reduced defaults of ``dataset`` (``DATASET_PRESETS``),
-    then ``overrides`` (None values ignored; unknown names error)."""
+    then ``overrides`` (None values ignored; unknown names and fields ``model`` does not read error)."""
     fields = {f.name for f in dataclasses.fields(BaselineConfig)}
     unknown = set(overrides) - fields
     if unknown:
         raise ValueError(f"unknown baseline option(s) for {model!r}: {', '.join(sorted(unknown))}; "
                          f"known: {', '.join(sorted(fields))}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    foreign = sorted(k for k in given if model in BASELINES and not applies(k, model))
+    if foreign:
+        raise ValueError(f"{', '.join(foreign)}: not read by {model} (" + "; ".join(
+            f"{k} applies to {' and '.join(FIELD_MODELS[k])}" for k in foreign) + ")")
     values = dict(DATASET_PRESETS.get(dataset or "", {}).get(model, {}))
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    values.update(given)
     return BaselineConfig(model=model, seed=seed, **values)
 
 
