@@ -25,8 +25,8 @@ from tall_jax.metrics import GROUP_NAMES, RankingResult
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINES = ("loca", "lft", "enlft")
-TINY = ["--experts", "2", "--epochs", "2", "--patience", "1", "--local-models", "2", "--anchors", "2",
-        "--users", "3", "--ft-epochs", "1", "--no-progress"]
+TINY = ["--experts", "2", "--epochs", "2", "--patience", "1", "--no-progress"]  # LOCA reads epochs, patience
+TINY_LOCAL = ["--local-models", "2", "--anchors", "2", "--users", "3", "--ft-epochs", "1"]
 RESULT_KEYS = {"dataset", "model", "seed", "split", "variant", "test", "valid", "settings", "paper", "lft_repo",
                "dataset_counts", "model_selection", "wall_time_s", "environment"}
 ENVIRONMENT_KEYS = {"jax", "backend", "devices", "python", "platform", "date"}
@@ -53,7 +53,7 @@ def runs(tmp_path_factory):
     mp.setattr(baseline_experiment, "global_config", _tiny_global(baseline_experiment.global_config))
     try:
         train_tall = _example("train_tall")
-        assert train_tall.main(["--model", *MODELS, *BASELINES, *TINY, "--out", str(root)]) == 0
+        assert train_tall.main(["--model", *MODELS, *BASELINES, *TINY, *TINY_LOCAL, "--out", str(root)]) == 0
     finally:
         mp.undo()
     folders = {}
@@ -175,7 +175,8 @@ def test_baselines_reuse_the_global_models_of_the_same_command(runs, tmp_path):
     mp = pytest.MonkeyPatch()
     mp.setattr(baseline_experiment, "global_config", _tiny_global(baseline_experiment.global_config))
     try:
-        assert _example("train_tall").main(["--model", "loca", *TINY, "--out", str(tmp_path)]) == 0
+        assert _example("train_tall").main(["--model", "loca", *TINY, "--local-models", "2",
+                                                 "--out", str(tmp_path)]) == 0
     finally:
         mp.undo()
     (alone,) = (tmp_path / "synthetic").glob("loca-*/seed0")
