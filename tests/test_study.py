@@ -231,6 +231,27 @@ def test_the_record_outlives_the_run_folders(tmp_path, capsys):
     assert json.loads((entry / "study_run.json").read_text()) == made  # the new run is recorded
 
 
+def test_the_page_shows_the_recorded_seeds_not_asked_this_time(tmp_path, capsys):
+    """A study spread over sessions, one seed each: the page of ``--seeds 1`` also shows the recorded
+    seed 0 (restored, not trained again), and its command names both seeds."""
+    import shutil
+
+    root, page = tmp_path / "runs", tmp_path / "page"
+    argv = ["ablations", "--dataset", "synthetic", "--experts", "2", "--variants", "multvae",
+            "--epochs", "2", "--root", str(root), "--page", str(page), "--no-progress", "--seeds"]
+    assert main(argv + ["0"]) == 0
+    shutil.rmtree(root)  # the next session: a fresh machine with the committed record
+    capsys.readouterr()
+    assert main(argv + ["1"]) == 0
+    out = capsys.readouterr().out
+    assert "restored 1 finished run(s)" in out
+    assert "started multvae/seed1" in out and "started multvae/seed0" not in out
+    text = page.with_suffix(".md").read_text()
+    assert "| multvae | 2 |" in text and "--seeds 0 1 --variants multvae`" in text
+    assert "(2 of 2 planned runs finished; seeds: 0 1)" in text
+    assert sorted(p.name for p in (tmp_path / "page_runs" / "multvae").iterdir()) == ["seed0", "seed1"]
+
+
 def test_a_missing_data_folder_fails_before_any_run_and_keeps_the_page(tmp_path, capsys):
     page = tmp_path / "page.md"
     page.write_text("an earlier page")

@@ -110,7 +110,13 @@ def main(argv: list[str] | None = None) -> int:
         planned = plan(variants, args.seeds, args.root, args.dataset, args.experts)
         page = Path(args.page or default_page(args.dataset, args.study, args.experts))
         records = Path(args.records) if args.records else record_dir(page)
-        _restore(planned, records, args.dataset, args.experts)
+        # the page shows every recorded run, also of seeds not asked this time (a study spread over
+        # sessions, one seed each); only the seeds asked train
+        others = [s for s in records_lib.recorded_seeds(records, [v.name for v in variants])
+                  if s not in args.seeds]
+        earlier = [r for r in plan(variants, others, args.root, args.dataset, args.experts)
+                   if records_lib.recorded(r, records)] if others else []
+        _restore(planned + earlier, records, args.dataset, args.experts)
         if args.status:
             shown = [r for r in planned if r.variant.name in chosen]
             for r in shown:
@@ -132,14 +138,16 @@ def main(argv: list[str] | None = None) -> int:
         saved = sum(records_lib.save(r, records) for r in planned)  # also runs finished elsewhere
         if saved:
             print(f"recorded {saved} finished run(s) in {records}")
+        planned += earlier
+        seeds = sorted({r.seed for r in planned})
         runs = collect(_folders(variants, planned))
         if any(runs.values()):
             import jax
             # the page: the variants asked for and every other one with a finished run
             shown = [v for v in variants if v.name in chosen or runs.get(v.name)]
             names = {v.name for v in shown}
-            written = write_page(page, study=args.study, command=_command(args), dataset=args.dataset,
-                                 n_experts=args.experts, seeds=args.seeds, variants=shown, runs=runs,
+            written = write_page(page, study=args.study, command=_command(args, seeds), dataset=args.dataset,
+                                 n_experts=args.experts, seeds=seeds, variants=shown, runs=runs,
                                  n_planned=sum(r.variant.name in names for r in planned),
                                  curves=CURVES.get(args.study, ()),
                                  environment={"jax": jax.__version__, "backend": jax.default_backend(),
@@ -175,9 +183,10 @@ def _folders(variants, planned) -> dict[str, dict[int, Path]]:
     return folders
 
 
-def _command(args) -> str:
+def _command(args, seeds: list[int]) -> str:
+    """The command that rebuilds the page: its seeds are those on it (asked and recorded)."""
     parts = [args.study, "--dataset", args.dataset, "--experts", str(args.experts), "--seeds",
-             *map(str, args.seeds)] + (["--variants", *args.variants] if args.variants else [])
+             *map(str, seeds)] + (["--variants", *args.variants] if args.variants else [])
     return "python -m tall_jax.study " + " ".join(shlex.quote(p) for p in parts)
 
 

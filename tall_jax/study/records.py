@@ -23,6 +23,18 @@ def entry_dir(records: Path, run: Run) -> Path:
     return Path(records) / run.variant.name / f"seed{run.seed}"
 
 
+def recorded_seeds(records: Path, variant_names) -> list[int]:
+    """The seeds with a finished entry in the record for any of ``variant_names``, ascending."""
+    found = {int(d.name[4:]) for name in variant_names for d in (Path(records) / name).glob("seed*")
+             if d.name[4:].isdigit() and (d / RESULTS_FILE).exists()}
+    return sorted(found)
+
+
+def recorded(run: Run, records: Path) -> bool:
+    """Whether the record holds a finished entry for ``run``'s (variant, seed)."""
+    return (entry_dir(records, run) / RESULTS_FILE).exists()
+
+
 def save(run: Run, records: Path) -> bool:
     """Record a finished run (rewritten only when its results changed); returns whether it wrote."""
     return run.done() and keep_run(run.out_dir, entry_dir(records, run), (METRIC,), extra=(RECORD,))

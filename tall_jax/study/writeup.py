@@ -217,7 +217,7 @@ def write_page(out: Path, *, study: str, command: str, dataset: str, n_experts: 
     tuned = [v for v in variants if v.tune or (v.model == "lmoe" and "gate_temperature" in dict(v.overrides))]
     lines = [f"# {study.capitalize()} study: {dataset}, E = {n_experts}", "",
              f"Produced by `{command}` on {time.strftime('%Y-%m-%d')} ({n_done}"
-             f"{f' of {n_planned} planned' if n_planned else ''} runs finished; seeds asked: "
+             f"{f' of {n_planned} planned' if n_planned else ''} runs finished; seeds: "
              f"{' '.join(map(str, seeds))}). Rerun the command to resume it and to refresh this page.", ""]
     if environment:
         lines += ["Environment: " + ", ".join(f"{k} {v}" for k, v in environment.items()) + ".", ""]
