@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                             if shared else "")
                 raise ValueError(f"--{flag.replace('_', '-')} applies to {readers}, not to --model "
                                  f"{' '.join(args.model)}")
-        shown = {}
+        configs = {}
         for seed in args.seed:  # resolve every configuration before the first long run
             for model in args.model:
                 if model in BASELINES:
@@ -294,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
                     global_config(dataset, cfg)
                 else:
                     cfg = make_config(dataset, model, seed=seed, **model_overrides(model))
-                shown.setdefault(model, cfg)
+                configs[seed, model] = cfg
+        shown = {model: configs[args.seed[0], model] for model in args.model}
         split_of = {}
         for seed in dict.fromkeys(args.seed):  # find, download, split and cache the data
             split_of[seed] = load_dataset(dataset, split=args.split, seed=seed, data_dir=args.data_dir,
@@ -332,8 +333,7 @@ def main(argv: list[str] | None = None) -> int:
                 global_from = None
                 if model in BASELINES:
                     global_from = args.global_from or shared_global(
-                        model, make_baseline_config(model, seed=seed, dataset=dataset, **model_overrides(model)),
-                        dataset, {m: outs[seed, m] for m in args.model if m != model})
+                        model, configs[seed, model], dataset, {m: outs[seed, m] for m in args.model if m != model})
                     if global_from is not None and args.global_from is None:
                         print(f"[{model}] seed {seed}: reuses the global model in {global_from} (same settings)")
                 res = together.get((seed, model)) or run_experiment(dataset, model, out_dir=out, split=args.split, seed=seed,
