@@ -242,9 +242,12 @@ def test_the_page_shows_the_recorded_seeds_not_asked_this_time(tmp_path, capsys)
     assert main(argv + ["0"]) == 0
     shutil.rmtree(root)  # the next session: a fresh machine with the committed record
     capsys.readouterr()
-    assert main(argv + ["1"]) == 0
+    assert main(argv + ["1", "--status"]) == 0  # the time left, at the recorded seed's pace
     out = capsys.readouterr().out
     assert "restored 1 finished run(s)" in out
+    assert "0 of 1 runs finished" in out and "h of training left" in out
+    assert main(argv + ["1"]) == 0
+    out = capsys.readouterr().out
     assert "started multvae/seed1" in out and "started multvae/seed0" not in out
     text = page.with_suffix(".md").read_text()
     assert "| multvae | 2 |" in text and "--seeds 0 1 --variants multvae`" in text

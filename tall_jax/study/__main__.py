@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             for r in shown:
                 print(f"{r.label:32s} {standing(r).text}")
             print(f"{sum(r.done() for r in shown)} of {len(shown)} runs finished")
-            runs = collect(_folders(variants, planned))
+            runs = collect(_folders(variants, planned + earlier))  # the pace: every finished run
             left = seconds_left([(r.variant.name, standing(r).epochs) for r in shown if not r.done()], runs,
                                 args.jobs)
             if left:
