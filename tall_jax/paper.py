@@ -1,7 +1,9 @@
 """Reference numbers from the TALL paper (Pan et al., ECIR 2024) and the LFT repository, as given in
 docs/fidelity.md#paper-numbers and #lft-repo-numbers. All values are test NDCG@20, overall and per mainstream group (docs/fidelity.md#groups), in the order
 ``COLUMNS``. Keys: datasets ``"ml-1m" | "yelp" | "cds"``; models ``"multvae" | "wl" | "enlft" | "loca" |
-"lft" | "tall" | "moe" | "lmoe" | "lmoe_lc" | "lmoe_gap_l"``.
+"lft" | "tall" | "moe" | "lmoe" | "lmoe_lc" | "lmoe_gap_l"``. The paper has no row for the strong
+baselines (EASE and its weighted forms, ItemKNN, RP3beta, most popular, LOCA-EASE): ``paper_row``
+returns None for them.
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from tall_jax.protocol import GROUP_NAMES
 
 COLUMNS: tuple[str, ...] = ("overall", *GROUP_NAMES)
 PAPER_METRIC = "ndcg@20"
+EXPERTS = 100  # E of the paper's mixtures (MoE, LMoE and its ablations, TALL)
 
 # Paper Table 2 (docs/fidelity.md#paper-numbers): overall | low, med-low, medium, med-high, high.
 TABLE2: dict[str, dict[str, tuple[float, ...]]] = {

@@ -3,7 +3,8 @@
 Reads every ``results.json`` below the folders, at any depth, so both the run folders of the command
 line (``runs/<dataset>/<model>-E<E>-<hash>/seed<k>``) and older ones (``runs/<dataset>/<model>/seed<k>``)
 are found (``dataset``, ``model``, ``seed``, ``split``, ``test`` = ``RankingSummary.to_json()``; the row
-name is the model and its ``variant``), groups runs by (dataset, row name), and writes
+name is the model and its ``variant``; its label, :func:`tall_jax.table2.label`, names a mixture's E and
+a closed-form model's ``chosen_hp``), groups runs by (dataset, row name), and writes
 ``table2.md``, ``table2.csv`` and ``table2.png`` (``--name`` changes the stem): per model the mean ± std (ddof=1) over seeds of the test
 metric overall and per mainstream group (docs/fidelity.md#groups), the paper's row beside it (docs/fidelity.md#paper-numbers), and "TALL vs X"
 improvement rows (tall − x)/x·100 in %, and each row's seconds per run (:func:`run_seconds`). A baseline evaluated on a user subset (LFT ``--users``; its
@@ -33,7 +34,8 @@ from tall_jax.files import atomic_write_text
 from tall_jax.metrics import RankingResult, RankingSummary
 from tall_jax.results import keep_run, record_holding
 from tall_jax.table2 import (COLUMNS, DATASET_ORDER, FAIRNESS_KEYS, MODEL_ORDER, Row, build_rows,  # noqa: F401
-                             fairness_rows, plot, to_markdown, write_csv, write_fairness_csv)
+                             fairness_rows, is_mixture, n_experts, plot, to_markdown, write_csv,
+                             write_fairness_csv)
 
 REQUIRED_KEYS = ("dataset", "model", "seed", "test")
 
@@ -51,11 +53,40 @@ class Run:
     variant: str = ""  # how the run departs from the faithful configuration, e.g. "n_experts=10"
     users: tuple[int, ...] | None = None  # the evaluated users when the run covered only a subset
     seconds: float | None = None  # training time: see :func:`run_seconds`
+    # the hyper-parameters a model chose on validation (results.json "chosen_hp"; closed-form models)
+    chosen_hp: tuple[tuple[str, Any], ...] | None = None
+    settings_experts: int | None = None  # E as its settings record it (mixture models)
+
+    @property
+    def experts(self) -> int | None:
+        """E of a mixture of experts (its recorded settings, else :func:`tall_jax.table2.n_experts`);
+        None for a single model (MultVAE, WL, the local and closed-form baselines)."""
+        if not is_mixture(self.model):
+            return None
+        return self.settings_experts or n_experts(self.model, self.variant)
 
     @property
     def name(self) -> str:
         """The table's row name: the model, with its variant in brackets when it has one."""
         return f"{self.model} [{self.variant}]" if self.variant else self.model
+
+    def per_user(self, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(users, values, groups) from the run's ``per_user_test.npz``: the user ids (all users, or a
+        subset run's evaluated users in their file's order), each one's ``metric`` (NaN: undefined)
+        and mainstream group index."""
+        path = self.path.parent / "per_user_test.npz"
+        if not path.exists():
+            raise ValueError(f"{path}: per-user results missing")
+        res = RankingResult.load_per_user(path)
+        if metric not in res.per_user:
+            raise ValueError(f"{path}: no per-user {metric!r}")
+        if res.groups is None:
+            raise ValueError(f"{path}: no per-user groups")
+        values = np.asarray(res.per_user[metric], np.float64)
+        users = np.arange(len(values)) if self.users is None else np.asarray(self.users, np.int64)
+        if len(users) != len(values):
+            raise ValueError(f"{path}: {len(values)} users, but the run evaluated {len(users)}")
+        return users, values, np.asarray(res.groups, np.int64)
 
     def values_on(self, users: Sequence[int], metric: str) -> tuple[float, ...]:
         """The run's mean ``metric`` over ``users`` only, per column (overall, then each group's share
@@ -98,6 +129,19 @@ def run_seconds(d: dict[str, Any]) -> float | None:
     return float(wall) if isinstance(wall, (int, float)) else None
 
 
+def _chosen_hp(value: Any) -> tuple[tuple[str, Any], ...] | None:
+    """results.json's "chosen_hp" as (name, value) pairs in the file's order (a non-mapping: one pair
+    named "hp"); None without one."""
+    if value is None or value == {}:
+        return None
+    def plain(v: Any) -> Any:  # hashable, for comparing the seeds' choices
+        return v if v is None or isinstance(v, (str, int, float, bool)) else json.dumps(v, sort_keys=True)
+
+    if isinstance(value, dict):
+        return tuple((str(k), plain(v)) for k, v in value.items())
+    return (("hp", plain(value)),)
+
+
 def load_run(path: Path) -> Run:
     """Parse one results.json; raises ValueError naming the file and the problem."""
     try:
@@ -123,8 +167,11 @@ def load_run(path: Path) -> Run:
         if not users_path.exists():
             raise ValueError(f"{path}: evaluated a user subset but {users_path.name} is missing beside it")
         users = tuple(int(u) for u in np.load(users_path))
+    settings = d.get("settings")
+    experts = settings.get("n_experts") if isinstance(settings, dict) else None
     return Run(path, str(d["dataset"]), str(d["model"]), seed, str(d.get("split", "?")), test,
-               str(d.get("variant", "") or ""), users, run_seconds(d))
+               str(d.get("variant", "") or ""), users, run_seconds(d), _chosen_hp(d.get("chosen_hp")),
+               experts if isinstance(experts, int) and not isinstance(experts, bool) else None)
 
 
 def collect_runs(root: Path, skip_malformed: bool = False) -> list[Run]:
@@ -178,10 +225,10 @@ def record_runs(runs: Sequence[Run], roots: Sequence[Path], record: Path, metric
     return written, others
 
 
-def produced_by(argv: Sequence[str] | None, runs: Sequence[Run]) -> str:
+def produced_by(argv: Sequence[str] | None, runs: Sequence[Run], prog: str = "python -m tall_jax.report") -> str:
     """The page's provenance line: the command, the date, and how many runs it read."""
     args = sys.argv[1:] if argv is None else list(argv)
-    command = " ".join(["python -m tall_jax.report", *map(shlex.quote, args)])
+    command = " ".join([prog, *map(shlex.quote, args)])
     return (f"Produced by `{command}` on {datetime.date.today().isoformat()} from {len(runs)} "
             f"results.json (each records its settings and environment).")
 

@@ -5,12 +5,18 @@ Table 2 rows: per model the mean ± std (ddof=1) over seeds of the test metric o
 mainstream group, the reference rows (docs/fidelity.md#paper-numbers) and "TALL vs X" improvement
 rows (tall − x)/x·100 in %. Spread rows: per run max − min, low / high and the std over the groups
 (:func:`tall_jax.metrics.group_fairness`), then mean ± std over seeds.
+
+Every page built from runs groups and orders them here (:func:`grouped_runs`: the paper's models,
+then the strong baselines, ``MODEL_ORDER``) and labels them here (:func:`label`: a mixture names its
+E, "TALL (E = 100)"; a closed-form model the hyper-parameters it chose, "EASE (λ = 800)"); the plot
+(:func:`plot`) has one panel per column and one line per model.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
 import io
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,14 +33,47 @@ if TYPE_CHECKING:
     from tall_jax.report import Run
 
 COLUMNS = paper.COLUMNS
-MODEL_ORDER = ("multvae", "wl", "enlft", "loca", "lft", "moe", "lmoe", "lmoe_lc", "lmoe_gap_l", "tall")
+PAPER_BASELINES = ("multvae", "wl", "enlft", "loca", "lft")  # the paper's single-model rows
+MIXTURES = ("moe", "lmoe", "lmoe_lc", "lmoe_gap_l", "tall", "tall_plus", "uniform_moe")
+# closed-form and neighbourhood models, simplest first (the issue "Strong baselines under the
+# per-group protocol"; the paper has no row for them)
+STRONG_BASELINES = ("pop", "itemknn", "rp3beta", "ease", "ease_wl", "ease_ms", "ease_kkt", "loca_ease")
+# the row order of a page: the paper's models (its baselines, then its mixtures and ours), then the
+# strong baselines; any other model after them, alphabetically
+MODEL_ORDER = PAPER_BASELINES + MIXTURES + STRONG_BASELINES
 DATASET_ORDER = ("ml-1m", "yelp", "cds")
+
+# model -> (display name, qualifier shown in the label's brackets)
+DISPLAY_NAMES: dict[str, tuple[str, str]] = {
+    "multvae": ("MultVAE", ""), "wl": ("WL", ""), "enlft": ("EnLFT", ""), "loca": ("LOCA", ""),
+    "lft": ("LFT", ""), "moe": ("MoE", ""), "lmoe": ("LMoE", ""), "lmoe_lc": ("LMoE+LC", ""),
+    "lmoe_gap_l": ("LMoE+gap+L", ""), "tall": ("TALL", ""), "tall_plus": ("TALL+", ""),
+    "uniform_moe": ("MoE", "uniform gate"),
+    "pop": ("Most popular", ""), "itemknn": ("ItemKNN", ""), "rp3beta": ("RP3beta", ""),
+    "ease": ("EASE", ""), "ease_wl": ("EASE", "WL weights"), "ease_ms": ("EASE", "MS weights"),
+    "ease_kkt": ("EASE", "KKT rounds"), "loca_ease": ("LOCA-EASE", ""),
+}
+SOURCE_NAMES = {"paper": "paper", "lft_repo": "LFT repo"}
+HP_SYMBOLS = {"lambda": "λ", "lam": "λ", "l2": "λ", "reg": "λ", "alpha": "α", "beta": "β", "gamma": "γ",
+              "topk": "k", "top_k": "k", "neighbours": "k", "neighbors": "k"}
+FAMILIES = ("the paper's baselines", "mixtures of MultVAEs", "strong baselines", "other")
+
+
+def family(model: str) -> str:
+    """The plot's colour group of a model: one of ``FAMILIES``."""
+    if model in PAPER_BASELINES:
+        return FAMILIES[0]
+    if model in MIXTURES or is_mixture(model):
+        return FAMILIES[1]
+    return FAMILIES[2] if model in STRONG_BASELINES else FAMILIES[3]
 
 
 @dataclasses.dataclass(frozen=True)
 class Row:
     """A table row. ``kind``: "ours" (mean ± std over seeds), "paper" (reference values),
-    "improvement" (TALL vs ``vs``, %, ours) or "improvement_paper" (same from the paper's values)."""
+    "improvement" (TALL vs ``vs``, %, ours) or "improvement_paper" (same from the paper's values).
+    ``model`` / ``vs``: run names (model [variant], the CSV's keys); ``label`` / ``vs_label``: what a
+    reader sees (:func:`label`)."""
 
     dataset: str
     kind: str
@@ -45,6 +84,12 @@ class Row:
     std: tuple[float, ...] | None
     note: str = ""  # reference rows: their source; improvement rows: how they were computed
     seconds: tuple[float, ...] = ()  # "ours" rows: each seed's training time (empty if a run lacks it)
+    label: str = ""
+    vs_label: str = ""
+    base: str = ""  # the model (no variant)
+    chosen_hp: str = ""  # "ours" rows: the chosen hyper-parameters as JSON ("" without)
+    subset: bool = False  # "ours" rows: evaluated on a subset of the users (LFT --users)
+    experts: int | None = None  # E of a mixture's row (None: a single model)
 
     def seconds_mean_std(self) -> tuple[float, float | None] | None:
         """Mean and std (ddof=1; None for one seed) of the seconds per run; None without them."""
@@ -53,25 +98,110 @@ class Row:
         std = float(np.std(self.seconds, ddof=1)) if len(self.seconds) > 1 else None
         return float(np.mean(self.seconds)), std
 
+    @property
+    def title(self) -> str:
+        """The row's label on a page."""
+        return _label(self)
+
 
 def _order(names: Sequence[str], preferred: Sequence[str]) -> list[str]:
     known = [n for n in preferred if n in names]
     return known + sorted(set(names) - set(known))
 
 
-def _improvement(tall: Sequence[float], x: Sequence[float]) -> tuple[float, ...]:
-    return tuple((t - v) / v * 100.0 if v != 0 else math.nan for t, v in zip(tall, x))
+def is_mixture(model: str) -> bool:
+    """Whether ``model`` is a mixture of MultVAE experts (a preset with a gate; not MultVAE or WL)."""
+    preset = MODEL_PRESETS.get(model)
+    return (preset is not None and preset.get("gate", TALLConfig.gate) != "none"
+            and preset.get("n_experts", TALLConfig.n_experts) != 1)
 
 
 def n_experts(model: str, variant: str) -> int:
-    """E of a row: the ``n_experts=`` of its variant, else its model's preset (1 for MultVAE, WL and
-    the local baselines, whose models are single MultVAEs)."""
+    """E of a row: the ``n_experts=`` of its variant, else its model's preset (1 for MultVAE, WL,
+    the local baselines, whose models are single MultVAEs, and the closed-form models)."""
     for part in variant.split(", "):
         key, _, value = part.partition("=")
         if key == "n_experts":
             return int(value)
-    preset = MODEL_PRESETS.get(model)
-    return 1 if preset is None else int(preset.get("n_experts", TALLConfig.n_experts))
+    if not is_mixture(model):
+        return 1
+    return int(MODEL_PRESETS[model].get("n_experts", TALLConfig.n_experts))
+
+
+def _hp_value(v: Any) -> str:
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e6:
+        return str(int(v))
+    return format(v, "g") if isinstance(v, float) else str(v)
+
+
+def format_hp(hp: Sequence[tuple[str, Any]] | None) -> str:
+    """Chosen hyper-parameters for a label: "λ = 800, k = 50" (``HP_SYMBOLS`` names the usual ones)."""
+    return ", ".join(f"{HP_SYMBOLS.get(k.lower(), k)} = {_hp_value(v)}" for k, v in hp or ())
+
+
+def label(model: str, variant: str = "", experts: int | None = None, hp: str = "", source: str = "") -> str:
+    """A row's label: the model's display name, then in brackets its qualifier, E for a mixture
+    (``experts``), the variant's other settings (``users=200`` as "200 users"), the chosen
+    hyper-parameters ``hp`` and a reference ``source``: "TALL (E = 100)", "EASE (WL weights, λ = 800)",
+    "LFT (200 users)", "TALL (E = 100, paper)"."""
+    name, qualifier = DISPLAY_NAMES.get(model, (model, ""))
+    parts = [qualifier] if qualifier else []
+    if experts is not None:
+        parts.append(f"E = {experts}")
+    for part in filter(None, variant.split(", ")):
+        key, _, value = part.partition("=")
+        if key != "n_experts":
+            parts.append(f"{value} users" if key == "users" else part)
+    parts += [p for p in (hp, SOURCE_NAMES.get(source, source)) if p]
+    return f"{name} ({', '.join(parts)})" if parts else name
+
+
+def run_label(group: Sequence[Run]) -> str:
+    """The label of the row of ``group`` (the runs of one row name): its E, and the hyper-parameters
+    its runs chose (when they differ between seeds: "chosen per seed")."""
+    first = group[0]
+    hps = {r.chosen_hp for r in group}
+    hp = format_hp(first.chosen_hp) if len(hps) == 1 else "chosen per seed"
+    variant = first.variant
+    if first.users is not None and "users=" not in variant:  # a subset run says so in its label
+        variant = ", ".join(filter(None, (variant, f"users={len(first.users)}")))
+    return label(first.model, variant, first.experts, hp)
+
+
+def reference_label(model: str, source: str = "") -> str:
+    """The label of a reference row (the paper's mixtures have E = ``paper.EXPERTS``)."""
+    return label(model, experts=paper.EXPERTS if is_mixture(model) else None, source=source)
+
+
+def grouped_runs(runs: Sequence[Run]) -> list[tuple[str, str, list[Run]]]:
+    """(dataset, row name, its runs) in page order: datasets in ``DATASET_ORDER``, models in
+    ``MODEL_ORDER`` (others after them, alphabetically), within a model the larger E first, then by
+    name. The one grouping of runs into rows of every page (Table 2, the spread, the niche page)."""
+    order = {m: i for i, m in enumerate(MODEL_ORDER)}
+    out = []
+    for ds in _order({r.dataset for r in runs}, DATASET_ORDER):
+        by_name: dict[str, list[Run]] = {}
+        for r in runs:
+            if r.dataset == ds:
+                by_name.setdefault(r.name, []).append(r)
+
+        def key(name: str) -> tuple:
+            first = by_name[name][0]
+            return order.get(first.model, len(order)), first.model, -(first.experts or 1), name
+
+        out += [(ds, name, by_name[name]) for name in sorted(by_name, key=key)]
+    return out
+
+
+def _hp_json(group: Sequence[Run]) -> str:
+    hps = {r.chosen_hp for r in group}
+    if len(hps) != 1 or group[0].chosen_hp is None:
+        return "" if hps == {None} else json.dumps([dict(r.chosen_hp or ()) for r in group], default=str)
+    return json.dumps(dict(group[0].chosen_hp), default=str)
+
+
+def _improvement(tall: Sequence[float], x: Sequence[float]) -> tuple[float, ...]:
+    return tuple((t - v) / v * 100.0 if v != 0 else math.nan for t, v in zip(tall, x))
 
 
 def _tall_on_subsets(tall_runs: Sequence[Run], x_runs: Sequence[Run], metric: str) -> tuple[float, ...]:
@@ -82,56 +212,60 @@ def _tall_on_subsets(tall_runs: Sequence[Run], x_runs: Sequence[Run], metric: st
 
 def build_rows(runs: Sequence[Run], metric: str = "ndcg@20",
                reference: str | Sequence[str] | None = "paper") -> list[Row]:
-    """Table 2 rows per dataset: each model's mean ± std over seeds, its reference rows (only for the
-    paper's metric, NDCG@20; ``reference``: one or several of "paper", "lft_repo"), then "TALL vs X"
-    improvement rows when "tall" is present (X on a user subset: TALL over the same users). A TALL row
-    is compared with every single model and with the mixtures of its own E only (TALL at E = 100 is
-    not set against an LMoE of 10 experts)."""
+    """Table 2 rows per dataset, in :func:`grouped_runs` order: each model's mean ± std over seeds, its
+    reference rows (only for the paper's metric, NDCG@20; ``reference``: one or several of "paper",
+    "lft_repo"), then "TALL vs X" improvement rows when "tall" is present (X on a user subset: TALL
+    over the same users). A TALL row is compared with every single model and with the mixtures of its
+    own E only (TALL at E = 100 is not set against an LMoE of 10 experts)."""
     references = [] if reference is None else [reference] if isinstance(reference, str) else list(reference)
     if metric != paper.PAPER_METRIC:
         references = []
     rows: list[Row] = []
-    for ds in _order({r.dataset for r in runs}, DATASET_ORDER):
-        by_name: dict[str, list[Run]] = {}
-        for r in runs:
-            if r.dataset == ds:
-                by_name.setdefault(r.name, []).append(r)
+    groups = grouped_runs(runs)
+    for ds in dict.fromkeys(ds for ds, _, _ in groups):
+        by_name = {name: group for d, name, group in groups if d == ds}
         base = {name: group[0].model for name, group in by_name.items()}
-        experts = {name: n_experts(group[0].model, group[0].variant) for name, group in by_name.items()}
+        experts = {name: group[0].experts or 1 for name, group in by_name.items()}
+        labels = {name: run_label(group) for name, group in by_name.items()}
         means: dict[str, tuple[float, ...]] = {}
         refs: dict[tuple[str, str], tuple[float, ...]] = {}  # (source, model) -> values
-        order = {m: i for i, m in enumerate(MODEL_ORDER)}
-        for name in sorted(by_name, key=lambda n: (order.get(base[n], len(order)), base[n], n)):
-            vals = np.array([[r.value(metric, c) for c in COLUMNS] for r in by_name[name]], np.float64)
+        for name, group in by_name.items():
+            vals = np.array([[r.value(metric, c) for c in COLUMNS] for r in group], np.float64)
             means[name] = tuple(vals.mean(0))
             std = tuple(vals.std(0, ddof=1)) if len(vals) >= 2 else None
-            seconds = [r.seconds for r in by_name[name]]
+            seconds = [r.seconds for r in group]
             rows.append(Row(ds, "ours", name, "", len(vals), means[name], std,
-                            seconds=() if None in seconds else tuple(seconds)))
+                            seconds=() if None in seconds else tuple(seconds), label=labels[name],
+                            base=base[name], chosen_hp=_hp_json(group),
+                            subset=any(r.users is not None for r in group), experts=group[0].experts))
             for source in references:
                 ref = paper.paper_row(ds, base[name], source)
                 if ref is not None and (source, base[name]) not in refs:
                     refs[source, base[name]] = tuple(ref[c] for c in COLUMNS)
-                    rows.append(Row(ds, "paper", base[name], "", 0, refs[source, base[name]], None, source))
+                    rows.append(Row(ds, "paper", base[name], "", 0, refs[source, base[name]], None, source,
+                                    label=reference_label(base[name], source), base=base[name],
+                                    experts=paper.EXPERTS if is_mixture(base[name]) else None))
         for tall in [n for n in means if base[n] == "tall"]:
             for name in means:
                 if base[name] == "tall" or experts[name] not in (1, experts[tall]):
                     continue
+                ids = dict(label=labels[tall], vs_label=labels[name], base="tall")
                 subset = [r for r in by_name[name] if r.users is not None]
                 if subset:
                     n_users = sorted({len(r.users) for r in subset})
                     ref_tall = _tall_on_subsets(by_name[tall], subset, metric)
                     rows.append(Row(ds, "improvement", tall, name, 0, _improvement(ref_tall, means[name]), None,
-                                    f"same {'/'.join(map(str, n_users))} users"))
+                                    f"same {'/'.join(map(str, n_users))} users", **ids))
                 else:
                     rows.append(Row(ds, "improvement", tall, name, 0, _improvement(means[tall], means[name]),
-                                    None))
+                                    None, **ids))
                 for source in references:
                     if ("tall", "tall") == (tall, base[tall]) and (source, "tall") in refs \
                             and (source, base[name]) in refs:
                         rows.append(Row(ds, "improvement_paper", "tall", base[name], 0,
                                         _improvement(refs[source, "tall"], refs[source, base[name]]), None,
-                                        source))
+                                        source, label=reference_label("tall"),
+                                        vs_label=reference_label(base[name]), base="tall"))
     return rows
 
 
@@ -147,30 +281,23 @@ def fairness_rows(runs: Sequence[Run], metric: str = "ndcg@20",
     if metric != paper.PAPER_METRIC:
         references = []
     rows: list[Row] = []
-    order = {m: i for i, m in enumerate(MODEL_ORDER)}
-    for ds in _order({r.dataset for r in runs}, DATASET_ORDER):
-        by_name: dict[str, list[Run]] = {}
-        for r in runs:
-            if r.dataset == ds:
-                by_name.setdefault(r.name, []).append(r)
-        seen: set[tuple[str, str]] = set()
-        for name in sorted(by_name, key=lambda n: (order.get(by_name[n][0].model, len(order)),
-                                                   by_name[n][0].model, n)):
-            group = by_name[name]
-            stats = [r.test.fairness().get(metric) for r in group]
-            if any(s is None for s in stats):
-                raise ValueError(f"{group[0].path}: no per-group {metric!r} for the fairness summary")
-            vals = np.array([[s[k] for k in FAIRNESS_KEYS] for s in stats], np.float64)
-            std = tuple(vals.std(0, ddof=1)) if len(vals) >= 2 else None
-            rows.append(Row(ds, "ours", name, "", len(vals), tuple(vals.mean(0)), std))
-            base = group[0].model
-            for source in references:
-                ref = paper.paper_row(ds, base, source)
-                if ref is not None and (source, base) not in seen:
-                    seen.add((source, base))
-                    fair = group_fairness({c: {metric: ref[c]} for c in COLUMNS[1:]})[metric]
-                    rows.append(Row(ds, "paper", base, "", 0, tuple(fair[k] for k in FAIRNESS_KEYS), None,
-                                    source))
+    seen: set[tuple[str, str, str]] = set()
+    for ds, name, group in grouped_runs(runs):
+        stats = [r.test.fairness().get(metric) for r in group]
+        if any(s is None for s in stats):
+            raise ValueError(f"{group[0].path}: no per-group {metric!r} for the fairness summary")
+        vals = np.array([[s[k] for k in FAIRNESS_KEYS] for s in stats], np.float64)
+        std = tuple(vals.std(0, ddof=1)) if len(vals) >= 2 else None
+        base = group[0].model
+        rows.append(Row(ds, "ours", name, "", len(vals), tuple(vals.mean(0)), std, label=run_label(group),
+                        base=base))
+        for source in references:
+            ref = paper.paper_row(ds, base, source)
+            if ref is not None and (ds, source, base) not in seen:
+                seen.add((ds, source, base))
+                fair = group_fairness({c: {metric: ref[c]} for c in COLUMNS[1:]})[metric]
+                rows.append(Row(ds, "paper", base, "", 0, tuple(fair[k] for k in FAIRNESS_KEYS), None,
+                                source, label=reference_label(base, source), base=base))
     return rows
 
 
@@ -196,10 +323,10 @@ def _fairness_markdown(rows: Sequence[Row], ds: str, metric: str) -> list[str]:
 
 
 def _label(row: Row) -> str:
-    note = f", {row.note}" if row.note else ""
-    return {"ours": row.model, "paper": f"{row.model} ({row.note})",
-            "improvement": f"TALL{row.model[4:]} vs {row.vs} (%{note})",
-            "improvement_paper": f"TALL vs {row.vs} (%{note})"}[row.kind]
+    note = f", {SOURCE_NAMES.get(row.note, row.note)}" if row.note else ""
+    if row.kind in ("ours", "paper"):
+        return row.label or (row.model if row.kind == "ours" else f"{row.model} ({row.note})")
+    return f"{row.label or row.model} vs {row.vs_label or row.vs} (%{note})"
 
 
 def _cell(row: Row, j: int) -> str:
@@ -227,40 +354,50 @@ SECONDS_NOTE = ("Seconds per run: mean ± std over seeds of each run's training 
                 "whatever machine trained the run, often beside other jobs: a cost, not a benchmark.")
 
 
+LABELS_NOTE = ("Labels: a mixture of MultVAE experts names its E (the paper's mixtures have E = 100); a "
+               "single model (MultVAE, WL, the local and closed-form baselines) has none. A closed-form "
+               "model names the hyper-parameters it chose on validation. A row's run name (model "
+               "[variant], as the runs record it) is its key in the CSV.")
+
+
 def to_markdown(rows: Sequence[Row], metric: str, runs: Sequence[Run],
                 fairness: Sequence[Row] = (), produced_by: str = "") -> str:
     """Table 2 per dataset, each followed by its spread-over-groups table when ``fairness`` rows
     (:func:`fairness_rows`) are given; ``produced_by``: a line that says how the page was made."""
     out = [f"# Table 2: test {metric}, mean ± std over seeds (ddof=1)", ""]
     out += [produced_by, ""] if produced_by else []
-    out += [SECONDS_NOTE, ""]
+    out += [SECONDS_NOTE, "", LABELS_NOTE, ""]
     for ds in dict.fromkeys(r.dataset for r in rows):
         splits = sorted({r.split for r in runs if r.dataset == ds})
         out += [f"## {ds} (split: {', '.join(splits)})", "",
-                "| model | seeds | " + " | ".join(COLUMNS) + " | seconds per run |",
-                "|---|---|" + "---|" * len(COLUMNS) + "---:|"]
+                "| model | seeds | " + " | ".join(COLUMNS) + " | seconds per run | run name |",
+                "|---|---|" + "---|" * len(COLUMNS) + "---:|---|"]
         for row in rows:
             if row.dataset == ds:
                 seeds = str(row.n_seeds) if row.kind == "ours" else ""
                 cells = [_cell(row, j) for j in range(len(COLUMNS))] + [_seconds_cell(row)]
-                out.append(f"| {_label(row)} | {seeds} | " + " | ".join(cells) + " |")
+                name = row.model if row.kind == "ours" else ""
+                out.append(f"| {_label(row)} | {seeds} | " + " | ".join(cells) + f" | {name} |")
         out.append("")
         out += _fairness_markdown(fairness, ds, metric)
     return "\n".join(out)
 
 
 def write_csv(rows: Sequence[Row], path: Path, metric: str, columns: Sequence[str] = COLUMNS,
-              ids: Sequence[str] = ("dataset", "kind", "model", "vs", "note"), seconds: bool = True) -> None:
-    """One line per row: the ``ids`` fields, the metric, the seed count, then per value column its
-    mean and std at full precision (std empty without one), then (``seconds``) the mean and std of
-    the seconds per run. Table 2: ``columns=COLUMNS``; the spread over groups:
-    ``columns=FAIRNESS_KEYS`` without the ``vs`` id and the seconds."""
+              ids: Sequence[str] = ("dataset", "kind", "model", "label", "vs", "note", "chosen_hp"),
+              seconds: bool = True) -> None:
+    """One line per row: the ``ids`` fields ("label": the row's label on the page), the metric, the
+    seed count, then per value column its mean and std at full precision (std empty without one),
+    then (``seconds``) the mean and std of the seconds per run. Table 2: ``columns=COLUMNS``; the
+    spread over groups: ``columns=FAIRNESS_KEYS`` without the ``vs`` and ``chosen_hp`` ids and the
+    seconds."""
     header = [*ids, "metric", "n_seeds"]
     for c in columns:
         header += [c, f"{c}_std"]
     lines: list[list[Any]] = [header + (["seconds", "seconds_std"] if seconds else [])]
     for r in rows:
-        line: list[Any] = [getattr(r, k) for k in ids] + [metric, r.n_seeds if r.kind == "ours" else ""]
+        line: list[Any] = [r.title if k == "label" else getattr(r, k) for k in ids]
+        line += [metric, r.n_seeds if r.kind == "ours" else ""]
         for j in range(len(columns)):
             line += [repr(float(r.mean[j])), "" if r.std is None else repr(float(r.std[j]))]
         if seconds:
@@ -275,37 +412,86 @@ def write_csv(rows: Sequence[Row], path: Path, metric: str, columns: Sequence[st
 
 def write_fairness_csv(rows: Sequence[Row], path: Path, metric: str) -> None:
     """``fairness.csv``: :func:`write_csv` over the spread columns (max − min, low / high, std)."""
-    write_csv(rows, path, metric, FAIRNESS_KEYS, ("dataset", "kind", "model", "note"), seconds=False)
+    write_csv(rows, path, metric, FAIRNESS_KEYS, ("dataset", "kind", "model", "label", "note"), seconds=False)
 
 
-def plot(rows: Sequence[Row], path: Path, metric: str) -> None:
-    """Bar plot per dataset: one bar group per model, one bar per mainstream group (error bar = std),
-    the reference value as a black tick."""
+FAMILY_COLOURS = dict(zip(FAMILIES, ("tab:blue", "tab:orange", "tab:green", "tab:gray")))
+
+
+def plot(rows: Sequence[Row], path: Path, metric: str, best: bool = False) -> Any:
+    """One panel per column (overall, then each mainstream group), one line per model ("ours" rows,
+    in the table's order, top to bottom; one row of panels per dataset): the mean over seeds with its
+    std as error bar, coloured by :func:`family`; the model's reference value (the first source) as a
+    black bar; the paper's TALL as a dashed line (the value to beat). ``best``: a star on each
+    column's best model (of the runs over all users). The height grows with the number of models, so
+    labels never overlap. Returns the figure (written to ``path``)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FormatStrFormatter, MaxNLocator
+
     from tall_jax.plots import new_figure  # pyplot-free: the process's backend is left alone
 
-    datasets = list(dict.fromkeys(r.dataset for r in rows))
-    groups = COLUMNS[1:]
-    fig = new_figure((10, 3.5 * len(datasets)))
-    axes = fig.subplots(len(datasets), 1, squeeze=False)
-    width = 0.8 / len(groups)
-    for ax, ds in zip(axes[:, 0], datasets):
-        ours = [r for r in rows if r.dataset == ds and r.kind == "ours"]
-        ref = {r.model: r.mean for r in rows if r.dataset == ds and r.kind == "paper"
-               and r.note == next((q.note for q in rows if q.kind == "paper"), "")}  # the first source
-        x = np.arange(len(ours))
-        for j, g in enumerate(groups, start=1):
-            pos = x + (j - 1 - (len(groups) - 1) / 2) * width
-            err = [r.std[j] if r.std is not None else 0.0 for r in ours]
-            ax.bar(pos, [r.mean[j] for r in ours], width, yerr=err, label=g, capsize=2)
-            for p, r in zip(pos, ours):
-                if r.model in ref:
-                    ax.plot([p - width / 2, p + width / 2], [ref[r.model][j]] * 2, color="black", lw=1.5)
-        ax.set_xticks(x, [f"{r.model}\n(n={r.n_seeds})" for r in ours])
-        ax.set_ylim(top=ax.get_ylim()[1] * 1.15)  # room for the legend
-        ax.set_ylabel(f"test {metric}")
-        ax.set_title(f"{ds}: per-group {metric} (black ticks: reference)")
-        ax.legend(ncol=len(groups), fontsize="small")
-    fig.tight_layout()
+    datasets = list(dict.fromkeys(r.dataset for r in rows if r.kind == "ours"))
+    ours = {ds: [r for r in rows if r.dataset == ds and r.kind == "ours"] for ds in datasets}
+    source = next((r.note for r in rows if r.kind == "paper"), "")
+    heights = [max(len(ours[ds]), 3) * 0.25 + 0.7 for ds in datasets]
+    longest = max(len(r.title) for rs in ours.values() for r in rs)
+    fig = new_figure((1.0 + 0.065 * longest + 1.9 * len(COLUMNS), sum(heights) + 1.3))
+    fig.set_layout_engine("constrained")
+    axes = fig.subplots(len(datasets), len(COLUMNS), sharey="row", squeeze=False,
+                        gridspec_kw={"height_ratios": heights})
+    used: set[str] = set()
+    aim_shown = False
+    for i, ds in enumerate(datasets):
+        mine = ours[ds]
+        y = np.arange(len(mine))
+        ref = {r.base: r.mean for r in rows if r.dataset == ds and r.kind == "paper" and r.note == source}
+        aim = next((r.mean for r in rows if r.dataset == ds and r.kind == "paper" and r.note == "paper"
+                    and r.base == "tall"), None)
+        fam = [family(r.base) for r in mine]
+        used |= set(fam)
+        for j, column in enumerate(COLUMNS):
+            ax = axes[i, j]
+            mean = np.array([r.mean[j] for r in mine])
+            err = np.array([r.std[j] if r.std is not None else 0.0 for r in mine])
+            for f in FAMILIES:
+                idx = [k for k, g in enumerate(fam) if g == f]
+                if idx:
+                    ax.errorbar(mean[idx], y[idx], xerr=err[idx], fmt="o", ms=4, color=FAMILY_COLOURS[f],
+                                elinewidth=1, capsize=2, zorder=3)
+            marks = [(ref[r.base][j], k) for k, r in enumerate(mine)  # a reference of the row's own E only
+                     if r.base in ref and r.experts in (None, paper.EXPERTS)]
+            if marks:
+                ax.scatter(*zip(*marks), marker="|", s=110, color="black", linewidths=1.5, zorder=4)
+            if aim is not None:
+                ax.axvline(aim[j], color="crimson", ls="--", lw=1, zorder=2)
+                aim_shown = True
+            whole = [k for k, r in enumerate(mine) if not r.subset]
+            if best and whole:
+                k = max(whole, key=lambda k: mean[k])
+                ax.scatter([mean[k]], [k], marker="*", s=150, facecolor="gold", edgecolor="black",
+                           linewidths=0.6, zorder=5)
+            ax.set_title(column if len(datasets) == 1 else f"{ds}: {column}", fontsize="medium")
+            ax.grid(axis="x", alpha=0.3)
+            ax.grid(axis="y", alpha=0.15)
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=3))
+            ax.xaxis.set_major_formatter(FormatStrFormatter("%.3f"))
+            ax.tick_params(axis="x", labelsize=7.5)
+            if j == 0:
+                ax.set_yticks(y, [f"{r.title}  (n={r.n_seeds})" for r in mine], fontsize=8.5)
+                ax.set_ylim(len(mine) - 0.5, -0.5)
+        axes[i, 0].set_ylabel(ds)
+    for ax in axes[-1]:
+        ax.set_xlabel(f"test {metric}", fontsize="small")
+    handles = [Line2D([], [], marker="o", ls="", color=FAMILY_COLOURS[f], label=f) for f in FAMILIES if f in used]
+    if any(r.kind == "paper" for r in rows):
+        handles.append(Line2D([], [], marker="|", ls="", color="black", markersize=10, markeredgewidth=1.5,
+                              label=f"its {SOURCE_NAMES.get(source, source)} value (same E)"))
+    if aim_shown:
+        handles.append(Line2D([], [], color="crimson", ls="--", label=f"the paper's TALL (E = {paper.EXPERTS})"))
+    if best:
+        handles.append(Line2D([], [], marker="*", ls="", markersize=11, markerfacecolor="gold",
+                              markeredgecolor="black", label="best of the column"))
+    fig.suptitle(f"test {metric} by mainstream group: mean ± std over seeds (n = seeds)", fontsize="medium")
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize="small", frameon=False)
     fig.savefig(path, dpi=120)
-
-
+    return fig

@@ -90,7 +90,8 @@ def test_two_seed_table(tmp_path):
     imp_paper = {r["vs"]: r for r in rows if r["kind"] == "improvement_paper"}
     assert float(imp_paper["multvae"]["overall"]) == pytest.approx((0.3456 - 0.3260) / 0.3260 * 100)
     md = (out / "table2.md").read_text()
-    assert "0.4100 ± 0.0141" in md and "+28.1" in md and "multvae (paper)" in md
+    assert "0.4100 ± 0.0141" in md and "+28.1" in md and "| MultVAE (paper) |" in md
+    assert "| TALL (E = 100) | 2 |" in md and "| TALL (E = 100) vs MultVAE (%) |" in md
 
 
 def test_other_metric_has_no_paper_rows(tmp_path):
@@ -244,7 +245,7 @@ def test_subset_run_is_compared_with_tall_on_the_same_users_and_two_reference_so
     assert float(refs["lft", "lft_repo"]["overall"]) == 0.3372
     assert ("tall", "lft_repo") not in refs  # the LFT repo has no TALL row
     md = (runs / "table2.md").read_text()
-    assert "lft (lft_repo)" in md and "TALL vs lft (%, same 5 users)" in md
+    assert "| LFT (LFT repo) |" in md and "| TALL (E = 100) vs LFT (5 users) (%, same 5 users) |" in md
     # a subset run without its user list is an error that names the file
     (d / "evaluated_users.npy").unlink()
     assert report.main([str(runs), "--no-plot"]) == 2
@@ -273,7 +274,7 @@ def test_fairness_rows_hand_worked(tmp_path):
     assert ref["n_seeds"] == "" and ref["max_minus_min_std"] == ""
     md = (runs / "table2.md").read_text()
     assert "Spread of test ndcg@20 over the groups" in md
-    assert f"| tall | 2 | 0.2200 ± {_hand_std(0.20, 0.24):.4f} |" in md
+    assert f"| TALL (E = 100) | 2 | 0.2200 ± {_hand_std(0.20, 0.24):.4f} |" in md
     # another metric: no reference rows
     assert report.fairness_rows(report.collect_runs(runs), "recall@20")[0].mean[0] == 0.0
     assert [r.kind for r in report.fairness_rows(report.collect_runs(runs), "recall@20")] == ["ours"]
@@ -356,3 +357,123 @@ def test_runs_from_a_study_record_are_read_but_not_copied(tmp_path, monkeypatch,
     out = capsys.readouterr().out
     assert "recorded 1 run(s) in kept" in out and f"read from the record {study.resolve()} stay there" in out
     assert sorted(p.parent.name for p in Path("kept").rglob("results.json")) == ["ml-1m_multvae_s0"]
+
+
+def _write_labelled(root: Path, model: str, value: float, variant: str = "", seed: int = 0,
+                    settings: dict | None = None, chosen_hp: dict | None = None) -> None:
+    """A one-seed run of ``model`` [``variant``] with NDCG@20 ``value`` in every column."""
+    groups = {g: {"ndcg@20": value} for g in GROUP_NAMES}
+    test = {"overall": {"ndcg@20": value}, "groups": groups, "group_sizes": {g: 1 for g in groups},
+            "n_users": 5, "n_undefined": 0}
+    d = root / f"{model}-{variant.replace(', ', '_')}-s{seed}"
+    d.mkdir(parents=True)
+    res = {"dataset": "ml-1m", "model": model, "seed": seed, "split": "authors", "test": test,
+           "variant": variant, "settings": settings or {}, "wall_time_s": 2.0}
+    if chosen_hp is not None:
+        res.update(grid=[chosen_hp], chosen_hp=chosen_hp)
+    (d / "results.json").write_text(json.dumps(res))
+
+
+STRONG = [  # model, chosen hyper-parameters, the label they give
+    ("pop", None, "Most popular"),
+    ("itemknn", {"k": 100, "shrink": 10.0}, "ItemKNN (k = 100, shrink = 10)"),
+    ("rp3beta", {"alpha": 1.0, "beta": 0.3}, "RP3beta (α = 1, β = 0.3)"),
+    ("ease", {"lambda": 800.0}, "EASE (λ = 800)"),
+    ("ease_wl", {"lambda": 500, "gamma": 1.2}, "EASE (WL weights, λ = 500, γ = 1.2)"),
+    ("ease_ms", {"lambda": 500}, "EASE (MS weights, λ = 500)"),
+    ("ease_kkt", {"lambda": 500, "rounds": 3}, "EASE (KKT rounds, λ = 500, rounds = 3)"),
+    ("loca_ease", {"lambda": 250}, "LOCA-EASE (λ = 250)"),
+]
+
+
+def test_every_mixture_label_names_its_E_and_strong_baselines_follow_the_papers_rows(tmp_path):
+    """Labels: a mixture's E (variant, else the preset, else the recorded settings), single models
+    none, the chosen hyper-parameters of a closed-form model; rows: the paper's models, then the
+    strong baselines simplest first, then unknown ones."""
+    for model, hp, _ in reversed(STRONG):  # written in the wrong order on purpose
+        _write_labelled(tmp_path, model, 0.33, chosen_hp=hp)
+    _write_labelled(tmp_path, "zeta", 0.1)
+    _write_labelled(tmp_path, "tall", 0.35)
+    _write_labelled(tmp_path, "tall", 0.34, "n_experts=10")
+    _write_labelled(tmp_path, "lmoe", 0.32, "n_experts=10")
+    _write_labelled(tmp_path, "lmoe", 0.34)
+    _write_labelled(tmp_path, "uniform_moe", 0.33, "n_experts=10")
+    _write_labelled(tmp_path, "lft", 0.33, "users=200")
+    _write_labelled(tmp_path, "multvae", 0.30)
+    _write_labelled(tmp_path, "tall", 0.36, "n_experts=2, patience=1, max_epochs=2")
+    out = tmp_path / "out"
+    assert report.main([str(tmp_path), "--out", str(out), "--no-plot"]) == 0
+    rows = _read_csv(out / "table2.csv")
+    ours = [(r["model"], r["label"]) for r in rows if r["kind"] == "ours"]
+    assert ours == [
+        ("multvae", "MultVAE"), ("lft [users=200]", "LFT (200 users)"),
+        ("lmoe", "LMoE (E = 100)"), ("lmoe [n_experts=10]", "LMoE (E = 10)"),
+        ("tall", "TALL (E = 100)"), ("tall [n_experts=10]", "TALL (E = 10)"),
+        ("tall [n_experts=2, patience=1, max_epochs=2]", "TALL (E = 2, patience=1, max_epochs=2)"),
+        ("uniform_moe [n_experts=10]", "MoE (uniform gate, E = 10)"),
+        *[(model, label) for model, _, label in STRONG], ("zeta", "zeta")]
+    hp = {r["model"]: r["chosen_hp"] for r in rows if r["kind"] == "ours"}
+    assert json.loads(hp["ease"]) == {"lambda": 800.0} and hp["pop"] == "" and hp["tall"] == ""
+    refs = {r["label"] for r in rows if r["kind"] == "paper"}
+    assert {"TALL (E = 100, paper)", "LMoE (E = 100, paper)", "MultVAE (paper)", "LFT (paper)"} <= refs
+    assert not [r for r in refs if "EASE" in r or "RP3beta" in r]  # the paper has no row for them
+    md = (out / "table2.md").read_text()
+    for _, _, label in STRONG:
+        assert f"| {label} | 1 |" in md
+    # improvement rows name both sides' E; a strong baseline is a single model, compared with every TALL
+    assert "| TALL (E = 10) vs LMoE (E = 10) (%) |" in md and "| TALL (E = 100) vs EASE (λ = 800) (%) |" in md
+    assert "| TALL (E = 100) vs LMoE (E = 100) (%, paper) |" in md
+    assert "TALL (E = 10) vs LMoE (E = 100)" not in md
+    # the run name stays on the page (the CSV's key), e.g. for a variant with other settings
+    assert "| tall [n_experts=2, patience=1, max_epochs=2] |" in md
+    fair = [r["label"] for r in _read_csv(out / "table2_fairness.csv") if r["kind"] == "ours"]
+    assert fair == [label for _, label in ours]
+
+
+def test_E_comes_from_the_recorded_settings_when_the_variant_has_none(tmp_path):
+    """A dataset preset may set E (synthetic: 10) without a variant: the run's settings say so."""
+    _write_labelled(tmp_path, "tall", 0.35, settings={"n_experts": 10})
+    _write_labelled(tmp_path, "lmoe", 0.34, settings={"n_experts": 10})
+    _write_labelled(tmp_path, "lmoe", 0.30, "n_experts=100")
+    _write_labelled(tmp_path, "multvae", 0.30, settings={"n_experts": 1})
+    rows = report.build_rows(report.collect_runs(tmp_path), reference=None)
+    assert [r.title for r in rows if r.kind == "ours"] == ["MultVAE", "LMoE (E = 100)", "LMoE (E = 10)",
+                                                           "TALL (E = 10)"]
+    assert [r.title for r in rows if r.kind == "improvement"] == ["TALL (E = 10) vs MultVAE (%)",
+                                                                  "TALL (E = 10) vs LMoE (E = 10) (%)"]
+
+
+def test_plot_labels_never_overlap_with_twenty_rows(tmp_path):
+    """Twenty rows (every model family, long labels): one panel per column, the figure grows with the
+    rows, and no two tick labels of the rendered figure overlap."""
+    from tall_jax import table2
+
+    names = [("multvae", ""), ("wl", ""), ("enlft", ""), ("loca", ""), ("lft", "users=200"), ("lmoe", ""),
+             ("lmoe", "n_experts=10"), ("tall", ""), ("tall", "n_experts=10"), ("uniform_moe", "n_experts=10"),
+             ("tall_plus", "n_experts=10"), ("moe", "n_experts=10")]
+    for i, (model, variant) in enumerate(names):
+        _write_labelled(tmp_path, model, 0.30 + 0.003 * i, variant)
+    for i, (model, hp, _) in enumerate(STRONG):
+        _write_labelled(tmp_path, model, 0.31 + 0.004 * i, chosen_hp=hp)
+    rows = report.build_rows(report.collect_runs(tmp_path))
+    assert sum(r.kind == "ours" for r in rows) == 20
+    fig = table2.plot(rows, tmp_path / "t.png", "ndcg@20")
+    small = table2.plot([r for r in rows if r.base in ("multvae", "tall")], tmp_path / "s.png", "ndcg@20")
+    assert (tmp_path / "t.png").stat().st_size > 0
+    assert fig.get_figheight() > small.get_figheight() + 3
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axes = fig.axes
+    assert len(axes) == len(table2.COLUMNS)
+    labels = [t for t in axes[0].get_yticklabels() if t.get_text()]
+    assert len(labels) == 20 and labels[0].get_text().startswith("MultVAE")
+    for ax in axes:
+        for ticks in ([t for t in ax.get_yticklabels() if t.get_text() and t.get_visible()],
+                      [t for t in ax.get_xticklabels() if t.get_text() and t.get_visible()]):
+            boxes = [t.get_window_extent(renderer) for t in ticks]
+            for i, a in enumerate(boxes):
+                for b in boxes[i + 1:]:
+                    assert not a.overlaps(b), (a, b)
+    # the panels' tick labels stay clear of each other's panels too: the y labels sit left of every panel
+    left = min(ax.get_window_extent(renderer).x0 for ax in axes)
+    assert max(t.get_window_extent(renderer).x1 for t in labels) <= left + 1
