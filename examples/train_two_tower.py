@@ -39,14 +39,15 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else Path("runs") / "two_tower" / name
     cfg = train_config(args)
     build = make_builder(args)
-    out.mkdir(parents=True, exist_ok=True)
-    results.write_json(out / identity.SETTINGS_FILE, {**settings, "seeds": args.seeds})
     runs, infos, started = [], [], time.perf_counter()
     for seed in args.seeds:
         data = build(seed)
         infos.append(data.info)
         runs.append(run_seed(data, cfg, seed, models=models_of(args), progress=not args.no_progress))
         print(f"seed {seed} done ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+    # the folder only once every seed trained: a failed run leaves nothing behind
+    out.mkdir(parents=True, exist_ok=True)
+    results.write_json(out / identity.SETTINGS_FILE, {**settings, "seeds": args.seeds})
     summary = summarise(runs, data.territory_names, data.group_names, data.case_titles)
     print(text_report(summary))
     plot_title_histograms(summary["title_hist"], [c["name"] for c in data.case_titles], out / "title_histograms.png")

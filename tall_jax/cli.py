@@ -27,5 +27,7 @@ def show_progress_logs(verbose: bool = True) -> None:
     """Log tall_jax's progress messages (INFO when ``verbose``) as bare lines on stderr; other
     libraries log warnings only (JAX's backend probing, e.g. "Unable to initialize backend 'tpu'" on a
     CPU machine, is INFO)."""
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    # force: a library imported earlier (absl, through orbax) may have set up the root logger already,
+    # which would make basicConfig a no-op and print "INFO:tall_jax...:" prefixes
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", force=True)
     logging.getLogger("tall_jax").setLevel(logging.INFO if verbose else logging.WARNING)

@@ -7,6 +7,7 @@ the jitted steps as a static argument.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from tall_jax.datasets.own import is_registered
@@ -99,6 +100,10 @@ class TALLConfig:
         _check_choice("forward_impl", self.forward_impl, FORWARD_IMPLS)
         _check_choice("matmul_precision", self.matmul_precision, PRECISIONS)
         _check_choice("encoder", self.encoder, ENCODERS)
+        for f in dataclasses.fields(self):  # every number finite (inf passes "> 0", nan fails it late)
+            value = getattr(self, f.name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
+                raise ValueError(f"config field {f.name!r} must be a finite number, got {value!r}")
         positive = {
             "n_experts": self.n_experts, "latent": self.latent, "batch_size": self.batch_size,
             "window": self.window, "patience": self.patience, "max_epochs": self.max_epochs,

@@ -96,3 +96,14 @@ def test_own_data_settings_enter_the_key(tmp_path):
     assert a.cache_dir != b.cache_dir and b.n_interactions < a.n_interactions
     settings = json.dumps(b.info["fingerprint"]["settings"])
     assert '"min_rating": 3' in settings and b.info["fingerprint"]["files"][0]["size"] == path.stat().st_size
+
+
+def test_own_data_kcore_rule_enters_the_key(tmp_path):
+    """Splits cached under the authors' loop rule (key 'kcore9_9_9', settings without a rule) are not
+    reused now that own files get a true k-core."""
+    rows = [f"u{u},i{(u * 7 + k) % 30}" for u in range(40) for k in range(15)]
+    path = tmp_path / "mine.csv"
+    path.write_text("user,item\n" + "\n".join(rows) + "\n")
+    ds = load_dataset(str(path), cache_dir=tmp_path / "c", kcore=(10, 10))
+    assert ds.info["fingerprint"]["settings"]["own"]["kcore_rule"] == "iterative"
+    assert "kcore9_9_9" not in ds.cache_dir.name and "-core10_10-" in ds.cache_dir.name

@@ -252,3 +252,57 @@ def test_ml1m_random_prefers_full_raw_ratings(tmp_path):
     full = ds.train + ds.valid + ds.test
     # First appearance: user 5 -> 0 rated movies 1005..1016 first -> items 0..11.
     np.testing.assert_array_equal(full[0].indices, np.arange(12))
+
+
+# ------------------------------------------------- too small, broken gzip (issue "nothing lost")
+@pytest.mark.parametrize("rel, text", [
+    ("yelp/yelp.rating", ""),
+    ("cds/CDs_and_Vinyl.csv", ""),
+    ("yelp/yelp.rating", "".join(f"{u}\t{i}\t4.0\t1\n" for u in range(3) for i in range(30))),
+])
+def test_builtin_raw_file_too_small_fails_before_caching(tmp_path, rel, text):
+    name = rel.split("/")[0]
+    (tmp_path / "d" / name).mkdir(parents=True)
+    (tmp_path / "d" / rel).write_text(text)
+    with pytest.raises(ValueError) as e:
+        load_dataset(name, data_dir=tmp_path / "d", cache_dir=tmp_path / "c", download=False)
+    msg = str(e.value)
+    assert str(tmp_path / "d" / rel) in msg and "at least 5 users" in msg, msg
+    assert not list((tmp_path / "c").rglob("split.npz")) if (tmp_path / "c").exists() else True
+
+
+def test_authors_split_with_header_only_files_names_them(tmp_path):
+    folder = tmp_path / "d" / "ml-1m" / "tall_split"
+    folder.mkdir(parents=True)
+    for part in ("train", "vali", "test"):
+        (folder / f"{part}_df.csv").write_text("userId,itemId\n")
+    with pytest.raises(ValueError) as e:
+        load_dataset("ml-1m", data_dir=tmp_path / "d", cache_dir=tmp_path / "c", download=False)
+    assert "train_df.csv" in str(e.value) and "at least 5 users" in str(e.value), str(e.value)
+    assert not (tmp_path / "c").exists() or not list((tmp_path / "c").rglob("split.npz"))
+
+
+@pytest.mark.parametrize("what, reason", [("truncated", "truncated gzip file"),
+                                          ("plain", "not a gzip file")])
+def test_builtin_reader_broken_gzip(tmp_path, capsys, what, reason):
+    text = "".join(f"{u}::{i}::4::1\n" for u in range(1, 200) for i in range(1, 30))
+    data = gzip.compress(text.encode())
+    (tmp_path / "d" / "ml-1m" / "raw").mkdir(parents=True)
+    path = tmp_path / "d" / "ml-1m" / "raw" / "ratings.dat.gz"
+    path.write_bytes(data[: len(data) // 2] if what == "truncated" else text.encode())
+    with pytest.raises(ValueError) as e:
+        read_ml1m_ratings(path)
+    assert str(path) in str(e.value) and reason in str(e.value), str(e.value)
+    rc = cli.main(["stats", "--dataset", "ml-1m", "--split", "random", "--no-download",
+                   "--data-dir", str(tmp_path / "d"), "--cache-dir", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and reason in err, err
+
+
+def test_builtin_reader_bad_utf8_names_the_line(tmp_path):
+    data = "".join(f"{u}\t{u % 7}\t4.0\t1\n" for u in range(1000)).encode() + b"1\t\xff\t4.0\t1\n"
+    path = tmp_path / "yelp.rating"
+    path.write_bytes(data)
+    with pytest.raises(ValueError) as e:
+        read_yelp(path)
+    assert "yelp.rating, line 1001" in str(e.value) and "position" not in str(e.value), str(e.value)

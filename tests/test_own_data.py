@@ -158,3 +158,131 @@ def test_train_on_own_data_end_to_end(tmp_path, capsys):
     assert all(0 <= g["ndcg@20"] <= 1 for g in res["test"]["groups"].values())
     assert report.main([str(out), "--out", str(tmp_path / "table"), "--no-plot"]) == 0
     assert "ratings.tsv" in (tmp_path / "table" / "table2.md").read_text()
+
+
+# --------------------------------------------------- "nothing lost, nothing mixed up" (issue items)
+def _write_rows(path: Path, rows, header: str = "user,item,rating\n") -> Path:
+    path.write_text(header + "".join(f"{u},{i},{r}\n" for u, i, r in rows), encoding="utf-8")
+    return path
+
+
+def test_kcore_on_own_files_is_a_true_iterative_k_core(tmp_path):
+    """Every user already has >= 10 interactions, so the authors' loop would never run and would keep
+    the item 'rare' (3 interactions); a k-core drops it, and then the user 'edge' (10 -> 9)."""
+    rows = _interactions()
+    rows += [(f"user {u:03d}@x", "rare", 5) for u in range(2)]
+    rows += [("edge", f"item-{chr(65 + i % 26)}{i}", 5) for i in range(9)] + [("edge", "rare", 5)]
+    path = _write_rows(tmp_path / "core.csv", rows)
+    ds = load_dataset(str(path), cache_dir=tmp_path / "c")
+    full = ds.train + ds.valid + ds.test
+    assert "rare" not in ds.info["item_ids"] and "edge" not in ds.info["user_ids"]
+    assert np.diff(full.indptr).min() >= 10 and np.bincount(full.indices).min() >= 10
+    assert ds.info["kcore_rule"].startswith("iterative") and "users >= 10" in ds.info["kcore_rule"]
+    assert ds.info["filter"]["rule"] == "iterative"
+    # a stricter item threshold: every item left has >= 50 interactions
+    few = [(f"u{u}", f"i{k}", 5) for u in range(60) for k in range(12) if k < 3 or (u + k) % 2]
+    ds2 = load_dataset(str(_write_rows(tmp_path / "core2.csv", few)), cache_dir=tmp_path / "c",
+                       kcore=(3, 50))
+    full2 = ds2.train + ds2.valid + ds2.test
+    assert np.bincount(full2.indices).min() >= 50 and np.diff(full2.indptr).min() >= 3
+
+
+def test_builtin_datasets_record_the_authors_loop_rule(tmp_path):
+    rng = np.random.default_rng(0)
+    lines = [f"{u + 100}\t{i}\t4.0\t1\n" for u in range(30) for i in rng.permutation(25)[:22]]
+    (tmp_path / "d" / "yelp").mkdir(parents=True)
+    (tmp_path / "d" / "yelp" / "yelp.rating").write_text("".join(lines))
+    ds = load_dataset("yelp", data_dir=tmp_path / "d", cache_dir=tmp_path / "c")
+    assert ds.info["kcore_rule"].startswith("authors' loop") and ds.info["filter"]["rule"] == "authors_loop"
+
+
+def test_kcore_rule_is_shown_by_the_stats_command(tmp_path, capsys):
+    from tall_jax.datasets import __main__ as cli
+
+    path = _write_rows(tmp_path / "shop.csv", _interactions())
+    assert cli.main(["stats", "--dataset", str(path), "--cache-dir", str(tmp_path / "c")]) == 0
+    assert "iterative (users >= 10 and items >= 10 at the end)" in capsys.readouterr().out
+
+
+def test_min_rating_drop_is_logged_and_counted(tmp_path, caplog):
+    rows = _interactions()
+    n_low = sum(r < 3 for _, _, r in rows)
+    path = _write_rows(tmp_path / "rated.csv", rows)
+    with caplog.at_level("INFO", logger="tall_jax"):
+        ds = load_dataset(str(path), cache_dir=tmp_path / "c", min_rating=3, kcore=(2, 2))
+    assert f"{n_low} rows rated below 3" in caplog.text
+    assert ds.info["below_min_rating"] == n_low == ds.info["read"]["below_min_rating"]
+
+
+def test_spaces_around_ids_are_stripped_with_a_warning(tmp_path, caplog):
+    path = tmp_path / "spaces.csv"
+    path.write_text("user,item\n alice,x\nalice ,y\nbob, x \nbob,y\n", encoding="utf-8")
+    with caplog.at_level("WARNING", logger="tall_jax"):
+        users, items, user_ids, item_ids, stats = read_interactions(OwnData(path))
+    assert user_ids == ["alice", "bob"] and item_ids == ["x", "y"]
+    assert stats["ids_stripped"] == 3  # ' alice', 'alice ', ' x '
+    assert "spaces.csv" in caplog.text and "3 ids" in caplog.text and "strip" in caplog.text
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_utf8_byte_order_mark_before_the_header(tmp_path, gz):
+    text = "\ufeffuser,item,rating\na,x,5\nb,x,4\n".encode("utf-8")
+    path = tmp_path / ("bom.csv.gz" if gz else "bom.csv")
+    path.write_bytes(gzip.compress(text) if gz else text)
+    users, items, user_ids, item_ids, stats = read_interactions(OwnData(path))
+    assert user_ids == ["a", "b"] and stats["columns"] == ["user", "item", "rating"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz", ".dat"])
+def test_bad_utf8_byte_names_the_line(tmp_path, suffix):
+    sep = "::" if suffix == ".dat" else ","
+    lines = [f"user{sep}item\n"] + [f"user{k:05d}{sep}item{k % 97:05d}\n" for k in range(2, 3000)]
+    data = "".join(lines).encode() + b"bad\xff" + sep.encode() + b"x\n" + b"u" + sep.encode() + b"i\n"
+    path = tmp_path / f"latin{suffix}"
+    path.write_bytes(gzip.compress(data) if suffix.endswith(".gz") else data)
+    with pytest.raises(ValueError) as e:
+        read_interactions(OwnData(path))
+    msg = str(e.value)
+    assert f"latin{suffix}, line 3000" in msg and "utf-8" in msg and "position" not in msg, msg
+
+
+@pytest.mark.parametrize("what", ["truncated", "not gzip"])
+def test_broken_gzip_names_the_file_and_what_is_wrong(tmp_path, capsys, what):
+    from tall_jax.datasets import __main__ as cli
+
+    text = "user,item\n" + "".join(f"u{k},i{k % 13}\n" for k in range(3000))
+    path = tmp_path / "broken.csv.gz"
+    data = gzip.compress(text.encode())
+    path.write_bytes(data[: len(data) // 2] if what == "truncated" else text.encode())
+    reason = "truncated gzip file" if what == "truncated" else "not a gzip file"
+    with pytest.raises(ValueError) as e:
+        read_interactions(OwnData(path))
+    assert str(path) in str(e.value) and reason in str(e.value), str(e.value)
+    rc = cli.main(["stats", "--dataset", str(path), "--cache-dir", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1 and reason in err, err
+
+
+@pytest.mark.parametrize("text", ["", "user,item\n", "user,item\na,b\nc,d\n"])
+def test_too_small_own_file_fails_before_caching(tmp_path, text):
+    path = tmp_path / "small.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError) as e:
+        load_dataset(str(path), cache_dir=tmp_path / "c", kcore=(1, 1))
+    assert "small.csv" in str(e.value)
+    assert not (tmp_path / "c").exists() or not list((tmp_path / "c").rglob("split.npz"))
+
+
+def test_stats_verbose_shows_the_min_rating_log(tmp_path, capsys):
+    import logging
+
+    from tall_jax.datasets import __main__ as cli
+
+    path = _write_rows(tmp_path / "rated.csv", _interactions())
+    try:
+        assert cli.main(["stats", "--dataset", str(path), "--min-rating", "3", "--kcore", "2,2", "-v",
+                         "--cache-dir", str(tmp_path / "c")]) == 0
+        assert logging.getLogger("tall_jax").getEffectiveLevel() == logging.INFO
+    finally:
+        logging.getLogger("tall_jax").setLevel(logging.NOTSET)
+    assert "rated below 3 dropped" in capsys.readouterr().out

@@ -121,3 +121,28 @@ def test_split_repair_moves_from_train(seed):
     train, valid, test = random_split(users, items, 200, 10, seed=seed)
     assert (np.diff(valid.indptr) >= 1).all() and (np.diff(test.indptr) >= 1).all()
     assert train.nnz + valid.nnz + test.nnz == users.size
+
+
+def test_iterative_kcore_leaves_every_user_and_item_at_their_thresholds():
+    from tall_jax.datasets.split import kcore_iterative
+
+    # Every user has 3 items, so the authors' loop (2, 2, 1) never runs and keeps items 4 and 9 (one
+    # user each). The 3/2-core drops them, then user 30 (1 item left), then re-checks item 1 (2
+    # users): users 10 and 20 with items 1, 2, 3 remain.
+    users = np.array([10, 10, 10, 20, 20, 20, 30, 30, 30])
+    items = np.array([1, 2, 3, 1, 2, 3, 1, 4, 9])
+    keep_loop, _ = kcore_filter(users, items, loop_threshold=2, user_threshold=2, item_threshold=1)
+    assert keep_loop.all()  # the authors' rule keeps item 9 (1 interaction)
+    keep, stats = kcore_iterative(users, items, min_user=3, min_item=2)
+    np.testing.assert_array_equal(keep, [1, 1, 1, 1, 1, 1, 0, 0, 0])
+    assert stats["rule"] == "iterative" and stats["thresholds"] == [3, 2]
+    assert stats["after"] == {"users": 2, "items": 3, "interactions": 6} and stats["rounds"] >= 2
+    rng = np.random.default_rng(1)
+    u, i = rng.integers(0, 200, 3000), rng.zipf(1.6, 3000) % 300
+    keep, _ = kcore_iterative(u, i, min_user=5, min_item=7)
+    assert np.bincount(u[keep]).max(initial=0) >= 5
+    for ids, k in ((u, 5), (i, 7)):
+        c = np.bincount(ids[keep])
+        assert c[c > 0].min(initial=k) >= k
+    keep, stats = kcore_iterative(np.array([], np.int64), np.array([], np.int64), min_user=2, min_item=2)
+    assert keep.size == 0 and stats["after"]["users"] == 0

@@ -20,12 +20,14 @@ from .readers import (
     read_split_csv,
     read_yelp,
 )
-from .split import KCORE_THRESHOLDS, kcore_filter, random_split, reindex_first_appearance, to_csr
+from .split import (
+    KCORE_THRESHOLDS, kcore_filter, kcore_iterative, random_split, reindex_first_appearance, to_csr,
+)
 from .synthetic import make_synthetic
 
 __all__ = [
     "Dataset", "DownloadError", "KCORE_THRESHOLDS", "KNOWN_DATASETS", "OwnData", "SPLITS", "fetch",
-    "kcore_filter", "load_dataset", "make_synthetic", "random_split", "read_amazon_csv",
+    "kcore_filter", "kcore_iterative", "load_dataset", "make_synthetic", "random_split", "read_amazon_csv",
     "read_interactions", "register_dataset",
     "read_ml1m_movies", "read_ml1m_ratings", "read_ml1m_users", "read_split_csv", "read_yelp",
     "reindex_first_appearance", "to_csr",

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import sys
 import time
@@ -14,7 +13,7 @@ import time
 import numpy as np
 
 from tall_jax import protocol
-from tall_jax.cli import HelpFormatter, Parser
+from tall_jax.cli import HelpFormatter, Parser, show_progress_logs
 from tall_jax.datasets import KNOWN_DATASETS, load_dataset
 from tall_jax.datasets.download import DEFAULT_TIMEOUT, ENV_OFFLINE, ENV_TIMEOUT, DownloadError, check_timeout
 from tall_jax.datasets.own import DEFAULT_KCORE, looks_like_path, parse_columns
@@ -82,7 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--min-rating", type=_typed(_finite), default=None, metavar="R",
                    help="your own file: keep interactions rated >= R (default: every row is a positive)")
     s.add_argument("--kcore", type=_typed(_kcore), default=None, metavar="USERS,ITEMS",
-                   help="your own file: minimum interactions per user and per item "
+                   help="your own file: keep users and items with at least this many interactions "
+                        "(a true iterative k-core: both hold at the end) "
                         f"(default: {DEFAULT_KCORE[0]},{DEFAULT_KCORE[1]})")
     s.add_argument("-v", "--verbose", action="store_true", help="log progress")
     return p
@@ -106,6 +106,13 @@ def stats(args: argparse.Namespace) -> None:
     print(f"train/valid/test  {c['train']:,} / {c['valid']:,} / {c['test']:,}")
     print(f"users without a validation item: {c['users_without_valid']:,}; "
           f"without a test item: {c['users_without_test']:,}")
+    read = ds.info.get("read")
+    if read:  # your own file
+        rated = (f", {read['below_min_rating']:,} rated below {ds.info['min_rating']:g} dropped"
+                 if ds.info.get("min_rating") is not None else "")
+        print(f"read          {read['rows']:,} rows{rated}, {read['duplicates_dropped']:,} repeated pairs "
+              f"dropped, {read.get('ids_stripped', 0):,} ids with spaces around them stripped")
+    print(f"k-core rule   {ds.info.get('kcore_rule', 'none')}")
     filt = ds.info.get("filter")
     if filt:
         b, a = filt["before"], filt["after"]
@@ -129,8 +136,8 @@ def stats(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    # tall_jax's own logger (a root handler set up by a library at import would swallow basicConfig)
+    show_progress_logs(args.verbose)
     try:
         stats(args)
     except (ValueError, FileNotFoundError, DownloadError, OSError) as e:

@@ -72,10 +72,13 @@ def find_file(rel_paths: list[str], data_dir: str | Path | None) -> tuple[Path |
     return None, looked
 
 
-def split_key(name: str, split: str, seed: int | None, filt: tuple | None, extra: str = "") -> str:
-    """Folder name of a processed split; changes whenever its content would."""
+def split_key(name: str, split: str, seed: int | None, filt: tuple | str | None, extra: str = "") -> str:
+    """Folder name of a processed split; changes whenever its content would. ``filt``: the authors'
+    loop thresholds (a tuple, "kcore9_9_9") or the name of another filter as is ("core10_10")."""
     parts = [name, split]
-    if filt is not None:
+    if isinstance(filt, str):
+        parts.append(filt)
+    elif filt is not None:
         parts.append("kcore" + "_".join(str(t) for t in filt))
     if seed is not None:
         parts.append(f"seed{seed}")

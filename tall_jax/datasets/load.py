@@ -16,10 +16,11 @@ from .cache import (
     ENV_DATA, check_data_dir, data_roots, find_file, fingerprint, load_split, save_split, split_key,
     user_cache_root,
 )
-from .own import MIN_USERS, OwnData, own_data, read_interactions
+from .own import MIN_ITEMS, MIN_USERS, OwnData, own_data, read_interactions
 from .readers import read_amazon_csv, read_ml1m_ratings, read_split_csv, read_yelp
 from .split import (
-    KCORE_THRESHOLDS, kcore_filter, random_split, reindex_first_appearance, to_csr,
+    KCORE_THRESHOLDS, kcore_filter, kcore_iterative, kcore_rule_text, random_split,
+    reindex_first_appearance, to_csr,
 )
 from .synthetic import make_synthetic
 
@@ -87,11 +88,12 @@ def _authors_files(data_dir, download: bool, timeout: float) -> list[Path]:
 def _build_authors(files: list[Path]) -> tuple[tuple[sp.csr_matrix, ...], dict[str, Any]]:
     """The TALL authors' committed ML-1M split, as is (no repair: some users lack valid/test)."""
     pairs = [read_split_csv(f) for f in files]
-    n_users = max(int(u.max()) for u, _ in pairs) + 1
-    n_items = max(int(i.max()) for _, i in pairs) + 1
+    n_users = max((int(u.max()) + 1 for u, _ in pairs if u.size), default=0)
+    n_items = max((int(i.max()) + 1 for _, i in pairs if i.size), default=0)
     parts = tuple(to_csr(u, i, n_users, n_items) for u, i in pairs)
     info = {"source": "authors' committed split (not repaired)",
-            "source_files": [str(f) for f in files]}
+            "source_files": [str(f) for f in files],
+            "kcore_rule": "none (the authors' committed split, as is)"}
     return parts, info
 
 
@@ -119,6 +121,7 @@ def _build_random(name: str, seed: int, source: str, files: list[Path]):
     keep, stats = kcore_filter(users, items, loop_threshold=thresholds[0],
                                user_threshold=thresholds[1], item_threshold=thresholds[2])
     info["filter"] = stats
+    info["kcore_rule"] = kcore_rule_text(stats)
     users, items = users[keep], items[keep]
     if source == "union":  # already the spec's ids; compacting keeps their order
         user_ids, u = np.unique(users, return_inverse=True)
@@ -131,28 +134,59 @@ def _build_random(name: str, seed: int, source: str, files: list[Path]):
 
 
 def _build_own(spec: OwnData, seed: int):
-    """Your own file: read, k-core filter, re-index by first appearance, seeded 70/10/20 split."""
+    """Your own file: read, iterative k-core, re-index by first appearance, seeded 70/10/20 split."""
     users, items, user_names, item_names, read_stats = read_interactions(spec)
-    t = spec.thresholds
-    keep, stats = kcore_filter(users, items, loop_threshold=t[0], user_threshold=t[1],
-                               item_threshold=t[2])
+    keep, stats = kcore_iterative(users, items, min_user=spec.kcore[0], min_item=spec.kcore[1])
     after = stats["after"]
-    if after["users"] < MIN_USERS or after["items"] < 2:
+    if after["users"] < MIN_USERS or after["items"] < MIN_ITEMS:
         b = stats["before"]
         raise ValueError(
             f"{spec.path}: the k-core filter (users and items with at least {spec.kcore[0]} and "
             f"{spec.kcore[1]} interactions) leaves {after['users']} users and {after['items']} items "
             f"of {b['users']} and {b['items']}; at least {MIN_USERS} users (five mainstream groups) "
-            f"and 2 items are needed. Lower it with kcore=(users, items) (CLI: --kcore U,I) or add data."
+            f"and {MIN_ITEMS} items are needed. Lower it with kcore=(users, items) (CLI: --kcore U,I) or "
+            f"add data."
         )
     u, user_codes = reindex_first_appearance(users[keep])
     i, item_codes = reindex_first_appearance(items[keep])
     parts = random_split(u, i, user_codes.size, item_codes.size, seed=seed)
     info = {"source": "your own interaction file", "source_files": [str(spec.path)],
-            "read": read_stats, "min_rating": spec.min_rating, "filter": stats,
+            "read": read_stats, "min_rating": spec.min_rating,
+            "below_min_rating": read_stats["below_min_rating"],
+            "ids_stripped": read_stats["ids_stripped"], "filter": stats,
+            "kcore_rule": kcore_rule_text(stats),
             "user_ids": [user_names[c] for c in user_codes],
             "item_ids": [item_names[c] for c in item_codes]}
     return parts, info
+
+
+def _kcore_rule(info: dict[str, Any], split: str) -> str:
+    """``info["kcore_rule"]``: which filter made the split, in words (docs/fidelity.md#filter)."""
+    if info.get("kcore_rule"):
+        return info["kcore_rule"]
+    if info.get("filter"):  # without a "rule" entry: the authors' loop (splits cached before it)
+        return kcore_rule_text(info["filter"])
+    return "none (the authors' committed split, as is)" if split == "authors" else "none"
+
+
+def _check_size(parts, files: list[Path], name: str, info: dict[str, Any]) -> None:
+    """ValueError naming the input when the split is too small for the protocol: the users are cut
+    into five mainstream groups (at least :data:`MIN_USERS` users) and a ranking needs items."""
+    n_users, n_items = (int(n) for n in parts[0].shape)
+    if n_users >= MIN_USERS and n_items >= MIN_ITEMS:
+        return
+    what = ", ".join(str(f) for f in files) or f"the {name} generator"
+    filt = info.get("filter")
+    if filt and filt["before"]["interactions"] == 0:
+        how = "has no interaction lines, so it gives"
+    elif filt:
+        b = filt["before"]
+        how = (f"has {b['users']} users and {b['items']} items; after the k-core filter "
+               f"({info.get('kcore_rule') or kcore_rule_text(filt)}) there are")
+    else:
+        how = "gives"
+    raise ValueError(f"{what}: {how} {n_users} users and {n_items} items; at least {MIN_USERS} users "
+                     f"(users are cut into five mainstream groups) and {MIN_ITEMS} items are needed")
 
 
 def load_dataset(
@@ -214,8 +248,9 @@ def load_dataset(
     cache_root = Path(cache_dir).expanduser() if cache_dir else user_cache_root() / "processed"
     t0 = time.perf_counter()
 
-    if own is not None:
-        name, filt = own.name, own.thresholds
+    filt: tuple | str | None
+    if own is not None:  # a true k-core ("core"), not the built-ins' authors' loop ("kcore" + 3 values)
+        name, filt = own.name, f"core{own.kcore[0]}_{own.kcore[1]}"
     else:
         filt = KCORE_THRESHOLDS.get(name) if split == "random" and name != "synthetic" else None
     source = ""
@@ -248,6 +283,8 @@ def load_dataset(
         cached = None
     if cached is not None:
         parts, info = cached
+        info["kcore_rule"] = _kcore_rule(info, split)  # splits cached before the rule was recorded
+        _check_size(parts, files, name, info)
         log.info("%s/%s: loaded cached split %s", name, split, folder)
     else:
         if name == "synthetic":
@@ -259,6 +296,8 @@ def load_dataset(
             parts, info = _build_authors(files)
         else:
             parts, info = _build_random(name, seed, source, files)
+        info["kcore_rule"] = _kcore_rule(info, split)
+        _check_size(parts, files, name, info)  # before anything is cached
         tmp = Dataset(name, split, seed, *parts)
         info["counts"] = tmp.counts()
         info["key"] = key

@@ -6,24 +6,31 @@ ignored) or, for a file without a header, by ``columns=("user", "item", "rating"
 order (``skip`` ignores a column). Ids may be any strings; they are coded in order of first appearance
 and the original ids are kept in ``Dataset.info["user_ids"]`` / ``["item_ids"]`` (row / column order).
 With ``min_rating`` only interactions rated at least that are kept (explicit ratings); otherwise every
-row is a positive. Repeated (user, item) pairs keep the first. Then the same k-core filter, re-indexing
-by first appearance and seeded 70/10/20 split as the built-in datasets.
+row is a positive. Repeated (user, item) pairs keep the first. Spaces around an id are stripped (a
+warning gives how many ids changed; ``info["read"]["ids_stripped"]``). Then a true iterative k-core
+(users and items with at least ``kcore`` interactions at the end; the built-in datasets keep the
+authors' loop rule, docs/fidelity.md#filter), re-indexing by first appearance and the seeded 70/10/20
+split as the built-in datasets. UTF-8 text, with or without a byte-order mark.
 
 :func:`register_dataset` makes a file known by its file name (``interactions.csv``) to
 :func:`tall_jax.datasets.load_dataset`, :func:`tall_jax.make_config` (the generic TALL defaults: the
-``TALLConfig`` field values) and so to ``tall_jax.run.run_experiment`` and every baseline.
+``TALLConfig`` field values) and so to ``tall_jax.models.run_experiment`` and every baseline.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
+import logging
 import math
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .readers import _malformed, drop_duplicates, open_text
+from .readers import _malformed, drop_duplicates, open_text, read_error
+
+log = logging.getLogger("tall_jax.datasets")
 
 SEPARATORS = {".csv": ",", ".tsv": "\t", ".dat": "::"}
 ROLES = ("user", "item", "rating", "timestamp")
@@ -38,6 +45,7 @@ HEADER_NAMES = {
 }
 DEFAULT_KCORE = (10, 10)  # keep users with >= 10 interactions and items with >= 10, like ML-1M
 MIN_USERS = 5  # five mainstream groups need at least five users
+MIN_ITEMS = 2  # a ranking needs more than one item
 _REGISTRY: dict[str, "OwnData"] = {}
 
 
@@ -112,15 +120,15 @@ class OwnData:
         return self.path.name
 
     @property
-    def thresholds(self) -> tuple[int, int, int]:
-        """(loop, user, item) thresholds of :func:`kcore_filter` for "at least kcore" semantics."""
-        return (self.kcore[0] - 1, self.kcore[0] - 1, self.kcore[1] - 1)
+    def kcore_rule(self) -> str:
+        """The filter your own files get: a true iterative k-core (:func:`~.split.kcore_iterative`)."""
+        return "iterative"
 
     def settings(self) -> dict[str, Any]:
         """What, besides the file's bytes, decides the processed split (for the cache key)."""
         return {"columns": list(self.columns) if self.columns else "header",
                 "separator": file_format(self.path)[1], "min_rating": self.min_rating,
-                "kcore": list(self.kcore)}
+                "kcore": list(self.kcore), "kcore_rule": self.kcore_rule}
 
 
 def register_dataset(path: str | Path, *, columns=None, min_rating: float | None = None,
@@ -156,26 +164,29 @@ def _expected(columns: tuple[str, ...], sep: str) -> str:
 
 
 def _rows(path: Path, sep: str):
-    """(line number, fields) of every non-blank line, fields stripped; CSV quoting for , and tab."""
+    """(line number, line, raw fields) of every non-blank line; CSV quoting for , and tab.
+
+    UTF-8 with or without a byte-order mark. A byte that is not UTF-8, a broken ``.gz`` or a quoting
+    error raises ``ValueError`` naming the file (and the line, where there is one)."""
     f = open_text(path)
     with f:
+        start = 1
         try:
             if sep == "::":
                 for lineno, line in enumerate(f, start=1):
                     line = line.rstrip("\n")
                     if line.strip():
-                        yield lineno, line, [p.strip() for p in line.split(sep)]
+                        yield lineno, line, line.split(sep)
             else:
                 reader = csv.reader(f, delimiter=sep, strict=True)
-                start = 1
                 for fields in reader:
                     if fields and any(p.strip() for p in fields):
-                        yield start, sep.join(fields), [p.strip() for p in fields]
+                        yield start, sep.join(fields), fields
                     start = reader.line_num + 1
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path}: not valid utf-8 text ({e})") from None
         except csv.Error as e:
             raise ValueError(f"{path}, line {start}: cannot parse ({e})") from None
+        except (UnicodeDecodeError, OSError, EOFError, zlib.error) as e:
+            raise read_error(path, e) from None
 
 
 def read_interactions(spec: OwnData) -> tuple[np.ndarray, np.ndarray, list[str], list[str], dict]:
@@ -205,10 +216,16 @@ def read_interactions(spec: OwnData) -> tuple[np.ndarray, np.ndarray, list[str],
     user_code: dict[str, int] = {}
     item_code: dict[str, int] = {}
     n_rows = n_low = 0
+    stripped: set[tuple[str, str]] = set()  # (role, id as written) of ids with surrounding spaces
     for lineno, line, fields in rows:
         if len(fields) != n:
             raise _malformed(path, lineno, line, expected, f"{len(fields)} fields, not {n}")
-        u, i = fields[col["user"]], fields[col["item"]]
+        u_raw, i_raw = fields[col["user"]], fields[col["item"]]
+        u, i = u_raw.strip(), i_raw.strip()
+        if u != u_raw:
+            stripped.add(("user", u_raw))
+        if i != i_raw:
+            stripped.add(("item", i_raw))
         if not u or not i:
             raise _malformed(path, lineno, line, expected, f"empty {'user' if not u else 'item'} id")
         n_rows += 1
@@ -218,7 +235,7 @@ def read_interactions(spec: OwnData) -> tuple[np.ndarray, np.ndarray, list[str],
             except ValueError:
                 hint = " (a header line? then drop --columns)" if lineno == 1 else ""
                 raise _malformed(path, lineno, line, expected,
-                                 f"rating {fields[col['rating']]!r} is not a number{hint}") from None
+                                 f"rating {fields[col['rating']].strip()!r} is not a number{hint}") from None
             if not math.isfinite(r):
                 raise _malformed(path, lineno, line, expected, f"rating {r} is not finite")
             if spec.min_rating is not None and r < spec.min_rating:
@@ -230,9 +247,15 @@ def read_interactions(spec: OwnData) -> tuple[np.ndarray, np.ndarray, list[str],
         why = (f"none of its {n_rows} rows has a rating >= {spec.min_rating}" if n_rows
                else "no interaction lines")
         raise ValueError(f"{path}: no interactions ({why})")
+    if stripped:
+        log.warning("%s: %d ids had spaces before or after them (e.g. %r); they were stripped, so ' a' "
+                    "and 'a' are the same id", path, len(stripped), sorted(stripped)[0][1])
+    if spec.min_rating is not None:
+        log.info("%s: dropped %d rows rated below %g (min_rating), kept %d of %d", path, n_low,
+                 spec.min_rating, n_rows - n_low, n_rows)
     u_arr, i_arr = drop_duplicates(np.asarray(users, np.int64), np.asarray(items, np.int64), str(path))
     stats = {"rows": n_rows, "below_min_rating": n_low, "duplicates_dropped": len(users) - u_arr.size,
-             "columns": list(columns)}
+             "ids_stripped": len(stripped), "columns": list(columns)}
     return u_arr, i_arr, list(user_code), list(item_code), stats
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import logging
+import zlib
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -25,8 +26,12 @@ ML1M_MOVIES_FORMAT = "MovieID::Title::Genres"
 SPLIT_CSV_FORMAT = "header 'userId,itemId' then rows of two non-negative integers"
 
 
-def open_text(path: str | Path, encoding: str = "utf-8") -> io.TextIOBase:
-    """Open a plain or ``.gz`` text file (universal newlines, so CRLF files read like LF ones)."""
+def open_text(path: str | Path, encoding: str = "utf-8-sig") -> io.TextIOBase:
+    """Open a plain or ``.gz`` text file (universal newlines, so CRLF files read like LF ones).
+
+    The default ``utf-8-sig`` reads UTF-8 and drops a byte-order mark before the first line (files
+    saved by spreadsheet programs). Read errors of a broken ``.gz`` surface as ``EOFError`` /
+    ``OSError`` / ``zlib.error``; :func:`read_error` turns them into a ``ValueError`` naming the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
@@ -35,16 +40,60 @@ def open_text(path: str | Path, encoding: str = "utf-8") -> io.TextIOBase:
     return open(path, encoding=encoding, newline=None)
 
 
-def _read_text(path: Path, encoding: str = "utf-8") -> str:
+def _open_bytes(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _bad_text_line(path: Path, encoding: str) -> tuple[int, int, bytes] | None:
+    """(line number, byte column, the bad bytes) of the first line that does not decode, or None."""
+    codec = "utf-8" if encoding.replace("_", "-").lower() in ("utf-8-sig", "utf8-sig") else encoding
+    try:
+        with _open_bytes(path) as f:
+            for lineno, raw in enumerate(f, start=1):
+                if lineno == 1 and codec == "utf-8" and raw.startswith(b"\xef\xbb\xbf"):
+                    raw = raw[3:]
+                try:
+                    raw.decode(codec)
+                except UnicodeDecodeError as e:
+                    return lineno, e.start + 1, raw[e.start:e.end]
+    except (OSError, EOFError, zlib.error):
+        return None
+    return None
+
+
+def read_error(path: str | Path, e: BaseException, encoding: str = "utf-8") -> ValueError:
+    """A ``ValueError`` naming ``path`` and what is wrong, for an error raised while reading it:
+    a byte that is not ``encoding`` (with its line), a truncated or corrupt ``.gz``, a ``.gz`` that is
+    not gzip."""
+    path = Path(path)
+    name = "utf-8" if encoding.lower().startswith("utf") else encoding
+    if isinstance(e, UnicodeDecodeError):
+        where = _bad_text_line(path, encoding)
+        if where is None:
+            return ValueError(f"{path}: not valid {name} text ({e.reason})")
+        lineno, col, bad = where
+        return ValueError(f"{path}, line {lineno}: not valid {name} text (byte {bad!r} at column {col}: "
+                          f"{e.reason}); save the file as {name}")
+    if path.suffix == ".gz":
+        if isinstance(e, EOFError):
+            return ValueError(f"{path}: truncated gzip file (it ends before the end of the compressed "
+                              "data; was the download or copy cut off?)")
+        if isinstance(e, gzip.BadGzipFile) and "Not a gzipped file" in str(e):
+            return ValueError(f"{path}: not a gzip file (the name ends in .gz but the content is not "
+                              "gzip-compressed; rename it without .gz or compress it)")
+        if isinstance(e, (gzip.BadGzipFile, zlib.error)):
+            return ValueError(f"{path}: corrupt gzip file ({e})")
+    return ValueError(f"{path}: cannot read ({e})")
+
+
+def _read_text(path: Path, encoding: str = "utf-8-sig") -> str:
     try:
         with open_text(path, encoding) as f:
             return f.read()
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not valid {encoding} text ({e})") from None
-    except (OSError, EOFError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
-        raise ValueError(f"{path}: cannot read ({e})") from None
+    except FileNotFoundError:
+        raise
+    except (UnicodeDecodeError, OSError, EOFError, zlib.error) as e:
+        raise read_error(path, e, encoding) from None
 
 
 def _malformed(path: Path, lineno: int, line: str, expected: str, why: str) -> ValueError:

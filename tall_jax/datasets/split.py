@@ -57,6 +57,7 @@ def kcore_filter(
         "interactions": int(keep.sum()),
     }
     stats = {
+        "rule": "authors_loop",
         "thresholds": [loop_threshold, user_threshold, item_threshold],
         "rounds": rounds,
         "before": before,
@@ -66,6 +67,53 @@ def kcore_filter(
         "k-core filter %s: %d rounds; users %d -> %d, items %d -> %d, interactions %d -> %d",
         stats["thresholds"], rounds, before["users"], after["users"], before["items"],
         after["items"], before["interactions"], after["interactions"],
+    )
+    return keep, stats
+
+
+def kcore_rule_text(stats: dict[str, Any]) -> str:
+    """How the filter behind ``stats`` (of :func:`kcore_filter` or :func:`kcore_iterative`) ran, in words."""
+    t = stats["thresholds"]
+    if stats.get("rule") == "iterative":
+        return f"iterative (users >= {t[0]} and items >= {t[1]} at the end)"
+    return (f"authors' loop (while some user has <= {t[0]} interactions: drop users with <= {t[1]}, "
+            f"then items with <= {t[2]}; items are not filtered once every user passes)")
+
+
+def kcore_iterative(
+    users_R: np.ndarray, items_R: np.ndarray, *, min_user: int, min_item: int
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """A true iterative k-core; returns ``(keep_R, stats)``.
+
+    Users with fewer than ``min_user`` and items with fewer than ``min_item`` interactions are dropped,
+    and the counts recomputed, until nothing changes: at the end every user left has at least
+    ``min_user`` interactions and every item left at least ``min_item`` (the result may be empty).
+    Used for your own files; the built-in datasets keep the authors' rule (:func:`kcore_filter`)."""
+    _, u = np.unique(users_R, return_inverse=True)
+    _, i = np.unique(items_R, return_inverse=True)
+    u, i = u.ravel(), i.ravel()
+    n_u, n_i = int(u.max(initial=-1)) + 1, int(i.max(initial=-1)) + 1
+    keep = np.ones(u.size, dtype=bool)
+    before = {"users": n_u, "items": n_i, "interactions": int(u.size)}
+    rounds = 0
+    while True:
+        n_before = int(keep.sum())
+        keep &= np.bincount(u[keep], minlength=n_u)[u] >= min_user
+        keep &= np.bincount(i[keep], minlength=n_i)[i] >= min_item
+        if int(keep.sum()) == n_before:
+            break
+        rounds += 1
+    after = {
+        "users": int(np.unique(u[keep]).size),
+        "items": int(np.unique(i[keep]).size),
+        "interactions": int(keep.sum()),
+    }
+    stats = {"rule": "iterative", "thresholds": [int(min_user), int(min_item)], "rounds": rounds,
+             "before": before, "after": after}
+    log.info(
+        "k-core filter (iterative, users >= %d, items >= %d): %d rounds; users %d -> %d, items %d -> %d, "
+        "interactions %d -> %d", min_user, min_item, rounds, before["users"], after["users"],
+        before["items"], after["items"], before["interactions"], after["interactions"],
     )
     return keep, stats
 

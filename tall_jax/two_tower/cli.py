@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import math
 import re
 import sys
+from pathlib import Path
 from typing import Callable
 
+from tall_jax.cli import Parser
 from tall_jax.two_tower.experiment import ALL_MODELS, MODELS, PROTOCOLS, TrainConfig
 
 # preset -> (width d, batch size); every explicit flag wins over its preset value
@@ -26,8 +29,8 @@ class _DeprecatedSeeds(argparse.Action):
 
 
 def make_parser(description: str, *, default_seeds: list[int]) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, allow_abbrev=False,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(description=description, allow_abbrev=False,
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dataset", choices=("synthetic", "ml-1m"), required=True, help="which data")
     p.add_argument("--seed", dest="seeds", type=int, nargs="+", default=default_seeds, metavar="SEED",
                    help="one or several seeds (data and training); the spelling train_tall.py uses")
@@ -82,14 +85,23 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.inc_epochs < 0 or args.head_rank < 0:
         p.error("--inc-epochs and --head-rank must be >= 0")
-    if args.alpha <= 0 or args.lr <= 0 or args.weight_decay < 0 or not 0 <= args.head_dropout < 1:
-        p.error("need --alpha > 0, --lr > 0, --weight-decay >= 0 and 0 <= --head-dropout < 1")
+    for flag, value, ok, need in (
+        ("--alpha", args.alpha, args.alpha > 0, "> 0"),
+        ("--lr", args.lr, args.lr > 0, "> 0"),
+        ("--weight-decay", args.weight_decay, args.weight_decay >= 0, ">= 0"),
+        ("--head-dropout", args.head_dropout, 0 <= args.head_dropout < 1, "in [0, 1)"),
+    ):  # nan fails every comparison, inf passes "> 0": both are rejected here
+        if not (ok and math.isfinite(value)):
+            p.error(f"{flag} must be a finite number {need}, got {value:g}")
     if args.n_users is not None and args.dataset != "synthetic":
         p.error("--n-users applies to --dataset synthetic only")
     if args.n_users is not None and args.n_users < 1000:
         p.error("--n-users must be >= 1000")
     if args.dataset == "synthetic" and args.data_dir is not None:
         p.error("--data-dir applies to --dataset ml-1m only")
+    if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
+        what = "is a file, not a folder" if Path(args.data_dir).expanduser().exists() else "no such folder"
+        p.error(f"--data-dir {args.data_dir}: {what}")
     return args
 
 
@@ -123,8 +135,18 @@ def variant_of(args) -> str:
     return variant(train_config(args), TrainConfig(), execution_fields=("eval_batch_size",))
 
 
-def make_builder(args) -> Callable[[int], object]:
-    """``seed -> TwoTowerData``; a seed-independent ML-1M user embedding is computed once."""
+def make_builder(args, first_seed: int | None = None) -> Callable[[int], object]:
+    """``seed -> TwoTowerData``; a seed-independent ML-1M user embedding is computed once.
+
+    The data of ``first_seed`` (default: the first of ``args.seeds``) is built here, so a missing or
+    malformed data file fails before the caller makes its output folder; it is handed out once."""
+    build = _builder(args)
+    seed0 = args.seeds[0] if first_seed is None else first_seed
+    ready = {seed0: build(seed0)}
+    return lambda seed: ready.pop(seed) if seed in ready else build(seed)
+
+
+def _builder(args) -> Callable[[int], object]:
     from tall_jax.two_tower.synthetic import SyntheticConfig, make_synthetic_two_tower
 
     if args.dataset == "synthetic":
@@ -172,11 +194,16 @@ def user_error_message(e: Exception, prog: str) -> str:
 
 
 def run_main(main: Callable[[], int], prog: str) -> None:
-    """Exit 2 with a one-line message on a user mistake (missing data, bad input); other errors surface."""
+    """Exit 2 with a one-line message on a user mistake (missing data, bad input) or a diverged run; other
+    errors surface."""
     try:
         sys.exit(main())
     except (ValueError, FileNotFoundError) as e:
-        print(f"error: {user_error_message(e, prog)}", file=sys.stderr)
+        print(f"error: {' '.join(user_error_message(e, prog).split())}", file=sys.stderr)
+        sys.exit(2)
+    except FloatingPointError as e:  # diverged: most often a learning rate too large for the data
+        msg = " ".join(str(e).split())
+        print(f"error: {msg}; the run diverged (a smaller --lr may help)", file=sys.stderr)
         sys.exit(2)
 
 
