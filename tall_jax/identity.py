@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tall_jax.datasets import KNOWN_DATASETS
+from tall_jax.datasets.own import own_data
 from tall_jax.files import atomic_write_text
 
 SETTINGS_FILE = "settings.json"
@@ -21,14 +23,36 @@ _MISSING = object()
 
 
 def data_options(dataset: str) -> dict[str, Any]:
-    """How your own interaction file was read (columns, min_rating, kcore); {} for a built-in dataset."""
-    from tall_jax.datasets import KNOWN_DATASETS
-    from tall_jax.datasets.own import own_data
-
+    """How your own interaction file was read (columns, min_rating, kcore and its rule) and which file it was:
+    its absolute path, size and sha256 (:func:`file_identity`); {} for a built-in dataset, whose
+    raw files are pinned by checksum."""
     spec = None if dataset in KNOWN_DATASETS else own_data(dataset)
     if spec is None:
         return {}
-    return {"columns": spec.columns, "min_rating": spec.min_rating, "kcore": list(spec.kcore)}
+    return {"columns": spec.columns, "min_rating": spec.min_rating, "kcore": list(spec.kcore),
+            "kcore_rule": spec.kcore_rule, **file_identity(spec.path)}
+
+
+_FILE_IDS: dict[tuple[str, int, int], dict[str, Any]] = {}
+
+
+def file_identity(path: str | Path) -> dict[str, Any]:
+    """``{"file", "size", "sha256"}`` of a data file: two files of one name but other contents are
+    other data, so their runs get other folders and one never resumes the other. Hashed once per
+    (path, size, mtime) in a process; a missing file gives ``{"file": path}`` (loading reports it)."""
+    path = Path(path).resolve()
+    try:
+        st = path.stat()
+    except OSError:
+        return {"file": str(path)}
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_IDS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _FILE_IDS[key] = {"file": str(path), "size": st.st_size, "sha256": h.hexdigest()}
+    return dict(_FILE_IDS[key])
 
 
 def identity(config: Any, *, dataset: str, split: str, execution_fields: tuple[str, ...]) -> dict[str, Any]:
@@ -103,3 +127,35 @@ def check_settings(out_dir: str | Path, wanted: dict[str, Any]) -> None:
 def write_settings(out_dir: str | Path, record: dict[str, Any]) -> Path:
     """Write ``settings.json`` into ``out_dir`` atomically."""
     return atomic_write_text(Path(out_dir) / SETTINGS_FILE, json.dumps(record, indent=1, default=str))
+
+
+# Entries a run folder holds before it has trained anything: its settings and its lock file.
+_NOT_PROGRESS = (SETTINGS_FILE, ".lock")
+
+
+def folder_state(out_dir: str | Path) -> str:
+    """"finished" (results.json is there), "started" (anything else a run writes: a checkpoint, local
+    models, a global model) or "empty" (no folder, or only settings.json and the lock file)."""
+    out = Path(out_dir)
+    if (out / "results.json").is_file():
+        return "finished"
+    if out.is_dir() and any(p.name not in _NOT_PROGRESS for p in out.iterdir()):
+        return "started"
+    return "empty"
+
+
+def similar_runs(root: str | Path, wanted: dict[str, Any]) -> list[tuple[Path, list[str]]]:
+    """(folder, differing fields) of every run folder under ``root/<dataset>/<model>-*/seed<k>`` of
+    the same dataset, model and seed as the settings record ``wanted`` whose settings.json records
+    other settings: what a mistyped flag or changed data file would have been resumed from."""
+    base = Path(root) / wanted["dataset"]
+    found = []
+    for path in sorted(base.glob(f"{wanted['model']}-*/seed{wanted['seed']}/{SETTINGS_FILE}")):
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        diff = settings_differences(saved, wanted)
+        if diff and saved.get("model") == wanted["model"]:
+            found.append((path.parent, diff))
+    return found

@@ -61,6 +61,13 @@ def reference_rows(dataset: str, model: str) -> dict[str, dict[str, float] | Non
     return {source: paper.paper_row(dataset, model, source) for source in ("paper", "lft_repo")}
 
 
+def data_reading(ds) -> dict[str, Any]:
+    """What loading did to the data that a results table must not hide: the k-core rule that ran,
+    rows dropped below --min-rating, ids whose surrounding spaces were stripped (absent: not done)."""
+    keys = ("kcore_rule", "below_min_rating", "ids_stripped")
+    return {k: ds.info[k] for k in keys if k in ds.info}
+
+
 def to_jsonable(obj: Any) -> Any:
     """NumPy arrays / scalars -> lists / floats / ints (non-finite floats -> None), recursively."""
     import numpy as np

@@ -1,4 +1,4 @@
-"""examples/train_tall.py and python -m tall_jax.datasets: every user mistake is one "error:" line on
+"""examples/train_tall.py (tall_jax.commands.train) and python -m tall_jax.datasets: every user mistake is one "error:" line on
 stderr, exit status 2, no traceback and no run folder; help text and defaults on every flag."""
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tall_jax.baselines.config import SYNTHETIC_LFT, make_baseline_config
+from tall_jax.commands import train as train_command
 from tall_jax.configs import TALLConfig
 from tall_jax.datasets import __main__ as datasets_cli
 from tall_jax.datasets import download as dl
@@ -125,7 +126,9 @@ def test_bad_flags_are_one_line(tmp_path, capsys, argv, needle):
 
 @pytest.mark.parametrize("argv, needle", [
     (["--lr", "-1"], "'lr' must be > 0"),
-    (["--lr", "nan"], "'lr' must be > 0"),
+    (["--lr", "nan"], "'lr' must be a finite number"),
+    (["--alpha", "inf"], "'alpha' must be a finite number"),
+    (["--gate-temperature", "inf"], "'gate_temperature' must be a finite number"),
     (["--reg", "-0.1"], "'reg' must be >= 0"),
     (["--epochs", "0"], "'max_epochs' must be > 0"),
     (["--batch-size", "0"], "'batch_size' must be > 0"),
@@ -141,7 +144,7 @@ def test_bad_flags_are_one_line(tmp_path, capsys, argv, needle):
     (["--global-from", "/no/such/run"], "--global-from applies to"),
     (["--model", "enlft", "--users", "200"], "--users applies to lft, not to --model enlft"),
     (["--model", "multvae", "--anchors", "3"], "--anchors applies to enlft, not to"),
-    (["--model", "lft", "--epochs", "3"], "--epochs applies to loca and the MultVAE family, not to"),
+    (["--model", "lft", "--epochs", "3"], "--epochs applies to the mixture family and loca, not to"),
 ])
 def test_bad_settings_exit_2_before_any_run_folder(tmp_path, capsys, argv, needle):
     rc, err = _run(tmp_path, capsys, *argv)
@@ -216,8 +219,8 @@ def test_a_baseline_flag_reaches_only_the_baselines_that_read_it(tmp_path, capsy
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_tall, "default_out_dir", record)
-    monkeypatch.setattr(train_tall, "run_experiment", stop)
+    monkeypatch.setattr(train_command, "default_out_dir", record)
+    monkeypatch.setattr(train_command, "train_run", stop)
     rc, _ = _run(tmp_path, capsys, "--model", "lft", "enlft", "--users", "200", "--anchors", "7")
     assert rc == 130
     assert seen["lft"]["variant"] == "ft_epochs=10, users=200" and seen["lft"]["config"]["n_anchors"] == 100

@@ -19,10 +19,13 @@ LAYERS = (
     ("vae", "gate", "head", "weights", "precision", "metrics", "ranking", "objective", "optim",
      "sharding", "configs"),  # model maths and the configuration it reads
     ("state", "steps", "evaluation", "stopping"),
-    ("fit", "multirun", "baselines"),  # training loops, the local baselines' training
-    ("run", "baselines.experiment", "results", "identity", "paper", "two_tower"),  # experiments
-    ("report", "table2", "study", "two_tower.report", "two_tower.study", "two_tower.study_page",
+    ("fit", "multirun", "baselines", "closed"),  # training loops, the local baselines' training
+    ("run", "baselines.experiment", "closed.experiment", "results", "identity", "paper",
+     "two_tower"),  # experiments
+    ("models",),  # the model table: every family's config and trainer, a run resolved once
+    ("report", "table2", "niche", "study", "two_tower.report", "two_tower.study", "two_tower.study_page",
      "two_tower.plots"),  # pages and studies built from experiments
+    ("commands",),  # the command-line programs
 )
 
 

@@ -12,7 +12,10 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +105,7 @@ def test_report_reads_new_and_old_run_folders(runs, tmp_path, capsys):
 
 
 def test_two_settings_never_share_a_folder_and_resume_checks_them(runs, capsys):
-    from tall_jax.run import default_out_dir, run_experiment, run_settings
+    from tall_jax.models import default_out_dir, run_experiment, run_settings
 
     root, folders = runs
     train_tall = _example("train_tall")
@@ -175,7 +178,7 @@ def test_baselines_reuse_the_global_models_of_the_same_command(runs, tmp_path):
     mp = pytest.MonkeyPatch()
     mp.setattr(baseline_experiment, "global_config", _tiny_global(baseline_experiment.global_config))
     try:
-        assert _example("train_tall").main(["--model", "loca", *TINY, "--local-models", "2",
+        assert _example("train_tall").main(["--model", "loca", *TINY[2:], "--local-models", "2",
                                                  "--out", str(tmp_path)]) == 0
     finally:
         mp.undo()
@@ -194,3 +197,21 @@ def test_readme_custom_loop_block_runs():
     scope: dict = {}
     exec(compile(blocks[0], "README.md", "exec"), scope)
     assert int(scope["state"].step) == 1536 // scope["config"].batch_size and np.isfinite(np.asarray(scope["metrics"]["loss"])).all()
+
+
+@pytest.mark.parametrize("command, python_form", [
+    ("tall-jax-train", [str(REPO / "examples" / "train_tall.py")]),
+    ("tall-jax-report", ["-m", "tall_jax.report"]),
+    ("tall-jax-study", ["-m", "tall_jax.study"]),
+    ("tall-jax-datasets", ["-m", "tall_jax.datasets"]),
+])
+def test_console_commands_are_the_python_forms(command, python_form):
+    """`pip install -e .` installs each command, and it prints the help of its `python ...` form."""
+    exe = shutil.which(command) or str(Path(sys.executable).with_name(command))
+    assert Path(exe).exists(), f"{command} is not installed (pip install -e .)"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    ours, theirs = (subprocess.run(cmd + ["--help"], capture_output=True, text=True, env=env, timeout=120)
+                    for cmd in ([exe], [sys.executable, *python_form]))
+    assert ours.returncode == theirs.returncode == 0, ours.stderr + theirs.stderr
+    body = lambda text: text.split("\n", 1)[1]  # noqa: E731  (the usage line names the program)
+    assert body(ours.stdout) == body(theirs.stdout)

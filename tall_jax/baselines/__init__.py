@@ -16,11 +16,6 @@ from tall_jax.baselines.neighbours import (
 __all__ = [
     "BASELINES", "LOCA_ORIGINAL", "BaselineConfig", "Neighbourhoods", "enlft_anchors", "enlft_weights",
     "epanechnikov", "jaccard_dense", "lft_neighbourhoods", "loca_anchors", "loca_distances",
-    "loca_kernel", "make_baseline_config", "run_baseline",
+    "loca_kernel", "make_baseline_config",
 ]
 
-
-def run_baseline(*args, **kwargs):
-    """See :func:`tall_jax.baselines.experiment.run_baseline` (imported lazily: it pulls in fit)."""
-    from tall_jax.baselines.experiment import run_baseline as run
-    return run(*args, **kwargs)

@@ -13,16 +13,14 @@ from typing import Any
 import jax
 import numpy as np
 
-from tall_jax import identity
 from tall_jax import results as results_lib
 from tall_jax import state as state_lib
-from tall_jax.baselines.config import BASELINES, global_config, make_baseline_config
+from tall_jax.baselines.config import BASELINES, global_config
 from tall_jax.configs import EXECUTION_FIELDS as GLOBAL_EXECUTION
 from tall_jax.baselines.enlft import run_enlft
 from tall_jax.baselines.lft import run_lft
 from tall_jax.baselines.loca import run_loca
 from tall_jax.batching import UserData
-from tall_jax.datasets import load_dataset
 from tall_jax.fit import fit
 from tall_jax.metrics import RankingResult
 from tall_jax.protocol import dataset_groups
@@ -116,34 +114,17 @@ def _load_global(folder: Path, template):
     return ckpt.state, ckpt.best_params
 
 
-def baseline_settings(config, *, dataset: str, split: str) -> dict[str, Any]:
-    """The ``settings.json`` record of a baseline run (:func:`tall_jax.identity.settings_record`)."""
-    faithful = make_baseline_config(config.model, seed=config.seed)
-    return identity.settings_record(config, dataset=dataset, split=split, execution_fields=EXECUTION_FIELDS,
-                                    variant=results_lib.variant(config, faithful, EXECUTION_FIELDS))
-
-
-def run_baseline(dataset: str, model: str, *, out_dir: str | Path, split: str | None = None,
-                 seed: int = 0, data_dir: str | Path | None = None, progress: bool = True,
-                 overrides: dict[str, Any] | None = None,
-                 global_from: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
-    """Run LOCA / LFT / EnLFT on ``dataset`` and write settings.json, results.json and per_user_test.npz
-    into exactly ``out_dir``. ``resume=True`` refuses a folder whose settings.json records other
-    settings (ValueError naming each field); finished LOCA local models are reused either way.
-
-    ``global_from``: reuse a finished MultVAE (LOCA) or WL (LFT, EnLFT) run folder as the global
-    model instead of training one (its settings must equal the baseline's global config)."""
-    if model not in BASELINES:
-        raise ValueError(f"unknown baseline {model!r}; known: {', '.join(BASELINES)}")
-    config = make_baseline_config(model, seed=seed, dataset=dataset, **(overrides or {}))
+def train_local(plan, ds, out_dir: Path, settings: dict[str, Any], options) -> dict[str, Any]:
+    """Run a resolved LOCA / LFT / EnLFT run (:class:`tall_jax.models.RunPlan` ``plan``, its config a
+    :class:`BaselineConfig`) on the loaded ``ds`` into ``out_dir`` (settings.json is already there)
+    and write results.json, per_user_test.npz and evaluated_users.npy; finished LOCA local models are
+    reused. ``options`` (:class:`tall_jax.models.RunOptions`): progress, and ``global_from``: a
+    finished MultVAE (LOCA) or WL (LFT, EnLFT) run folder reused as the global model instead of
+    training one (its settings must equal the baseline's global config)."""
+    config, dataset, model, seed = plan.config, plan.dataset, plan.model, plan.seed
+    progress, global_from = options.progress, options.global_from
     out = Path(out_dir)
     t0 = time.perf_counter()
-    ds = load_dataset(dataset, split=split, seed=seed, data_dir=data_dir)
-    settings = baseline_settings(config, dataset=dataset, split=ds.split)
-    if resume:
-        identity.check_settings(out, settings)
-    out.mkdir(parents=True, exist_ok=True)  # only once the config and the data are known to be good
-    identity.write_settings(out, settings)
     ms_N, groups_N = dataset_groups(ds)
     gcfg = global_config(dataset, config)
     which = config.loca_global_state if model == "loca" else "best"
@@ -176,7 +157,8 @@ def run_baseline(dataset: str, model: str, *, out_dir: str | Path, split: str | 
                             "metrics are means over these users only; ids in evaluated_users.npy"),
         "wall_time_s": time.perf_counter() - t0, "global_model_seconds": t_global,
         "model_seconds": t_model, "settings": config.to_dict(), "global_model": gmeta,
-        "global_state_used": which, "dataset_counts": ds.counts(), **results_lib.reference_rows(dataset, model),
+        "global_state_used": which, "dataset_counts": ds.counts(),
+        "data_reading": results_lib.data_reading(ds), **results_lib.reference_rows(dataset, model),
         "model_selection": ("LOCA: each local model keeps its best-validation state (patience on its "
                             "candidates); LFT/EnLFT: no validation selection (final fine-tuned state)"),
         "diagnostics": info,

@@ -1,15 +1,18 @@
-"""Train TALL (or a baseline / ablation) and print the per-group NDCG@20 table.
+"""Train TALL (or any model of the model table) and print the per-group NDCG@20 table.
 
-    python examples/train_tall.py                                  # TALL, 10 experts, synthetic data
-    python examples/train_tall.py --model multvae tall             # two models side by side
-    python examples/train_tall.py --dataset ml-1m --model tall --experts 10 --data-dir /path/to/data
-    python examples/train_tall.py --dataset my/interactions.csv --model multvae tall   # your own data
+    tall-jax-train                                                  # TALL, 10 experts, synthetic data
+    tall-jax-train --model multvae tall                             # two models side by side
+    tall-jax-train --dataset ml-1m --model tall --experts 10 --data-dir /path/to/data
+    tall-jax-train --dataset ml-1m --model ease --hp lambda=800 --data-dir /path/to/data
+    tall-jax-train --dataset my/interactions.csv --model multvae tall   # your own data
 
-Each model writes settings.json, results.json, per_user_test.npz and PNG curves into
---out/<dataset>/<model>-E<E>-<hash>/seed<k> (baselines: <model>-<hash>; <hash> covers every setting but
-the seed and the execution-only options, so two settings never share a folder; for your own file,
-<dataset> is its file name). --resume refuses a folder whose settings.json differs. A mistake in the command line, the data or a setting
-ends with one "error: ..." line and exit status 2, before any run folder is made.
+(``python examples/train_tall.py ...`` is the same program.) Each model writes settings.json,
+results.json, per_user_test.npz and PNG curves into --out/<dataset>/<model>-E<E>-<hash>/seed<k>
+(models without experts: <model>-<hash>; <hash> covers every setting but the seed and the
+execution-only options, and for your own file its contents, so two settings never share a folder).
+A folder that holds a run is never started over silently: --resume continues it (a finished one
+has nothing to do), --overwrite starts it afresh. A mistake in the command line, the data or a
+setting ends with one "error: ..." line and exit status 2, before any run folder is made.
 """
 from __future__ import annotations
 
@@ -17,37 +20,42 @@ import argparse
 import dataclasses
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
-from tall_jax.baselines import BASELINES, BaselineConfig, make_baseline_config
-from tall_jax.baselines.config import FIELD_MODELS, SYNTHETIC_LFT, applies, global_config
+from tall_jax import identity
+from tall_jax.baselines.config import SYNTHETIC_LFT, BaselineConfig, global_config
 from tall_jax.baselines.experiment import shared_global
 from tall_jax.cli import HelpFormatter, Parser, show_progress_logs
-from tall_jax.configs import (DATASET_PRESETS, ENCODERS, FORWARD_IMPLS, GATES, MODEL_PRESETS, MODELS,
-                             TALLConfig, make_config)
+from tall_jax.closed.config import parse_hp
+from tall_jax.configs import DATASET_PRESETS, ENCODERS, FORWARD_IMPLS, GATES, MODEL_PRESETS, TALLConfig
 from tall_jax.datasets import KNOWN_DATASETS, DownloadError, load_dataset, register_dataset
 from tall_jax.datasets.download import DEFAULT_TIMEOUT, ENV_OFFLINE, ENV_TIMEOUT, check_timeout
 from tall_jax.datasets.own import DEFAULT_KCORE, looks_like_path, parse_columns
+from tall_jax.files import RunLockedError
 from tall_jax.metrics import RankingResult
-from tall_jax.identity import check_settings
+from tall_jax.models import (FAMILIES, MODEL_TABLE, RunOptions, check_options, default_out_dir, family_of,
+                             resolve_run, train_run)
 from tall_jax.precision import PRECISIONS
-from tall_jax.run import default_out_dir, run_experiment, run_seeds_together, run_settings
+from tall_jax.run import run_seeds_together
 from tall_jax.sharding import make_mesh, parse_mesh
 
-# CLI flag -> TALLConfig field (preset overrides; unset flags keep the faithful preset).
-OVERRIDES = {
+# CLI flag -> config field. A flag goes to every chosen model whose code reads that field (the model
+# table's Family.reads): --experts to the mixtures, --users to LFT, --hp to the closed forms whose grid
+# has that hyper-parameter; a flag no chosen model reads is an error.
+FLAG_FIELDS = {
     "experts": "n_experts", "epochs": "max_epochs", "batch_size": "batch_size", "lr": "lr",
     "reg": "reg", "gap": "gap", "alpha": "alpha", "patience": "patience",
     "kkt_mode": "kkt_mode", "gate_temperature": "gate_temperature", "kl_reduction": "kl_reduction",
     "wl_gamma": "wl_gamma", "dropout": "dropout", "expert_chunk": "expert_chunk",
     "matmul_precision": "matmul_precision", "forward_impl": "forward_impl", "encoder": "encoder",
-    "ks": "ks", "gate": "gate", "weight_cap": "weight_cap",
+    "ks": "ks", "gate": "gate", "weight_cap": "weight_cap", "gate_stop_gradient": "gate_stop_gradient",
+    "weight_per_item": "weight_per_item",
+    "local_models": "n_local", "anchors": "n_anchors", "users": "users", "train_h": "train_h",
+    "test_h": "test_h", "chunk": "chunk", "ft_epochs": "ft_epochs",
+    "hp": "hp", "dtype": "dtype",
 }
-# CLI flag -> BaselineConfig field for --model loca / lft / enlft (docs/fidelity.md#loca, #lft, #enlft).
-BASELINE_OVERRIDES = {"local_models": "n_local", "anchors": "n_anchors", "users": "users",
-                      "epochs": "max_epochs", "train_h": "train_h", "test_h": "test_h",
-                      "chunk": "chunk", "patience": "patience", "ft_epochs": "ft_epochs"}
 # What a user can get wrong (flags, files, settings, network): one line on stderr, exit status 2.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, DownloadError, OSError)
 
@@ -102,6 +110,13 @@ def _finite(text: str) -> float:
     return value
 
 
+def _hp(text: str) -> tuple[str, float]:
+    try:
+        return parse_hp(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _dataset(text: str) -> str:
     if text in KNOWN_DATASETS or looks_like_path(text):
         return text
@@ -137,11 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--kcore", type=_kcore, default=None, metavar="USERS,ITEMS",
                    help="your own file: keep users and items with at least this many interactions "
                         f"(iterated k-core filter) (default: {DEFAULT_KCORE[0]},{DEFAULT_KCORE[1]})")
-    p.add_argument("--model", nargs="+", default=["tall"], choices=MODELS + BASELINES, metavar="MODEL",
-                   help=f"one or more of: {', '.join(MODELS + BASELINES)} (default: tall); the MultVAE "
-                        "family runs first, so a baseline reuses a global model another run of the "
-                        "command already trained with the same settings (LOCA a multvae run, LFT the "
-                        "WL of an enlft run, and vice versa)")
+    p.add_argument("--model", nargs="+", default=["tall"], choices=list(MODEL_TABLE), metavar="MODEL",
+                   help="one or more of the model table (README, 'Models'): " + ", ".join(MODEL_TABLE) +
+                        " (default: tall); the MultVAE family runs first, so a local baseline reuses a "
+                        "global model another run of the command already trained with the same settings "
+                        "(LOCA a multvae run, LFT the WL of an enlft run, and vice versa)")
     p.add_argument("--out", default="runs", help="output root")
     m = p.add_argument_group("MultVAE / WL / mixtures (unset: the faithful preset of dataset and model)")
     m.add_argument("--experts", type=int, help="E, number of experts of a mixture (" + _preset("n_experts") + ")")
@@ -207,14 +222,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "one (default: train it)")
     m.add_argument("--ks", type=int, nargs="+", default=None, metavar="K",
                    help="cut-offs reported beside the faithful 1 5 10 20, e.g. --ks 10 20 50 (default: none)")
+    c = p.add_argument_group("closed forms and neighbourhoods (pop, itemknn, rp3beta, ease, ease_wl, "
+                             "ease_ms, ease_kkt, loca_ease)")
+    c.add_argument("--hp", action="append", type=_hp, default=None, metavar="NAME=VALUE",
+                   help="fix a hyper-parameter instead of choosing it on validation over its grid, e.g. "
+                        "--hp lambda=800 (repeatable; goes to each chosen model whose grid has NAME; "
+                        "docs/closed_forms.md lists the grids) (default: every grid searched)")
+    c.add_argument("--dtype", choices=["float32", "float64"], default=None,
+                   help="precision of the closed-form solves (default: float32)")
     r = p.add_argument_group("running")
     r.add_argument("--together", action="store_true",
                    help="train the --seed values of each model as one vmapped program (tall_jax.multirun; "
                         "for accelerators, where one E = 10 run leaves the device idle; needs a split "
                         "shared by the seeds, i.e. ml-1m's authors split; no checkpoints)")
     r.add_argument("--resume", action="store_true",
-                   help="continue from the run folder's checkpoint/; refused when its settings.json "
-                        "records other settings (default: off, start afresh)")
+                   help="continue each run folder's checkpoint (a finished run: nothing to do); an "
+                        "error when there is nothing to resume or its settings.json records other "
+                        "settings (default: off)")
+    r.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a run folder that already holds a run, deleting it (default: "
+                        "off: such a folder is an error without --resume)")
     r.add_argument("--no-progress", action="store_true", help="log one line per epoch instead of a progress bar")
     r.add_argument("--mesh", default=None, metavar="expert=N",
                    help="split a mixture's experts over N devices (tall_jax.sharding; E divisible by N; "
@@ -231,27 +258,130 @@ def _fail(e: BaseException) -> int:
     return 2
 
 
+def _given(args: argparse.Namespace) -> dict[str, object]:
+    """The config fields the command line sets (flag -> field, unset flags left out)."""
+    values = {}
+    for flag, field in FLAG_FIELDS.items():
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        values[field] = tuple(value) if isinstance(value, list) else value  # a config field is hashable
+    return values
+
+
+def _readers(field: str) -> str:
+    """Who reads a config field, for a message: 'the mixture family', 'lft and enlft', ..."""
+    names = []
+    for family in FAMILIES.values():
+        models = [m for m, row in MODEL_TABLE.items() if row.family == family.name]
+        reading = [m for m in models if family.reads_field(m, field)]
+        if reading:
+            rest = [m for m in models if m not in reading]
+            names.append(f"the {family.name} family" if not rest else
+                         f"the {family.name} family but {', '.join(rest)}" if len(rest) < len(reading) else
+                         " and ".join(reading))
+    return (", ".join(names[:-1]) + " and " + names[-1]) if len(names) > 1 else (names[0] if names else "no model")
+
+
+def model_overrides(model: str, given: dict[str, object]) -> dict[str, object]:
+    """The part of the command line's settings ``model``'s code reads (--experts: the mixtures, not
+    MultVAE; --users: LFT; --hp NAME=V: the closed forms whose grid has NAME)."""
+    family = family_of(model)
+    out = {k: v for k, v in given.items() if family.reads_field(model, k)}
+    if "hp" in out:
+        out["hp"] = tuple(sorted((n, v) for n, v in out["hp"] if family.reads_field(model, f"hp.{n}"))) or None
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _check_flags(args: argparse.Namespace, given: dict[str, object]) -> None:
+    """ValueError for a flag no chosen model reads, and for options the chosen models do not run with."""
+    by_field = {field: flag for flag, field in FLAG_FIELDS.items()}
+    for field in given:
+        if field == "hp":
+            for name, _ in given["hp"]:
+                if not any(family_of(m).reads_field(m, f"hp.{name}") for m in args.model):
+                    raise ValueError(f"--hp {name}=...: no hyper-parameter {name!r} in the grid of --model "
+                                     f"{' '.join(args.model)} (docs/closed_forms.md lists the grids)")
+        elif not any(family_of(m).reads_field(m, field) for m in args.model):
+            raise ValueError(f"--{by_field[field].replace('_', '-')} applies to {_readers(field)}, not to "
+                             f"--model {' '.join(args.model)}")
+    if args.global_from is not None:
+        if not any(m for m in args.model if "global_from" in family_of(m).options):
+            raise ValueError(f"--global-from applies to the local baselines (loca, lft, enlft) only; --model "
+                             f"is {' '.join(args.model)}")
+        if not Path(args.global_from).is_dir():
+            raise FileNotFoundError(f"--global-from {args.global_from}: no such run folder")
+    if args.mesh is not None:
+        make_mesh(*parse_mesh(args.mesh))
+        for m in args.model:
+            check_options(m, RunOptions(mesh=args.mesh))
+    if args.together:
+        clash = [f for f, on in (("--resume", args.resume), ("--mesh", args.mesh is not None),
+                                 ("--overwrite", args.overwrite)) if on]
+        clash += [m for m in args.model if MODEL_TABLE[m].family != "mixture"]
+        if clash:
+            raise ValueError(f"--together trains the MultVAE family without checkpoints or a mesh; "
+                             f"not with {', '.join(clash)}")
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues a run folder and --overwrite starts it afresh: choose one")
+
+
+def _repeated(values: list) -> list:
+    return sorted({v for v in values if values.count(v) > 1}, key=str)
+
+
+def _check_folder(out: Path, settings: dict, args: argparse.Namespace, root: Path) -> str:
+    """What to do with a run folder: "run", "resume", "done" (finished, --resume) or "overwrite";
+    ValueError when it holds a run and neither --resume nor --overwrite says what to do with it, or
+    when --resume finds nothing to resume (naming the runs of this dataset and model whose settings
+    differ, field by field)."""
+    state = identity.folder_state(out)
+    if args.resume:
+        identity.check_settings(out, settings)
+        if state == "empty":
+            others = identity.similar_runs(root, settings)
+            hint = ("; runs of this dataset and model with other settings: " + "; ".join(
+                f"{folder} ({', '.join(diff)})" for folder, diff in others)) if others else (
+                "; no run of this dataset and model has been started under " + str(root))
+            raise ValueError(f"--resume: nothing to resume in {out} (no checkpoint, no results){hint}")
+        return "done" if state == "finished" else "resume"
+    if state != "empty":
+        if args.overwrite:
+            return "overwrite"
+        what = "a finished run" if state == "finished" else "a started run (a checkpoint)"
+        raise ValueError(f"{out} already holds {what}: --resume continues it, --overwrite deletes it and "
+                         "starts afresh")
+    return "run"
+
+
+def _show(model: str, seed: int, res: dict, out: Path) -> RankingResult:
+    summary = RankingResult.from_json(res["test"])
+    if "best_epoch" in res:
+        print(f"\n{model} seed {seed}: best epoch {res['best_epoch']} of {res['epochs_run']}, "
+              f"{res['wall_time_s']:.0f}s ({res['seconds_per_epoch']:.2f}s/epoch) -> {out}")
+    else:
+        chosen = res.get("chosen_hp")
+        extra = f"; chosen on validation: {', '.join(f'{k}={v:g}' for k, v in chosen.items())}" if chosen else ""
+        users = f"; evaluated users: {res['evaluated_users']}" if "evaluated_users" in res else ""
+        print(f"\n{model} seed {seed}: {res['wall_time_s']:.0f}s{users}{extra} -> {out}")
+    if res.get("variant"):
+        print(f"variant (differs from the faithful setting): {res['variant']}")
+    print(summary.table(("ndcg@20", "recall@20"), reference=res.get("paper")))
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # the MultVAE family first: its runs can serve as the baselines' global models
-    args.model = sorted(dict.fromkeys(args.model), key=lambda m: m in BASELINES)
     show_progress_logs()
-    overrides = {field: getattr(args, flag) for flag, field in OVERRIDES.items()}
-    overrides["gate_stop_gradient"] = args.gate_stop_gradient
-    overrides["weight_per_item"] = args.weight_per_item
-    overrides["ks"] = tuple(args.ks) if args.ks else None  # a config field must be hashable
-    base_overrides = {field: getattr(args, flag) for flag, field in BASELINE_OVERRIDES.items()}
-
-    def model_overrides(model: str) -> dict:
-        """--experts applies to the mixtures only (MultVAE and WL are single models); a baseline flag
-        to the baselines that read it (--users: LFT, --anchors: EnLFT, ...)."""
-        if model in BASELINES:
-            return {k: v for k, v in base_overrides.items() if applies(k, model)}
-        single = MODEL_PRESETS.get(model, {}).get("n_experts") == 1
-        return {k: v for k, v in overrides.items() if not (single and k == "n_experts")}
-
+    root = Path(args.out)
     # 1. Everything a user can get wrong is checked, and the data loaded, before any run folder.
     try:
+        for flag, values in (("--model", args.model), ("--seed", args.seed)):
+            if _repeated(values):
+                raise ValueError(f"{flag} {' '.join(map(str, values))}: {', '.join(map(str, _repeated(values)))} "
+                                 "given twice (each would train the same run folder again)")
+        # the MultVAE family first: its runs can serve as the local baselines' global models
+        args.model = sorted(args.model, key=lambda m: MODEL_TABLE[m].family != "mixture")
         own = args.dataset not in KNOWN_DATASETS
         if own:
             dataset = register_dataset(args.dataset, columns=args.columns, min_rating=args.min_rating,
@@ -262,95 +392,67 @@ def main(argv: list[str] | None = None) -> int:
             if given:
                 raise ValueError(f"{', '.join('--' + f.replace('_', '-') for f in given)} apply to your "
                                  f"own data file only, not to the built-in dataset {dataset!r}")
-        if args.global_from is not None:
-            if not any(m in BASELINES for m in args.model):
-                raise ValueError(f"--global-from applies to {', '.join(BASELINES)} only; --model is "
-                                 f"{' '.join(args.model)}")
-            if not Path(args.global_from).is_dir():
-                raise FileNotFoundError(f"--global-from {args.global_from}: no such run folder")
-        if args.mesh is not None:
-            make_mesh(*parse_mesh(args.mesh))
-            if any(m in BASELINES for m in args.model):
-                raise ValueError(f"--mesh applies to the MultVAE family, not to {', '.join(BASELINES)}")
-        if args.together:
-            clash = [f for f, given in (("--resume", args.resume), ("--mesh", args.mesh is not None))
-                     if given] + [m for m in args.model if m in BASELINES]
-            if clash:
-                raise ValueError(f"--together trains the MultVAE family without checkpoints or a mesh; "
-                                 f"not with {', '.join(clash)}")
-        for flag, field in BASELINE_OVERRIDES.items():
-            shared = field in OVERRIDES.values()  # --epochs, --patience: the MultVAE family's too
-            if getattr(args, flag) is not None and not any(
-                    applies(field, m) if m in BASELINES else shared for m in args.model):
-                readers = ", ".join(FIELD_MODELS.get(field, BASELINES)) + (" and the MultVAE family"
-                                                                            if shared else "")
-                raise ValueError(f"--{flag.replace('_', '-')} applies to {readers}, not to --model "
-                                 f"{' '.join(args.model)}")
-        configs = {}
-        for seed in args.seed:  # resolve every configuration before the first long run
+        given = _given(args)
+        _check_flags(args, given)
+        plans = {}
+        for seed in args.seed:  # resolve every run once, before the first long one
             for model in args.model:
-                if model in BASELINES:
-                    cfg = make_baseline_config(model, seed=seed, dataset=dataset, **model_overrides(model))
-                    global_config(dataset, cfg)
-                else:
-                    cfg = make_config(dataset, model, seed=seed, **model_overrides(model))
-                configs[seed, model] = cfg
-        shown = {model: configs[args.seed[0], model] for model in args.model}
+                plan = resolve_run(dataset, model, seed=seed, overrides=model_overrides(model, given),
+                                   split=args.split)
+                if MODEL_TABLE[model].family == "local":
+                    global_config(dataset, plan.config)
+                plans[seed, model] = plan
         split_of = {}
-        for seed in dict.fromkeys(args.seed):  # find, download, split and cache the data
+        for seed in args.seed:  # find, download, split and cache the data
             split_of[seed] = load_dataset(dataset, split=args.split, seed=seed, data_dir=args.data_dir,
                                           download=None if args.offline is None else not args.offline,
                                           download_timeout=args.download_timeout).split
-        outs = {}
-        for seed in args.seed:  # each run's folder, named by its settings
-            for model in args.model:
-                settings = run_settings(dataset, model, split=split_of[seed], seed=seed,
-                                        overrides=model_overrides(model))
-                outs[seed, model] = default_out_dir(args.out, settings)
-                if args.resume:
-                    check_settings(outs[seed, model], settings)
+        outs, todo = {}, {}
+        for (seed, model), plan in plans.items():  # each run's folder, named by its settings
+            settings = plan.settings(split_of[seed])
+            outs[seed, model] = default_out_dir(root, settings)
+            todo[seed, model] = _check_folder(outs[seed, model], settings, args, root)
     except USER_ERRORS as e:
         return _fail(e)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     # 2. The runs.
-    for model, cfg in shown.items():
-        print(f"[{model}] {json.dumps(cfg.to_dict())}")
+    for model in args.model:
+        print(f"[{model}] {json.dumps(plans[args.seed[0], model].config.to_dict())}")
     summaries = {}
     try:
         together = {}
         if args.together:
             for model in args.model:
-                runs = run_seeds_together(dataset, model, args.seed,
-                                          out_dirs=[outs[s, model] for s in args.seed], split=args.split,
-                                          data_dir=args.data_dir, progress=not args.no_progress,
-                                          overrides=model_overrides(model))
+                runs = run_seeds_together([plans[s, model] for s in args.seed],
+                                          out_dirs=[outs[s, model] for s in args.seed],
+                                          data_dir=args.data_dir, progress=not args.no_progress)
                 together.update({(s, model): r for s, r in zip(args.seed, runs)})
         for seed in args.seed:
             for model in args.model:
-                out = outs[seed, model]
+                out, plan = outs[seed, model], plans[seed, model]
+                if todo[seed, model] == "done":
+                    print(f"[{model}] seed {seed}: {out} is finished; nothing to resume (its results below)")
+                    res = json.loads((out / "results.json").read_text())
+                    summaries[(model, seed)] = _show(model, seed, res, out)
+                    continue
+                if todo[seed, model] == "overwrite":
+                    print(f"[{model}] seed {seed}: --overwrite: deleting {out} and starting afresh")
+                    shutil.rmtree(out)
                 global_from = None
-                if model in BASELINES:
+                if MODEL_TABLE[model].family == "local":
                     global_from = args.global_from or shared_global(
-                        model, configs[seed, model], dataset, {m: outs[seed, m] for m in args.model if m != model})
+                        model, plan.config, dataset, {m: outs[seed, m] for m in args.model if m != model})
                     if global_from is not None and args.global_from is None:
                         print(f"[{model}] seed {seed}: reuses the global model in {global_from} (same settings)")
-                res = together.get((seed, model)) or run_experiment(dataset, model, out_dir=out, split=args.split, seed=seed,
-                                     data_dir=args.data_dir, progress=not args.no_progress,
-                                     resume=args.resume, overrides=model_overrides(model),
-                                     global_from=global_from, mesh=args.mesh)
-                summary = RankingResult.from_json(res["test"])
-                summaries[(model, seed)] = summary
-                if model in BASELINES:
-                    print(f"\n{model} seed {seed}: {res['wall_time_s']:.0f}s; evaluated users: "
-                          f"{res['evaluated_users']} -> {out}")
-                else:
-                    print(f"\n{model} seed {seed}: best epoch {res['best_epoch']} of {res['epochs_run']}, "
-                          f"{res['wall_time_s']:.0f}s ({res['seconds_per_epoch']:.2f}s/epoch) -> {out}")
-                if res.get("variant"):
-                    print(f"variant (differs from the faithful setting): {res['variant']}")
-                print(summary.table(("ndcg@20", "recall@20"), reference=res["paper"]))
+                options = RunOptions(progress=not args.no_progress, resume=todo[seed, model] == "resume",
+                                     mesh=args.mesh, global_from=global_from)
+                res = together.get((seed, model)) or train_run(plan, out_dir=out, options=options,
+                                                               data_dir=args.data_dir)
+                summaries[(model, seed)] = _show(model, seed, res, out)
+    except RunLockedError as e:
+        return _fail(e)
     except USER_ERRORS as e:
         return _fail(e)
     except FloatingPointError as e:  # diverged: most often a learning rate too large for the data
@@ -366,5 +468,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``tall-jax-train`` console command."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

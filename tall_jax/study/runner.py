@@ -1,7 +1,7 @@
 """Train a study's (variant, seed) runs, resumably, one process per run, ``jobs`` at a time.
 
 Each run trains in its own folder ``<root>/<dataset>/E<E>/<variant>/seed<k>`` through
-:func:`tall_jax.run.run_experiment` with ``resume=True`` and a checkpoint every few epochs, so a
+:func:`tall_jax.models.run_experiment` with ``resume=True`` and a checkpoint every few epochs, so a
 study stopped at any point (a killed session, Ctrl-C) continues where it was: finished runs are
 skipped, unfinished ones resume from their last checkpoint. A folder whose recorded variant differs
 from the one asked for is refused, never overwritten.
@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 from tall_jax import state as state_lib
 from tall_jax.identity import field_differences
+from tall_jax.models import run_experiment
 from tall_jax.study.variants import Variant
 
 SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
@@ -227,8 +228,6 @@ def run_one(dataset: str, n_experts: int, variant: Variant, seed: int, out_dir: 
             data_dir: str | None, checkpoint_every: int = 5,
             keep_epochs: tuple[int, ...] = ()) -> dict[str, Any]:
     """One run of the study in this process (what a child of :func:`execute` does)."""
-    from tall_jax.run import run_experiment
-
     return run_experiment(dataset, variant.model, out_dir=out_dir, seed=seed, data_dir=data_dir,
                           progress=False, resume=True, checkpoint_every=checkpoint_every,
                           keep_epochs=keep_epochs, overrides=variant.overrides_for(n_experts))
