@@ -10,7 +10,9 @@ it trains and writes its results:
 - ``local``: LOCA, LFT, EnLFT (:class:`tall_jax.baselines.BaselineConfig`,
   :func:`tall_jax.baselines.experiment.train_local`);
 - ``closed``: the closed-form and neighbourhood models (:class:`tall_jax.closed.ClosedConfig`,
-  :func:`tall_jax.closed.experiment.run_closed`).
+  :func:`tall_jax.closed.experiment.run_closed`);
+- ``blend``: a MultVAE-family model and a closed form mixed on validation
+  (:class:`tall_jax.blend.BlendConfig`, :func:`tall_jax.blend.run_blend`).
 
 A run is resolved ONCE into a :class:`RunPlan` (:func:`resolve_run`: dataset + model + seed +
 overrides -> one frozen config), and every later step (its folder, ``settings.json``, the identity
@@ -29,6 +31,7 @@ from typing import Any
 
 from tall_jax import identity
 from tall_jax import results as results_lib
+from tall_jax import blend
 from tall_jax.baselines import config as local_config
 from tall_jax.baselines.experiment import EXECUTION_FIELDS as LOCAL_EXECUTION
 from tall_jax.baselines.experiment import train_local
@@ -128,6 +131,15 @@ FAMILIES: dict[str, Family] = {
         train=lambda plan, ds, out_dir, settings, options: run_closed(
             plan.config, ds, dataset=plan.dataset, out_dir=out_dir, settings=settings,
             progress=options.progress)),
+    "blend": Family(
+        name="blend", config_class=blend.BlendConfig,
+        make_config=lambda model, dataset, seed, overrides: blend.make_blend_config(
+            model, seed=seed, dataset=dataset, **overrides),
+        faithful=lambda model, dataset, seed: blend.make_blend_config(model, seed=seed),
+        execution_fields=blend.EXECUTION_FIELDS, reads=blend.reads,
+        train=lambda plan, ds, out_dir, settings, options: blend.run_blend(
+            plan.config, ds, dataset=plan.dataset, out_dir=out_dir, settings=settings,
+            progress=options.progress, resume=options.resume)),
 }
 
 _ROWS = (
@@ -154,6 +166,10 @@ _ROWS = (
     Model("ease_ms", "closed", "EASE with user weights (MS_u / mean MS)^-p"),
     Model("ease_kkt", "closed", "EASE re-solved with TALL's KKT weights from each user's loss"),
     Model("loca_ease", "closed", "LOCA's anchors and kernels over kernel-weighted local EASEs"),
+    # blends: a MultVAE-family model and a closed form, mixed with a weight chosen on validation
+    Model("tall_ease", "blend", "TALL (E = 10) and EASE, z-scored scores mixed with beta chosen on validation"),
+    Model("lmoe_ease", "blend", "LMoE (E = 10) and EASE, mixed as tall_ease"),
+    Model("multvae_ease", "blend", "MultVAE and EASE, mixed as tall_ease"),
 )
 MODEL_TABLE: dict[str, Model] = {m.name: m for m in _ROWS}
 

@@ -40,7 +40,9 @@ MIXTURES = ("moe", "lmoe", "lmoe_lc", "lmoe_gap_l", "tall", "tall_plus", "unifor
 STRONG_BASELINES = ("pop", "itemknn", "rp3beta", "ease", "ease_wl", "ease_ms", "ease_kkt", "loca_ease")
 # the row order of a page: the paper's models (its baselines, then its mixtures and ours), then the
 # strong baselines; any other model after them, alphabetically
-MODEL_ORDER = PAPER_BASELINES + MIXTURES + STRONG_BASELINES
+# blends of a MultVAE-family model and the EASE family (tall_jax.blend): model -> its neural part
+BLENDS = {"tall_ease": "tall", "lmoe_ease": "lmoe", "multvae_ease": "multvae"}
+MODEL_ORDER = PAPER_BASELINES + MIXTURES + STRONG_BASELINES + tuple(BLENDS)
 DATASET_ORDER = ("ml-1m", "yelp", "cds")
 
 # model -> (display name, qualifier shown in the label's brackets)
@@ -52,6 +54,8 @@ DISPLAY_NAMES: dict[str, tuple[str, str]] = {
     "pop": ("Most popular", ""), "itemknn": ("ItemKNN", ""), "rp3beta": ("RP3beta", ""),
     "ease": ("EASE", ""), "ease_wl": ("EASE", "WL weights"), "ease_ms": ("EASE", "MS weights"),
     "ease_kkt": ("EASE", "KKT rounds"), "loca_ease": ("LOCA-EASE", ""),
+    "tall_ease": ("TALL + EASE blend", ""), "lmoe_ease": ("LMoE + EASE blend", ""),
+    "multvae_ease": ("MultVAE + EASE blend", ""),
 }
 SOURCE_NAMES = {"paper": "paper", "lft_repo": "LFT repo"}
 HP_SYMBOLS = {"lambda": "λ", "lam": "λ", "l2": "λ", "reg": "λ", "alpha": "α", "beta": "β", "gamma": "γ",
@@ -65,7 +69,7 @@ def family(model: str) -> str:
         return FAMILIES[0]
     if model in MIXTURES or is_mixture(model):
         return FAMILIES[1]
-    return FAMILIES[2] if model in STRONG_BASELINES else FAMILIES[3]
+    return FAMILIES[2] if model in STRONG_BASELINES or model in BLENDS else FAMILIES[3]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,8 +114,9 @@ def _order(names: Sequence[str], preferred: Sequence[str]) -> list[str]:
 
 
 def is_mixture(model: str) -> bool:
-    """Whether ``model`` is a mixture of MultVAE experts (a preset with a gate; not MultVAE or WL)."""
-    preset = MODEL_PRESETS.get(model)
+    """Whether ``model`` is a mixture of MultVAE experts (a preset with a gate; not MultVAE or WL), or a
+    blend whose neural part is one."""
+    preset = MODEL_PRESETS.get(BLENDS.get(model, model))
     return (preset is not None and preset.get("gate", TALLConfig.gate) != "none"
             and preset.get("n_experts", TALLConfig.n_experts) != 1)
 

@@ -20,7 +20,7 @@ LAYERS = (
      "sharding", "configs"),  # model maths and the configuration it reads
     ("state", "steps", "evaluation", "stopping"),
     ("fit", "multirun", "baselines", "closed"),  # training loops, the local baselines' training
-    ("run", "baselines.experiment", "closed.experiment", "results", "identity", "paper",
+    ("run", "blend", "baselines.experiment", "closed.experiment", "results", "identity", "paper",
      "two_tower"),  # experiments
     ("models",),  # the model table: every family's config and trainer, a run resolved once
     ("report", "table2", "niche", "study", "two_tower.report", "two_tower.study", "two_tower.study_page",

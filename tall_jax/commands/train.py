@@ -54,7 +54,7 @@ FLAG_FIELDS = {
     "weight_per_item": "weight_per_item",
     "local_models": "n_local", "anchors": "n_anchors", "users": "users", "train_h": "train_h",
     "test_h": "test_h", "chunk": "chunk", "ft_epochs": "ft_epochs",
-    "hp": "hp", "dtype": "dtype",
+    "hp": "hp", "dtype": "dtype", "beta": "beta", "kkt_signal": "kkt_signal",
 }
 # What a user can get wrong (flags, files, settings, network): one line on stderr, exit status 2.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, DownloadError, OSError)
@@ -230,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "docs/closed_forms.md lists the grids) (default: every grid searched)")
     c.add_argument("--dtype", choices=["float32", "float64"], default=None,
                    help="precision of the closed-form solves (default: float32)")
+    c.add_argument("--kkt-signal", choices=["loss_change", "raw_loss"], default=None,
+                   help="ease_kkt: the weight signal, the loss change between lambda and 2 lambda (TALL's "
+                        "idea) or the raw loss (docs/closed_forms.md#ease_kkt) (default: loss_change)")
+    c.add_argument("--beta", type=_finite, default=None,
+                   help="blends (tall_ease, lmoe_ease, multvae_ease): the neural share of the mixed scores, "
+                        "in [0, 1] (default: chosen on validation over 0, 0.1, ..., 1)")
     r = p.add_argument_group("running")
     r.add_argument("--together", action="store_true",
                    help="train the --seed values of each model as one vmapped program (tall_jax.multirun; "
@@ -361,7 +367,8 @@ def _show(model: str, seed: int, res: dict, out: Path) -> RankingResult:
               f"{res['wall_time_s']:.0f}s ({res['seconds_per_epoch']:.2f}s/epoch) -> {out}")
     else:
         chosen = res.get("chosen_hp")
-        extra = f"; chosen on validation: {', '.join(f'{k}={v:g}' for k, v in chosen.items())}" if chosen else ""
+        shown = ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in (chosen or {}).items())
+        extra = f"; chosen on validation: {shown}" if chosen else ""
         users = f"; evaluated users: {res['evaluated_users']}" if "evaluated_users" in res else ""
         print(f"\n{model} seed {seed}: {res['wall_time_s']:.0f}s{users}{extra} -> {out}")
     if res.get("variant"):
