@@ -1,0 +1,69 @@
+"""Blends (tall_jax.blend): z-scoring never changes a ranking, so β = 0 ranks as the closed candidate
+alone and β = 1 as the neural model alone; the chosen (candidate, β) is the validation argmax; and a
+blend run writes results.json like every other family."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from helpers import tiny_dataset
+from tall_jax import blend
+from tall_jax.batching import UserData
+from tall_jax.closed.config import make_closed_config
+from tall_jax.closed.grid import search
+from tall_jax.fit import fit
+from tall_jax.protocol import dataset_groups
+
+
+def test_standardise_is_a_per_row_z_score():
+    s = np.random.default_rng(0).normal(3.0, 2.0, size=(4, 9)).astype(np.float32)
+    z = np.asarray(blend.standardise(s))
+    ref = (s - s.mean(1, keepdims=True)) / s.std(1, keepdims=True)
+    np.testing.assert_allclose(z, ref, rtol=1e-5, atol=1e-6)
+    assert np.isfinite(np.asarray(blend.standardise(np.ones((2, 5), np.float32)))).all()  # a flat row
+
+
+def test_config_checks():
+    with pytest.raises(ValueError, match="unknown hyper-parameter"):
+        blend.make_blend_config("tall_ease", hp=(("k", 5.0),))
+    with pytest.raises(ValueError, match="beta"):
+        blend.make_blend_config("tall_ease", beta=1.5)
+    cfg = blend.make_blend_config("tall_ease", hp=(("gamma", 2.0), ("lambda", 100.0)))
+    assert cfg.hp_for("ease") == (("lambda", 100.0),) and cfg.hp_for("ease_wl") == (("gamma", 2.0), ("lambda", 100.0))
+    assert blend.reads("tall_ease", "hp.p") and not blend.reads("tall_ease", "hp.k")
+    assert blend.reads("tall_ease", "n_experts") and not blend.reads("multvae_ease", "n_experts")
+
+
+def test_blend_ends_are_its_parts_and_the_choice_is_the_validation_argmax(tmp_path):
+    ds = dataclasses_replace_info(tiny_dataset(n_users=60, n_items=30))
+    cfg = blend.make_blend_config("multvae_ease", hp=(("lambda", 50.0), ("gamma", 1.2), ("p", 0.5)))
+    settings = {"variant": ""}
+    res = blend.run_blend(cfg, ds, dataset="synthetic", out_dir=tmp_path, settings=settings, progress=False)
+    data = UserData.from_dataset(ds)
+    ms_N, groups_N = dataset_groups(ds)
+    # beta = 0: the closed candidate alone (its own, independent search and evaluation)
+    for closed in blend.CLOSED_CANDIDATES:
+        found = search(make_closed_config(closed, hp=cfg.hp_for(closed)), ds.train, data, ms_N=ms_N)
+        ours = [r for r in res["grid"] if r["hp"]["closed"] == closed and r["hp"]["beta"] == 0.0]
+        assert ours[0]["valid_score"] == pytest.approx(found.records[found.best]["valid_score"], rel=1e-6)
+    # beta = 1: the neural model alone, as its own run ranks (same config and seed)
+    trained = fit(ds, cfg.neural_config("synthetic"), groups_N=groups_N, ms_N=ms_N, progress=False)
+    neural = [r for r in res["grid"] if r["hp"]["beta"] == 1.0]
+    best_score = trained.history[trained.best_epoch - 1]["valid_score"]
+    assert {round(r["valid_score"], 5) for r in neural} == {round(best_score, 5)}
+    assert res["neural"]["best_epoch"] == trained.best_epoch
+    # the chosen point is the argmax of the grid (the first on ties)
+    scores = [r["valid_score"] for r in res["grid"]]
+    assert res["chosen_hp"] == res["grid"][int(np.argmax(scores))]["hp"]
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert set(written["test"]["groups"]) and written["chosen_hp"] == res["chosen_hp"]
+    assert (tmp_path / "per_user_test.npz").exists() and (tmp_path / "neural").is_dir()
+
+
+def dataclasses_replace_info(ds):
+    """A tiny dataset with a split fingerprint, so the closed candidates are memoised as for a real one."""
+    import dataclasses
+
+    return dataclasses.replace(ds, info={"fingerprint": {"digest": "tiny"}})
