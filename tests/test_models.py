@@ -127,6 +127,10 @@ def test_resume_and_overwrite_say_what_they_do(tmp_path, capsys):
     assert again["test"] == first["test"] and again["environment"]["date"] >= first["environment"]["date"]
     rc, _, err = _main(tmp_path, capsys, *base, "--overwrite", "--resume")
     assert rc == 2 and "choose one" in err
+    # a multi-seed command stopped half-way: --resume keeps the finished seed, starts the other
+    rc, out, err = _main(tmp_path, capsys, *base, "--seed", "0", "1", "--resume")
+    assert rc == 0 and "is finished; nothing to resume" in out and "nothing to resume in" in out
+    assert (folder.parent / "seed1" / "results.json").exists()
 
 
 def test_folder_state(tmp_path):

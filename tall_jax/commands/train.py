@@ -336,21 +336,28 @@ def _repeated(values: list) -> list:
     return sorted({v for v in values if values.count(v) > 1}, key=str)
 
 
-def _check_folder(out: Path, settings: dict, args: argparse.Namespace, root: Path) -> str:
-    """What to do with a run folder: "run", "resume", "done" (finished, --resume) or "overwrite";
-    ValueError when it holds a run and neither --resume nor --overwrite says what to do with it, or
-    when --resume finds nothing to resume (naming the runs of this dataset and model whose settings
-    differ, field by field)."""
+def _nothing_to_resume(out: Path, settings: dict, root: Path) -> ValueError:
+    """The error of a --resume that finds nothing to resume in ``out``: it names the runs of this
+    dataset and model whose settings differ, field by field (a mistyped flag, other data)."""
+    others = identity.similar_runs(root, settings)
+    hint = ("; runs of this dataset and model with other settings: " + "; ".join(
+        f"{folder} ({', '.join(diff)})" for folder, diff in others)) if others else (
+        "; no run of this dataset and model has been started under " + str(root))
+    return ValueError(f"--resume: nothing to resume in {out} (no checkpoint, no results){hint}")
+
+
+def _check_folder(out: Path, settings: dict, args: argparse.Namespace, any_started: bool) -> str:
+    """What to do with a run folder: "run", "resume", "done" (finished, --resume), "overwrite", or
+    "missing" (--resume, and none of the command's folders holds anything: an error); ValueError
+    when it holds a run and neither --resume nor --overwrite says what to do with it. Under --resume
+    an empty folder starts afresh when another run of the same command has something to resume
+    (a multi-seed command stopped half-way)."""
     state = identity.folder_state(out)
     if args.resume:
         identity.check_settings(out, settings)
-        if state == "empty":
-            others = identity.similar_runs(root, settings)
-            hint = ("; runs of this dataset and model with other settings: " + "; ".join(
-                f"{folder} ({', '.join(diff)})" for folder, diff in others)) if others else (
-                "; no run of this dataset and model has been started under " + str(root))
-            raise ValueError(f"--resume: nothing to resume in {out} (no checkpoint, no results){hint}")
-        return "done" if state == "finished" else "resume"
+        if state == "empty" and not any_started:
+            return "missing"
+        return {"finished": "done", "started": "resume"}.get(state, "run")
     if state != "empty":
         if args.overwrite:
             return "overwrite"
@@ -414,11 +421,15 @@ def main(argv: list[str] | None = None) -> int:
             split_of[seed] = load_dataset(dataset, split=args.split, seed=seed, data_dir=args.data_dir,
                                           download=None if args.offline is None else not args.offline,
                                           download_timeout=args.download_timeout).split
-        outs, todo = {}, {}
+        outs, todo, settings_of = {}, {}, {}
         for (seed, model), plan in plans.items():  # each run's folder, named by its settings
-            settings = plan.settings(split_of[seed])
-            outs[seed, model] = default_out_dir(root, settings)
-            todo[seed, model] = _check_folder(outs[seed, model], settings, args, root)
+            settings_of[seed, model] = plan.settings(split_of[seed])
+            outs[seed, model] = default_out_dir(root, settings_of[seed, model])
+        started = any(identity.folder_state(out) != "empty" for out in outs.values())
+        for key, out in outs.items():
+            todo[key] = _check_folder(out, settings_of[key], args, started)
+            if todo[key] == "missing":
+                raise _nothing_to_resume(out, settings_of[key], root)
     except USER_ERRORS as e:
         return _fail(e)
     except KeyboardInterrupt:
@@ -444,6 +455,10 @@ def main(argv: list[str] | None = None) -> int:
                     res = json.loads((out / "results.json").read_text())
                     summaries[(model, seed)] = _show(model, seed, res, out)
                     continue
+                if todo[seed, model] == "resume":
+                    print(f"[{model}] seed {seed}: resuming {out}")
+                if todo[seed, model] == "run" and args.resume:
+                    print(f"[{model}] seed {seed}: nothing to resume in {out}; starting it")
                 if todo[seed, model] == "overwrite":
                     print(f"[{model}] seed {seed}: --overwrite: deleting {out} and starting afresh")
                     shutil.rmtree(out)
