@@ -213,5 +213,5 @@ def test_console_commands_are_the_python_forms(command, python_form):
     ours, theirs = (subprocess.run(cmd + ["--help"], capture_output=True, text=True, env=env, timeout=120)
                     for cmd in ([exe], [sys.executable, *python_form]))
     assert ours.returncode == theirs.returncode == 0, ours.stderr + theirs.stderr
-    body = lambda text: text.split("\n", 1)[1]  # noqa: E731  (the usage line names the program)
+    body = lambda text: text.split("\n\n", 1)[1]  # noqa: E731  (the usage block names the program)
     assert body(ours.stdout) == body(theirs.stdout)
