@@ -112,9 +112,10 @@ def fit(dataset: Dataset, config: TALLConfig, *, groups_N: np.ndarray | None = N
 
     ``groups_N`` (0 = low .. 4 = high) gives the per-group curves; ``ms_N`` is needed by WL and for
     weight diagnostics. With ``out_dir``, the run checkpoint ``<out_dir>/checkpoint/`` (the state,
-    the best parameters and metrics, the history: one atomic unit, :func:`tall_jax.state.save_checkpoint`)
-    is written every ``checkpoint_every`` epochs and at the end, before ``on_epoch`` sees the
-    epoch; ``resume=True`` continues from it, bit for bit as if never interrupted. The checkpoint
+    the best parameters and metrics, the history: one atomic unit, an orbax checkpoint step,
+    :func:`tall_jax.state.save_checkpoint`) is written every ``checkpoint_every`` epochs and at the
+    end, before ``on_epoch`` sees the epoch; ``resume=True`` continues from it (restored with the
+    mesh's shardings), bit for bit as if never interrupted. The checkpoint
     of each epoch in ``keep_epochs`` is also kept, in :func:`tall_jax.state.kept_dir`: runs that
     differ only after that epoch start there (:func:`tall_jax.state.fork_checkpoint`). With ``mesh``
     (:func:`tall_jax.sharding.make_mesh`) the experts and their Adam moments are split over its
@@ -132,6 +133,11 @@ def fit(dataset: Dataset, config: TALLConfig, *, groups_N: np.ndarray | None = N
     history: list[dict[str, Any]] = []
     stop = EarlyStopping(config.patience)
     best_evals, best_params = None, None
+    if mesh is not None:
+        if mesh.shape[sharding.DATA] != 1:
+            raise ValueError("fit shards the expert axis only; use a mesh with data=1")
+        # sharded before a resume, so that each device reads its own shard of the checkpoint
+        state, data = sharding.shard_state(state, mesh), sharding.replicate(data, mesh)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         saved = state_lib.load_checkpoint(out, state) if resume else None
@@ -139,10 +145,6 @@ def fit(dataset: Dataset, config: TALLConfig, *, groups_N: np.ndarray | None = N
             state, history, best_evals, best_params = (saved.state, conform_history(saved.history, config),
                                                        saved.best_evals, saved.best_params)
             stop = EarlyStopping(config.patience, saved.best_score, saved.best_epoch)
-    if mesh is not None:
-        if mesh.shape[sharding.DATA] != 1:
-            raise ValueError("fit shards the expert axis only; use a mesh with data=1")
-        state, data = sharding.shard_state(state, mesh), sharding.replicate(data, mesh)
     # Early stopping, not the epoch cap, decides the end: the bar counts epochs (no ETA against
     # max_epochs) and shows the epochs since the best one against the patience.
     cap = "" if config.max_epochs >= 10_000 else f" (max {config.max_epochs})"

@@ -10,8 +10,9 @@ result up to float reduction order.
 
 Multi-host: call ``jax.distributed.initialize()`` on every host first; :func:`make_mesh` then spans
 ``jax.devices()`` (all hosts' devices). :func:`tall_jax.fit.fit` (``--mesh`` on the command line)
-shards the expert axis; its checkpoints gather the state to the host (``jax.device_get``), which
-holds for one host only: a multi-host run must write its own checkpoints.
+shards the expert axis; its checkpoints (orbax, :mod:`tall_jax.checkpoint`) write the state shard by
+shard, never gathered to one host. (``fit`` still keeps a host copy of the best parameters, so a
+multi-host run would need that copy changed.)
 """
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """TrainState: everything a TALL-family training run carries from step to step, as one pytree; its
-files (checked against a template) and the run checkpoint the epoch loop resumes from."""
+files (orbax folders, checked against a template) and the run checkpoint the epoch loop resumes from."""
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,6 @@ from flax import serialization, struct
 from tall_jax import checkpoint, vae, weights
 from tall_jax import gate as gate_lib
 from tall_jax.configs import TALLConfig
-from tall_jax.files import atomic_write_bytes
 from tall_jax.optim import adam_l2
 from tall_jax.vae import Params
 
@@ -78,28 +78,53 @@ def init(key: jax.Array, config: TALLConfig, n_users: int, n_items: int,
     )
 
 
-def save_state(path: str | Path, state: TrainState) -> None:
-    """Write the state as msgpack bytes, atomically (bit-exact; read back with :func:`load_state`)."""
-    atomic_write_bytes(path, checkpoint.to_bytes(state))
+def save_state(path: str | Path, state: TrainState) -> Path:
+    """Write the state as the orbax folder ``path``, atomically (bit-exact; a sharded state is
+    written shard by shard, never gathered; read back with :func:`load_state`)."""
+    return checkpoint.save_folder(path, {"state": serialization.to_state_dict(state)}, {"kind": "TrainState"})
 
 
 def load_state(path: str | Path, template: TrainState) -> TrainState:
-    """Read a state written by :func:`save_state` into the structure of ``template``; ValueError
-    naming the leaves whose shape or dtype differ from the template's."""
-    return checkpoint.from_bytes(template, Path(path).read_bytes(), str(path))
+    """Read a state written by :func:`save_state` (or, before orbax, a msgpack file) into the
+    structure of ``template``, with its shardings; ValueError naming the leaves whose shape or dtype
+    differ from the template's; CorruptCheckpointError naming the file when it cannot be read."""
+    return serialization.from_state_dict(template, _read_tree(Path(path), "state", template, host=False))
 
 
-def save_params(path: str | Path, params: Params) -> None:
-    """Write a parameter pytree as msgpack bytes, atomically."""
-    atomic_write_bytes(path, checkpoint.to_bytes(params))
+def save_params(path: str | Path, params: Params) -> Path:
+    """Write a parameter pytree as the orbax folder ``path``, atomically."""
+    return checkpoint.save_folder(path, {"params": params}, {"kind": "params"})
 
 
 def load_params(path: str | Path, template: Params) -> Params:
-    """Read parameters written by :func:`save_params` into the structure of ``template`` (checked)."""
-    return checkpoint.from_bytes(template, Path(path).read_bytes(), str(path))
+    """Read parameters written by :func:`save_params` (or a msgpack file) into the structure of
+    ``template`` (checked), as host (numpy) arrays."""
+    return serialization.from_state_dict(template, _read_tree(Path(path), "params", template, host=True))
+
+
+def _placed_like(template: Any, tree: Any) -> Any:
+    """``tree``'s host arrays placed like ``template``'s ``jax.Array`` leaves (same shardings)."""
+    return jax.tree.map(lambda t, a: jax.device_put(a, t.sharding) if isinstance(t, jax.Array) else a,
+                        template, tree)
+
+
+def _read_tree(path: Path, name: str, template: Any, host: bool) -> dict[str, Any]:
+    if path.is_file():  # msgpack, before orbax
+        state_dict = checkpoint.read_msgpack(path)
+        checkpoint.check_like(serialization.to_state_dict(template), state_dict, str(path))
+        if not host:
+            state_dict = _placed_like(serialization.to_state_dict(template), state_dict)
+        return state_dict
+    folder = checkpoint.complete_orbax_folder(path)
+    if folder is None:
+        raise FileNotFoundError(f"{path}: no checkpoint there")
+    return checkpoint.read_tree(folder, name, template, host=host)
 
 
 CHECKPOINT = "checkpoint"  # the run checkpoint's folder inside a run folder
+ITEMS = ("state", "best_params", "best_evals")  # the pytree items of a run checkpoint step
+PROGRESS_KEYS = ("history", "best_score", "best_epoch")
+_OLD = ("state.msgpack", "best.msgpack", "progress.json")  # checkpoint/ before orbax (msgpack)
 _LEGACY = ("last_state.msgpack", "last_state.json", "best_params.msgpack", "best_evals.npz")
 
 
@@ -115,64 +140,124 @@ class RunCheckpoint:
     best_epoch: int
 
 
-def save_checkpoint(run_dir: str | Path, ckpt: RunCheckpoint) -> Path:
-    """Write ``<run_dir>/checkpoint/`` (state.msgpack, best.msgpack, progress.json) as one atomic
-    unit (:func:`tall_jax.checkpoint.write_folder`)."""
-    best = {"params": ckpt.best_params, "evals": {k: np.asarray(v) for k, v in ckpt.best_evals.items()}}
-    progress = {"history": ckpt.history, "best_score": ckpt.best_score, "best_epoch": ckpt.best_epoch}
-    return checkpoint.write_folder(Path(run_dir) / CHECKPOINT, {
-        "state.msgpack": checkpoint.to_bytes(ckpt.state),
-        "best.msgpack": checkpoint.to_bytes(best),
-        "progress.json": json.dumps(progress).encode(),
-    })
+def save_checkpoint(run_dir: str | Path, ckpt: RunCheckpoint, *, max_to_keep: int = 1) -> Path:
+    """Write the run checkpoint as the next step of ``<run_dir>/checkpoint/`` (an orbax
+    CheckpointManager, :class:`tall_jax.checkpoint.Checkpoints`): the items ``state``,
+    ``best_params``, ``best_evals`` and ``progress/progress.json`` (epoch, history, best score and
+    epoch), one atomic unit. The last ``max_to_keep`` steps are kept. A sharded state is written
+    shard by shard from its devices (nothing is gathered to the host). A checkpoint of the format
+    before orbax in the same folder is removed once the new one is complete. Returns the step's
+    folder; CheckpointWriteError (an OSError) naming it when the disk is full (nothing is left)."""
+    run_dir = Path(run_dir)
+    trees = {"state": serialization.to_state_dict(ckpt.state), "best_params": ckpt.best_params,
+             "best_evals": {k: np.asarray(v) for k, v in ckpt.best_evals.items()}}
+    progress = {"epoch": int(ckpt.state.epoch), "history": ckpt.history,
+                "best_score": ckpt.best_score, "best_epoch": ckpt.best_epoch}
+    with checkpoint.Checkpoints(run_dir / CHECKPOINT, ITEMS, max_to_keep=max_to_keep) as ck:
+        folder = ck.save(trees, progress)
+    _remove_old_format(run_dir)
+    return folder
+
+
+def _remove_old_format(run_dir: Path) -> None:
+    """Drop the msgpack checkpoint (``checkpoint/*.msgpack``, ``progress.json``, a swap's ``.old`` /
+    ``.tmp``) that a newer orbax checkpoint in ``run_dir`` supersedes."""
+    root = run_dir / CHECKPOINT
+    for name in _OLD:
+        (root / name).unlink(missing_ok=True)
+    for name in (CHECKPOINT + ".old", CHECKPOINT + ".tmp"):
+        if (run_dir / name).is_dir():
+            shutil.rmtree(run_dir / name, ignore_errors=True)
+
+
+def _candidates(run_dir: Path) -> list[tuple[Path, str]]:
+    """The run checkpoints in ``run_dir``, newest first, as (path, format): the orbax steps of
+    ``checkpoint/``; then, written before orbax, ``checkpoint/`` holding msgpack files (or the
+    ``checkpoint.old/`` an interrupted swap left); then an older run's side-by-side files."""
+    root = run_dir / CHECKPOINT
+    out = [(root / str(step), "orbax") for step in checkpoint.steps(root)]
+    out += [(folder, "msgpack") for folder in (root, root.with_name(root.name + ".old"))
+            if any((folder / name).is_file() for name in _OLD)]
+    if all((run_dir / name).exists() for name in _LEGACY):
+        out.append((run_dir, "legacy"))
+    return out
+
+
+def _progress_path(path: Path, kind: str) -> Path:
+    return {"orbax": path / checkpoint.META / checkpoint.META_FILE, "msgpack": path / "progress.json",
+            "legacy": path / "last_state.json"}[kind]
+
+
+def _read_progress(path: Path, kind: str) -> dict[str, Any]:
+    progress = checkpoint.read_json(_progress_path(path, kind), PROGRESS_KEYS)
+    if not isinstance(progress["history"], list):
+        raise checkpoint.CorruptCheckpointError(f"{_progress_path(path, kind)}: 'history' is not a list")
+    return progress
+
+
+def _read_checkpoint(path: Path, kind: str, template: TrainState) -> RunCheckpoint:
+    progress = _read_progress(path, kind)
+    if kind == "orbax":
+        state = serialization.from_state_dict(template, checkpoint.read_tree(path, "state", template))
+        params = serialization.from_state_dict(
+            template.params, checkpoint.read_tree(path, "best_params", template.params, host=True))
+        evals = checkpoint.read_tree(path, "best_evals")
+    elif kind == "msgpack":
+        state = _placed_like(template, checkpoint.restore(template, checkpoint.read_msgpack(
+            path / "state.msgpack"), str(path / "state.msgpack")))
+        best_file = path / "best.msgpack"
+        best = checkpoint.read_msgpack(best_file)
+        if not isinstance(best.get("params"), dict) or not isinstance(best.get("evals"), dict):
+            raise checkpoint.CorruptCheckpointError(f"{best_file}: no 'params' and 'evals' in it")
+        params = checkpoint.restore(template.params, best["params"], str(best_file))
+        evals = best["evals"]
+    else:
+        state = load_state(path / "last_state.msgpack", template)
+        params = load_params(path / "best_params.msgpack", template.params)
+        evals = _read_npz(path / "best_evals.npz")
+    try:
+        best_score, best_epoch = float(progress["best_score"]), int(progress["best_epoch"])
+    except (TypeError, ValueError) as e:
+        raise checkpoint.CorruptCheckpointError(f"{_progress_path(path, kind)}: {e}") from e
+    return RunCheckpoint(state, params, {k: np.asarray(v) for k, v in evals.items()},
+                         progress["history"], best_score, best_epoch)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as e:  # BadZipFile, EOFError, a pickle error...
+        raise checkpoint.CorruptCheckpointError(f"{path}: not a readable .npz ({type(e).__name__}: {e})") from e
 
 
 def load_checkpoint(run_dir: str | Path, template: TrainState) -> RunCheckpoint | None:
-    """The run checkpoint in ``run_dir`` read into ``template`` (shapes and dtypes checked), or None
-    without one. Runs written before the checkpoint folder (``last_state.msgpack``,
-    ``last_state.json``, ``best_params.msgpack``, ``best_evals.npz`` side by side) are read too."""
+    """The run checkpoint in ``run_dir`` read into ``template`` (shapes and dtypes checked; arrays
+    restored with the template's shardings, so a template sharded over a mesh is restored sharded,
+    each device reading its own shard), or None without one. The newest complete checkpoint is
+    read; one that cannot be read (a corrupt file) is logged as a warning naming the file and the
+    previous complete one is read instead; without one, CorruptCheckpointError (a ValueError)
+    names the file. Checkpoints written before orbax (``checkpoint/`` with msgpack files, or the
+    side-by-side ``last_state.msgpack``, ``last_state.json``, ``best_params.msgpack``,
+    ``best_evals.npz``) are read too."""
     run_dir = Path(run_dir)
-    progress_file = _progress_file(run_dir)
-    if progress_file is None:
-        return None
-    if progress_file.name == "progress.json":
-        folder = progress_file.parent
-        state = load_state(folder / "state.msgpack", template)
-        best = serialization.msgpack_restore((folder / "best.msgpack").read_bytes())
-        params = checkpoint.restore(template.params, best["params"], str(folder / "best.msgpack"))
-        evals = {k: np.asarray(v) for k, v in best["evals"].items()}
-    else:
-        state = load_state(run_dir / "last_state.msgpack", template)
-        params = load_params(run_dir / "best_params.msgpack", template.params)
-        with np.load(run_dir / "best_evals.npz") as z:
-            evals = {k: z[k] for k in z.files}
-    progress = json.loads(progress_file.read_text())
-    return RunCheckpoint(state, params, evals, progress["history"], float(progress["best_score"]),
-                         int(progress["best_epoch"]))
-
-
-def _progress_file(run_dir: Path) -> Path | None:
-    """The progress file of the checkpoint in ``run_dir``: ``checkpoint/progress.json`` (or of the
-    ``.old`` folder a swap left), else an older run's ``last_state.json``; None without one."""
-    folder = checkpoint.complete_folder(run_dir / CHECKPOINT)
-    if folder is not None:
-        return folder / "progress.json"
-    return run_dir / "last_state.json" if all((run_dir / name).exists() for name in _LEGACY) else None
+    return checkpoint.first_readable(lambda: [
+        (path, functools.partial(_read_checkpoint, path, kind, template)) for path, kind in _candidates(run_dir)])
 
 
 def has_checkpoint(run_dir: str | Path) -> bool:
-    """Whether ``run_dir`` holds a run checkpoint :func:`load_checkpoint` can read."""
-    return _progress_file(Path(run_dir)) is not None
+    """Whether ``run_dir`` holds a run checkpoint (of any format) for :func:`load_checkpoint`."""
+    return bool(_candidates(Path(run_dir)))
 
 
 def checkpoint_progress(run_dir: str | Path) -> tuple[int, int] | None:
     """(epochs done, best epoch) of the run checkpoint in ``run_dir`` without reading its arrays, or
-    None without one."""
-    path = _progress_file(Path(run_dir))
-    if path is None:
-        return None
-    progress = json.loads(path.read_text())
-    return len(progress["history"]), int(progress["best_epoch"])
+    None without one (the fallback of :func:`load_checkpoint` applies). Writes nothing: safe while
+    the run is writing."""
+    run_dir = Path(run_dir)
+    progress = checkpoint.first_readable(lambda: [
+        (path, functools.partial(_read_progress, path, kind)) for path, kind in _candidates(run_dir)])
+    return None if progress is None else (len(progress["history"]), int(progress["best_epoch"]))
 
 
 def kept_dir(run_dir: str | Path, epoch: int) -> Path:
@@ -183,11 +268,18 @@ def kept_dir(run_dir: str | Path, epoch: int) -> Path:
 
 def fork_checkpoint(trunk_dir: str | Path, epoch: int, run_dir: str | Path) -> bool:
     """Start ``run_dir`` from the checkpoint ``trunk_dir`` kept at ``epoch``: copy it in as
-    ``<run_dir>/checkpoint/`` (atomically), so that resuming there continues from that epoch.
-    Returns False (and copies nothing) when no such kept checkpoint exists."""
-    folder = checkpoint.complete_folder(kept_dir(trunk_dir, epoch) / CHECKPOINT)
-    if folder is None:
+    ``<run_dir>/checkpoint/`` (atomically; an orbax step as the next step there, a msgpack
+    checkpoint as it is), so that resuming there continues from that epoch. Returns False (and
+    copies nothing) when no such kept checkpoint exists."""
+    found = [(path, kind) for path, kind in _candidates(kept_dir(trunk_dir, epoch)) if kind != "legacy"]
+    if not found:
         return False
-    checkpoint.write_folder(Path(run_dir) / CHECKPOINT,
-                            {f.name: f.read_bytes() for f in sorted(folder.iterdir()) if f.is_file()})
+    path, kind = found[0]
+    if kind == "orbax":
+        with checkpoint.Checkpoints(Path(run_dir) / CHECKPOINT, ITEMS) as ck:
+            ck.add_copy(path)
+        _remove_old_format(Path(run_dir))
+    else:
+        checkpoint.write_folder(Path(run_dir) / CHECKPOINT,
+                                {f.name: f.read_bytes() for f in sorted(path.iterdir()) if f.is_file()})
     return True

@@ -133,6 +133,19 @@ def test_resume_and_overwrite_say_what_they_do(tmp_path, capsys):
     assert (folder.parent / "seed1" / "results.json").exists()
 
 
+def test_a_relative_out_folder_checkpoints_and_resumes(tmp_path, capsys, monkeypatch):
+    """--out runs (relative, the default): the orbax checkpoint is written (orbax itself wants an
+    absolute path) and a stopped run resumes from it, saying at which epoch."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["--model", "multvae", "--batch-size", "128", "--patience", "1", "--no-progress", "--out", "runs"]
+    assert train_command.main([*argv, "--epochs", "1"]) == 0
+    (folder,) = Path("runs/synthetic").glob("multvae-*/seed0")
+    (folder / "results.json").unlink()  # as if stopped after its checkpoint
+    capsys.readouterr()
+    assert train_command.main([*argv, "--epochs", "1", "--resume"]) == 0
+    assert f"resuming {folder} at epoch 1 (best 1)" in capsys.readouterr().out
+
+
 def test_folder_state(tmp_path):
     assert identity.folder_state(tmp_path / "none") == "empty"
     (tmp_path / "settings.json").write_text("{}")

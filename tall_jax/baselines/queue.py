@@ -3,8 +3,9 @@
 :func:`train_queue` keeps ``slots`` models of :mod:`tall_jax.baselines.local` training side by side
 and refills a slot with the next queued model as soon as its model stops. :func:`train_models` runs a
 whole set of models through it (largest user lists first) and, with a checkpoint folder, writes each
-finished model to its own file (atomically) and reuses every file whose inputs still match, so a
-killed run resumes; LOCA and EnLFT train through it.
+finished model to its own orbax checkpoint folder (atomically) and reuses every one whose inputs
+still match, so a killed run resumes (model files written before orbax, ``model0007.npz``, are read
+too); LOCA and EnLFT train through it.
 """
 from __future__ import annotations
 
@@ -17,13 +18,13 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import serialization
 from tqdm.auto import tqdm
 
 from tall_jax import checkpoint, objective
 from tall_jax.baselines import local
 from tall_jax.baselines.config import BaselineConfig
 from tall_jax.batching import UserData
-from tall_jax.files import atomic_savez
 from tall_jax.vae import Params
 
 log = logging.getLogger("tall_jax.baselines")
@@ -143,29 +144,59 @@ def _model_key(lcfg: local.LocalTrainConfig, k: int, init_params: Params, rng: n
     return h.hexdigest()
 
 
+def _model_file(folder: Path, k: int) -> Path:
+    """Model ``k``'s checkpoint in ``folder``: an orbax folder (``model0007/``)."""
+    return folder / f"model{k:04d}"
+
+
 def _save_model(path: Path, key: str, params: Params, best_epoch: int, epochs_run: int) -> None:
-    """One finished model as one .npz, written atomically (a killed run never leaves half a file)."""
-    leaves = jax.tree.leaves(params)
-    atomic_savez(path, key=np.array(key), best_epoch=best_epoch, epochs_run=epochs_run,
-                 **{f"leaf{i}": np.asarray(a) for i, a in enumerate(leaves)})
+    """One finished model as one orbax checkpoint folder, written atomically (a killed run never
+    leaves half a model)."""
+    checkpoint.save_folder(path, {"params": params},
+                           {"key": key, "best_epoch": int(best_epoch), "epochs_run": int(epochs_run)})
 
 
 def _load_model(path: Path, key: str, template: Params):
-    """(params, best_epoch, epochs_run) of a finished model, or None if absent or from other inputs;
-    ValueError naming the leaves if its arrays do not fit ``template``."""
-    if not path.exists():
-        return None
-    with np.load(path) as z:
-        if str(z["key"]) != key:
-            log.warning("%s was written for other inputs; retraining that model", path)
-            return None
-        n_leaves = len(jax.tree.leaves(template))
-        if f"leaf{n_leaves}" in z.files or f"leaf{n_leaves - 1}" not in z.files:
-            raise ValueError(f"{path}: {sum(f.startswith('leaf') for f in z.files)} arrays, the model "
-                             f"has {n_leaves}")
-        params = jax.tree.unflatten(jax.tree.structure(template), [z[f"leaf{i}"] for i in range(n_leaves)])
-        checkpoint.check_like(template, params, str(path))
-        return params, int(z["best_epoch"]), int(z["epochs_run"])
+    """(params, best_epoch, epochs_run) of a finished model, or None if absent, from other inputs
+    or unreadable (a corrupt file: a warning names the file and what is wrong; the model is
+    retrained); ValueError naming the leaves if its arrays do not fit ``template``. Reads ``path``
+    (orbax) or, written before orbax, ``path.npz``."""
+    folder = checkpoint.complete_orbax_folder(path)
+    try:
+        if folder is not None:
+            meta = checkpoint.read_meta(folder, ("key", "best_epoch", "epochs_run"))
+            if meta["key"] != key:
+                log.warning("%s was written for other inputs; retraining that model", folder)
+                return None
+            params = checkpoint.read_tree(folder, "params", template, host=True)
+            return (serialization.from_state_dict(template, params), int(meta["best_epoch"]),
+                    int(meta["epochs_run"]))
+        if path.with_suffix(".npz").exists():
+            return _load_npz_model(path.with_suffix(".npz"), key, template)
+    except checkpoint.CorruptCheckpointError as e:
+        log.warning("%s; retraining that model", e)
+    return None
+
+
+def _load_npz_model(path: Path, key: str, template: Params):
+    """A model file written before orbax (one .npz: key, best_epoch, epochs_run, leaf0..)."""
+    try:
+        with np.load(path) as z:
+            if str(z["key"]) != key:
+                log.warning("%s was written for other inputs; retraining that model", path)
+                return None
+            names = [f for f in z.files if f.startswith("leaf")]
+            leaves = [z[f"leaf{i}"] for i in range(len(names))]
+            best_epoch, epochs_run = int(z["best_epoch"]), int(z["epochs_run"])
+    except Exception as e:  # BadZipFile, EOFError, a missing array (KeyError), a pickled array...
+        raise checkpoint.CorruptCheckpointError(
+            f"{path}: not a readable model file ({type(e).__name__}: {e})") from e
+    n_leaves = len(jax.tree.leaves(template))
+    if len(leaves) != n_leaves:
+        raise ValueError(f"{path}: {len(leaves)} arrays, the model has {n_leaves}")
+    params = jax.tree.unflatten(jax.tree.structure(template), leaves)
+    checkpoint.check_like(template, params, str(path))
+    return params, best_epoch, epochs_run
 
 
 def train_models(data: UserData, init_params_K: Params, rng_K: jax.Array, lists, weights, cand_lists,
@@ -191,14 +222,14 @@ def train_models(data: UserData, init_params_K: Params, rng_K: jax.Array, lists,
         keys = {k: _model_key(lcfg, k, host_init, host_rng, lists, weights, cand_lists) for k in range(n_models)}
         template = jax.tree.map(lambda a: a[0], host_init)
         for k in range(n_models):
-            got = _load_model(folder / f"model{k:04d}.npz", keys[k], template)
+            got = _load_model(_model_file(folder, k), keys[k], template)
             if got is not None:
                 results[k] = got
         if results:
             log.info("%s: %d of %d models loaded from %s", desc, len(results), n_models, folder)
 
         def on_done(k, params, best_epoch, epochs_run):
-            _save_model(folder / f"model{k:04d}.npz", keys[k], params, best_epoch, epochs_run)
+            _save_model(_model_file(folder, k), keys[k], params, best_epoch, epochs_run)
 
     sizes = [int(np.sum(np.asarray(ell) < data.n_users)) for ell in lists]
     order = [int(k) for k in np.argsort([-n for n in sizes], kind="stable") if k not in results]

@@ -40,6 +40,7 @@ from tall_jax.models import (FAMILIES, MODEL_TABLE, RunOptions, check_options, d
 from tall_jax.precision import PRECISIONS
 from tall_jax.run import run_seeds_together
 from tall_jax.sharding import make_mesh, parse_mesh
+from tall_jax.state import checkpoint_progress
 
 # CLI flag -> config field. A flag goes to every chosen model whose code reads that field (the model
 # table's Family.reads): --experts to the mixtures, --users to LFT, --hp to the closed forms whose grid
@@ -251,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true", help="log one line per epoch instead of a progress bar")
     r.add_argument("--mesh", default=None, metavar="expert=N",
                    help="split a mixture's experts over N devices (tall_jax.sharding; E divisible by N; "
-                        "checkpoints are gathered to one host) (default: one device)")
+                        "checkpoints are written shard by shard) (default: one device)")
     return p
 
 
@@ -456,7 +457,9 @@ def main(argv: list[str] | None = None) -> int:
                     summaries[(model, seed)] = _show(model, seed, res, out)
                     continue
                 if todo[seed, model] == "resume":
-                    print(f"[{model}] seed {seed}: resuming {out}")
+                    done = checkpoint_progress(out)
+                    at = f" at epoch {done[0]} (best {done[1]})" if done else " (its finished parts are reused)"
+                    print(f"[{model}] seed {seed}: resuming {out}{at}")
                 if todo[seed, model] == "run" and args.resume:
                     print(f"[{model}] seed {seed}: nothing to resume in {out}; starting it")
                 if todo[seed, model] == "overwrite":
