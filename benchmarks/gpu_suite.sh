@@ -7,6 +7,9 @@
 #   bash benchmarks/gpu_suite.sh              # on the GPU machine; ML-1M from $TALL_JAX_DATA
 #   bash benchmarks/gpu_suite.sh --study      # second call: seeds as one program, and LMoE + TALL at
 #                                             # E = 100 with 5 seeds each on ML-1M (--together)
+#   bash benchmarks/gpu_suite.sh --closed     # another call: the closed forms (EASE at the ML-1M and
+#                                             # CDs item counts, weighted EASE, LOCA-EASE) with the
+#                                             # batched device solver, ~3 minutes
 #   bash benchmarks/gpu_suite.sh --dry-run    # anywhere, about a minute
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,9 +24,16 @@ if [[ "${1:-}" == "--dry-run" ]]; then
   "${bench[@]}" --dataset tiny --experts 2 --modes vmapped fit_epoch seeds_vmapped torch --repeats 1 \
       --runs 2 --variants "${variants[0]}" --baseline-variant f32 \
       --name gpu_suite_dry_run.json --timeout 300
+  python benchmarks/bench_closed.py --quick --solver jax --out-dir "$out" --name gpu_suite_closed_dry_run.json \
+      --timeout 300
   exit 0
 fi
 python -c "import jax; d = jax.devices()[0]; print(d, d.device_kind); assert d.platform == 'gpu', d"
+if [[ "${1:-}" == "--closed" ]]; then  # host Grams and scores, device solves (docs/closed_forms.md)
+  python benchmarks/bench_closed.py --solver jax --repeats 1 --out-dir "$out" --name gpu_closed.json \
+      --cases ease:ml-1m ease:cds ease_weighted:cds loca_ease:ml-1m --timeout 240
+  exit 0
+fi
 if [[ "${1:-}" == "--study" ]]; then  # a second device call of at most ~8 minutes
   # several seeds as one program (tall_jax.multirun) against the same seeds one by one, E = 10 and 100
   "${bench[@]}" --dataset ml-1m --experts 10 100 --modes seeds_serial seeds_vmapped --runs 5 \
