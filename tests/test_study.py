@@ -348,3 +348,17 @@ def test_jump_table_and_curves(tmp_path):
     path = plot_curves(tmp_path / "curves.png", ["tall", "lmoe"], runs, "t")
     assert path is not None and path.stat().st_size > 0
     assert plot_curves(tmp_path / "none.png", ["none"], runs, "t") is None
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
+    """Ctrl-C in `python -m tall_jax.study` prints "interrupted" (no traceback) and exits 130."""
+    from tall_jax.study import __main__ as study_cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study_cli, "plan", interrupted)
+    rc = main(["ablations", "--dataset", "synthetic", "--experts", "2", "--seeds", "0",
+               "--root", str(tmp_path / "runs"), "--page", str(tmp_path / "page.md")])
+    err = capsys.readouterr().err
+    assert rc == 130 and err.strip() == "interrupted"

@@ -164,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, NotADirectoryError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: the runs resume next time (each child checkpoints)
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def _restore(planned, records: Path, dataset: str, n_experts: int) -> None:
