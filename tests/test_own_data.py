@@ -1,6 +1,8 @@
 """Your own interaction file: formats, columns, ratings, line errors, and a tiny run end to end."""
 from __future__ import annotations
 
+import hashlib
+
 import gzip
 import json
 import sys
@@ -150,7 +152,10 @@ def test_train_on_own_data_end_to_end(tmp_path, capsys):
     res = json.loads((run / "results.json").read_text())
     settings = json.loads((run / "settings.json").read_text())
     assert settings["data"] == {"columns": ["user", "item", "rating", "timestamp"], "min_rating": 2.0,
-                                "kcore": [10, 10]} and settings["config"]["n_experts"] == 2
+                                "kcore": [10, 10], "kcore_rule": "iterative", "file": str(path.resolve()),
+                                "size": path.stat().st_size,
+                                "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    assert settings["config"]["n_experts"] == 2
     assert res["dataset"] == "ratings.tsv" and res["split"] == "random" and res["epochs_run"] <= 3
     n_users = res["dataset_counts"]["users"]
     assert 40 < n_users <= 50  # ratings < 2 dropped, then the 10-core
