@@ -197,7 +197,7 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "lmoe_lc": dict(gate="loss", adaptive="loss_change", gap=0),
     "lmoe_gap_l": dict(gate="loss", adaptive="raw_loss"),
     "tall": dict(gate="loss", adaptive="loss_change"),
-    # the improved preset (README, "An improved TALL"): the loss-change signal per validation item,
+    # the improved preset (docs/results.md, "An improved TALL"): the loss-change signal per validation item,
     # l_u / |V_u|, at TALL's strength (alpha scaled by PRESET_ALPHA_SCALE)
     "tall_plus": dict(gate="loss", adaptive="loss_change", weight_per_item=True),
     "uniform_moe": dict(gate="uniform", adaptive="none"),

@@ -16,7 +16,8 @@ import pytest  # noqa: E402
 jax.config.update("jax_disable_most_optimizations",
                   os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"].lower() in ("1", "true", "yes"))
 
-# Silent broadcasting between arrays of different ranks is an error in every test (design.md).
+# Silent broadcasting between arrays of different ranks is an error in every test: shapes are
+# named and checked (docs/layout.md, "Conventions").
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 REPO = Path(__file__).resolve().parents[1]

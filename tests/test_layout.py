@@ -1,4 +1,4 @@
-"""The package's layers (README, "Layout"): every module imports only from its own layer or those to
+"""The package's layers (docs/layout.md): every module imports only from its own layer or those to
 its left. Package facades (``__init__``) and command entry points (``__main__``) are not checked;
 no module of the package imports a ``__main__``."""
 from __future__ import annotations

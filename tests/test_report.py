@@ -281,26 +281,27 @@ def test_fairness_rows_hand_worked(tmp_path):
 
 
 def test_fidelity_doc_anchors_exist_and_readme_points_to_it():
-    """Every ``docs/fidelity.md#anchor`` named in the package, the examples and the README is a heading
-    of docs/fidelity.md (GitHub anchor rules for our plain headings); the README points there, not to
-    the spec, and says how to install JAX for a GPU or TPU."""
+    """Every ``docs/fidelity.md#anchor`` named in the package, the examples, the README and the docs
+    pages is a heading of docs/fidelity.md (GitHub anchor rules for our plain headings); the README
+    points there, not to the spec, and says how to install JAX for a GPU or TPU."""
     import re
 
     root = Path(__file__).resolve().parents[1]
     doc = (root / "docs" / "fidelity.md").read_text()
     headings = {re.sub(r"[^a-z0-9 -]", "", h.strip().lower()).replace(" ", "-")
                 for h in re.findall(r"^#{2,4} (.+)$", doc, flags=re.M)}
-    files = [root / "README.md", *sorted((root / "tall_jax").rglob("*.py")), *sorted((root / "examples").glob("*.py"))]
+    files = [root / "README.md", *sorted((root / "docs").glob("*.md")), *sorted((root / "tall_jax").rglob("*.py")),
+             *sorted((root / "examples").glob("*.py"))]
     used = set()
     for f in files:
         text = f.read_text()
         for m in re.finditer(r"docs/fidelity\.md((?:#[a-z0-9-]+)(?:(?:, | and )#[a-z0-9-]+)*)", text):
             used |= set(re.findall(r"#([a-z0-9-]+)", m.group(1)))
-        used |= set(re.findall(r"\(docs/fidelity\.md#([a-z0-9-]+)\)", text))
+        used |= set(re.findall(r"\((?:docs/)?fidelity\.md#([a-z0-9-]+)\)", text))  # docs pages link it relatively
     assert used and not used - headings, sorted(used - headings)
     assert set(re.findall(r"\]\(#([a-z0-9-]+)\)", doc)) <= headings  # the page's own contents links
     readme = (root / "README.md").read_text()
-    assert "shared/spec" not in readme and "../shared" not in readme
+    assert "(docs/fidelity.md" in readme and "shared/spec" not in readme and "../shared" not in readme
     assert 'jax[cuda12]' in readme and 'jax[tpu]' in readme
 
 

@@ -188,14 +188,14 @@ def test_baselines_reuse_the_global_models_of_the_same_command(runs, tmp_path):
     assert own["test"] == loca["test"] and own["valid"] == loca["valid"]
 
 
-def test_readme_custom_loop_block_runs():
-    """The README's Python block, as a newcomer copies it: it runs, one step per batch of its users."""
+def test_api_page_custom_loop_block_runs():
+    """The Python block of docs/api.md, as a newcomer copies it: it runs, one step per batch of its users."""
     import re
 
-    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "docs" / "api.md").read_text(), re.S)
     assert len(blocks) == 1
     scope: dict = {}
-    exec(compile(blocks[0], "README.md", "exec"), scope)
+    exec(compile(blocks[0], "docs/api.md", "exec"), scope)
     assert int(scope["state"].step) == 1536 // scope["config"].batch_size and np.isfinite(np.asarray(scope["metrics"]["loss"])).all()
 
 
