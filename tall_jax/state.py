@@ -23,7 +23,9 @@ from tall_jax.vae import Params
 
 @struct.dataclass
 class TrainState:
-    """Parameters, optimizer state, RNG, counters and the per-user loss history (docs/fidelity.md#loss, #adaptive-weights)."""
+    """Parameters, optimizer state, RNG, counters and the per-user loss history (docs/fidelity.md#loss,
+    #adaptive-weights), in the one state convention (:mod:`tall_jax.train_state`; the optimizer is
+    :func:`make_optimizer` of the static config)."""
 
     params: Params  # {"experts": stacked MultVAE params [E, ...], "gate": MLP-gate params (MoE only)}
     opt_state: optax.OptState

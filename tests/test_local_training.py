@@ -22,7 +22,7 @@ def tiny_data(seed: int = 0):
 def _train(data, params_K, rng_K, lists, weights, cands, cfg):
     sets = local.LocalSets.from_lists(lists, N, weights, multiple=cfg.batch_size)
     cand_sets = local.LocalSets.from_lists(cands, N, multiple=cfg.eval_batch)
-    state = local.init_local(params_K, rng_K, cfg)
+    state = local.init(rng_K, cfg, params_K)
     return local.train_local(state, data, sets, cfg, cand_sets)
 
 
@@ -61,7 +61,7 @@ def test_one_local_step_matches_a_hand_written_weighted_loss():
     w = np.array([0.5, 0.2, 0.7], np.float32)
     cfg = local.LocalTrainConfig(batch_size=4, lr=1e-2, weight_decay=0.0, noise_std=0.0)
     params = vae.init_experts(jax.random.PRNGKey(2), 1, M, D)
-    state = local.init_local(params, jax.random.split(jax.random.PRNGKey(3), 1), cfg)
+    state = local.init(jax.random.split(jax.random.PRNGKey(3), 1), cfg, params)
     sets = local.LocalSets.from_lists([users], N, [w], multiple=4)
     state, _ = local.train_epoch(state, data, sets, cfg)
     # reference: one Adam step on mean over the 3 real users of w_u * CE_u (unnormalised, beta 0)
@@ -133,7 +133,7 @@ def test_slot_queue_without_patience_runs_every_model_for_max_epochs_with_shuffl
         assert got[k][1:] == (3, 3)
         one = jax.tree.map(lambda a: a[k:k + 1], params)
         sets = local.LocalSets.from_lists(lists[k:k + 1], N, multiple=4)
-        alone = local.train_local(local.init_local(one, rng_K[k:k + 1], cfg), data, sets, cfg)
+        alone = local.train_local(local.init(rng_K[k:k + 1], cfg, one), data, sets, cfg)
         for a, b in zip(jax.tree.leaves(got[k][0]), jax.tree.leaves(alone.params)):
             np.testing.assert_allclose(a, b[0], rtol=1e-4, atol=1e-5)
 
@@ -179,11 +179,11 @@ def test_loca_batches_are_windows_of_consecutive_ids_filtered_to_the_neighbourho
     cfg = local.LocalTrainConfig(batch_size=4, lr=0.02, weight_decay=1e-3, noise_std=0.0)
     params = vae.init_experts(jax.random.PRNGKey(5), 1, M, D)
     rng_K = jax.random.split(jax.random.PRNGKey(6), 1)
-    state = local.init_local(params, rng_K, cfg)
+    state = local.init(rng_K, cfg, params)
     state, _ = local.train_epoch(state, data, local.LocalSets.from_lists(rows, N, weights, multiple=4), cfg)
     # reference: the original's loop, one model, window by window
     p = jax.tree.map(lambda a: a[0], params)
-    opt = local.optimizer(cfg).init(p)
+    opt = local.make_optimizer(cfg).init(p)
     step = jax.jit(lambda *a: local._one_step(*a, config=cfg))
     steps = 0
     for b in range(N // 4):

@@ -9,7 +9,7 @@ import pytest
 
 from tall_jax.two_tower.model import TwoTower, masked_bce_loss
 from tall_jax.two_tower.steps import (
-    TwoTowerBatch, init_two_tower_state, make_batch, train_two_tower, two_tower_eval_step, two_tower_loss,
+    TwoTowerBatch, TwoTowerConfig, init, make_batch, train_two_tower, two_tower_eval_step, two_tower_loss,
     two_tower_train_step,
 )
 
@@ -57,7 +57,7 @@ def _grads(model, state, batch):
 
 def test_head_gets_exactly_zero_gradient_without_its_group_and_shared_towers_learn_from_every_group():
     model = TwoTower(n_groups=G, width=W)
-    state = init_two_tower_state(model, jax.random.PRNGKey(0), U, I)
+    state = init(jax.random.PRNGKey(0), TwoTowerConfig(model), U, I)
     rng = np.random.default_rng(1)
     for g in range(G):
         batch = _batch(rng, groups=np.full(B, g))
@@ -75,7 +75,7 @@ def test_head_gets_exactly_zero_gradient_without_its_group_and_shared_towers_lea
 
 def test_batchnorm_eval_mode_uses_running_statistics():
     model = TwoTower(n_groups=0, width=W)
-    state = init_two_tower_state(model, jax.random.PRNGKey(0), U, I)
+    state = init(jax.random.PRNGKey(0), TwoTowerConfig(model), U, I)
     x = np.random.default_rng(2).normal(size=(B, U)).astype(np.float32) * 3 + 5
     t = np.random.default_rng(3).normal(size=(B, I)).astype(np.float32)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -103,7 +103,7 @@ def test_batchnorm_eval_mode_uses_running_statistics():
 
 def test_padded_rows_do_not_move_batch_statistics_or_loss():
     model = TwoTower(n_groups=G, width=W)
-    state = init_two_tower_state(model, jax.random.PRNGKey(0), U, I)
+    state = init(jax.random.PRNGKey(0), TwoTowerConfig(model), U, I)
     rng = np.random.default_rng(6)
     real = _batch(rng, n=7)
     padded = make_batch(real.user_x, real.item_x, real.label, real.group, 16)
@@ -122,13 +122,13 @@ def test_padded_rows_do_not_move_batch_statistics_or_loss():
 
 def test_train_step_compiles_once_including_padded_last_batch_and_eval_shape():
     model = TwoTower(n_groups=G, width=W)
-    state = init_two_tower_state(model, jax.random.PRNGKey(0), U, I)
+    state = init(jax.random.PRNGKey(0), TwoTowerConfig(model), U, I)
     rng = np.random.default_rng(7)
     n = 37
     ux, ix = rng.normal(size=(n, U)).astype(np.float32), rng.normal(size=(n, I)).astype(np.float32)
     y, g = rng.integers(0, 2, n).astype(np.float32), rng.integers(0, G, n)
     before = two_tower_train_step._cache_size()
-    state, losses = train_two_tower(model, state, lambda idx: (ux[idx], ix[idx], y[idx], g[idx]), n,
+    state, losses = train_two_tower(TwoTowerConfig(model), state, lambda idx: (ux[idx], ix[idx], y[idx], g[idx]), n,
                                     epochs=2, batch_size=16, seed=0, progress=False)
     assert two_tower_train_step._cache_size() - before == 1  # 3 batches x 2 epochs, last one padded
     assert int(state.step) == 6 and len(losses) == 2 and np.isfinite(losses).all()
@@ -139,12 +139,13 @@ def test_train_step_compiles_once_including_padded_last_batch_and_eval_shape():
 
 def test_training_reduces_loss_on_a_learnable_problem():
     model = TwoTower(n_groups=2, width=16)
-    state = init_two_tower_state(model, jax.random.PRNGKey(0), U, I, learning_rate=1e-2)
+    config = TwoTowerConfig(model, learning_rate=1e-2)
+    state = init(jax.random.PRNGKey(0), config, U, I)
     rng = np.random.default_rng(8)
     n = 256
     ux, ix = rng.normal(size=(n, U)).astype(np.float32), rng.normal(size=(n, I)).astype(np.float32)
     g = rng.integers(0, 2, n)
     y = ((ux[:, 0] * ix[:, 0] * np.where(g == 0, 1, -1)) > 0).astype(np.float32)
-    state, losses = train_two_tower(model, state, lambda idx: (ux[idx], ix[idx], y[idx], g[idx]), n,
+    state, losses = train_two_tower(config, state, lambda idx: (ux[idx], ix[idx], y[idx], g[idx]), n,
                                     epochs=15, batch_size=64, seed=0, progress=False)
     assert losses[-1] < 0.8 * losses[0]

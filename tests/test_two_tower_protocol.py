@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from tall_jax.two_tower.synthetic import SyntheticConfig, make_synthetic_two_tower
-from tall_jax.two_tower.experiment import TrainConfig, fit_early_stopping, model_spec, run_seed, train_schedule
+from tall_jax.two_tower.experiment import (TrainConfig, fit_early_stopping, model_spec, run_seed, step_config_of,
+                                           train_schedule)
 from tall_jax.two_tower.model import TwoTower
-from tall_jax.two_tower.steps import init_two_tower_state, make_batch, shared_tower_kernels, two_tower_loss
+from tall_jax.two_tower.steps import TwoTowerConfig, init, make_batch, shared_tower_kernels, two_tower_loss
 
 TINY = dataclasses.replace(SyntheticConfig(), n_users=3000, user_dim=8, item_dim=8, n_global_titles=10,
                            n_local_per_territory=2)
@@ -90,9 +91,8 @@ def test_early_stopping_keeps_the_best_validation_epoch(tiny):
     from tall_jax.two_tower.steps import predict_two_tower
 
     model, _, head = model_spec("baseline", tiny, CFG)
-    state = init_two_tower_state(model, jax.random.PRNGKey(0), tiny.user_x.shape[1], tiny.item_x.shape[1],
-                                 learning_rate=3e-2)  # a large step so validation AP moves
-    cfg = dataclasses.replace(CFG, patience=10)
+    cfg = dataclasses.replace(CFG, patience=10, learning_rate=3e-2)  # a large step so validation AP moves
+    state = init(jax.random.PRNGKey(0), step_config_of(model, cfg), tiny.user_x.shape[1], tiny.item_x.shape[1])
     valid = tiny.days[0].valid
     state, hist = fit_early_stopping(model, state, tiny, tiny.days[0].train_plain, valid, head, cfg, max_epochs=4,
                                      seed=0, start_is_candidate=False, desc="t", progress=False)
@@ -101,7 +101,7 @@ def test_early_stopping_keeps_the_best_validation_epoch(tiny):
                                                            batch_size=2048))
     assert got == pytest.approx(max(h["valid_ap"] for h in hist), abs=1e-12)
     # patience 1 stops after the first epoch without improvement
-    cfg1 = dataclasses.replace(CFG, patience=1)
+    cfg1 = dataclasses.replace(cfg, patience=1)
     _, h1 = fit_early_stopping(model, state, tiny, tiny.days[1].train_plain, tiny.days[1].valid, head, cfg1,
                                max_epochs=6, seed=1, start_is_candidate=True, desc="t", progress=False)
     aps = [h["valid_ap"] for h in h1]
@@ -113,7 +113,7 @@ def test_one_shared_head_control_routes_every_user_to_head_zero(tiny):
     assert model.n_groups == 1 and which == "upsampled" and np.all(head == 0)
     mtl, _, none = model_spec("mtl", tiny, CFG)
     assert mtl.n_groups == tiny.n_groups == 4 and none is None
-    state = init_two_tower_state(model, jax.random.PRNGKey(0), 8, 8)
+    state = init(jax.random.PRNGKey(0), TwoTowerConfig(model), 8, 8)
     assert state.params["head_kernel"].shape == (1, 8, 8)
 
 
@@ -123,7 +123,7 @@ def test_regularisation_options_keep_the_heads_isolated():
     batch = make_batch(rng.normal(size=(n, 5)), rng.normal(size=(n, 4)), rng.integers(0, 2, n).astype(np.float32),
                        np.zeros(n, np.int32), n)  # every example of group 0
     model = TwoTower(n_groups=g, width=8, head_rank=2, head_dropout=0.5)
-    state = init_two_tower_state(model, jax.random.PRNGKey(0), 5, 4, weight_decay=0.1)
+    state = init(jax.random.PRNGKey(0), TwoTowerConfig(model, weight_decay=0.1), 5, 4)
     assert state.params["head_a"].shape == (g, 8, 2) and state.params["head_b"].shape == (g, 2, 8)
     loss_fn = jax.jit(lambda p, key: two_tower_loss(p, state.batch_stats, batch, model=model, rng=key)[0])
     grads = jax.jit(jax.grad(loss_fn))(state.params, jax.random.PRNGKey(1))

@@ -50,7 +50,7 @@ def finetune_chunk(data: UserData, global_params: Params, users: np.ndarray, lis
     """Fine-tune one copy of the global model per entry of ``lists`` together; final states."""
     sets = local.LocalSets.from_lists(lists, data.n_users, multiple=lcfg.batch_size)
     params = local.stack_params(global_params, len(lists))
-    state = local.init_local(params, keys, lcfg)
+    state = local.init(keys, lcfg, params)
     return local.train_local(state, data, sets, lcfg)
 
 

@@ -11,6 +11,10 @@ list is exhausted, or which has early-stopped, skips the update (params and Adam
 the mean validation NDCG@{1,5,10,20} over its own candidate users (the rule of
 :mod:`tall_jax.stopping`, on [K] arrays), with the best state kept by a ``where`` on the stacked tree.
 
+The state follows the one state convention (:mod:`tall_jax.train_state`): ``init(keys_K, config,
+params_K)``; a hand-written loop steps ``train_step`` over ``epoch_batches`` and closes each epoch
+with ``end_epoch``, which is ``train_epoch`` step by step.
+
 RNG streams are :mod:`tall_jax.objective`'s (noise 0, shuffle 1, dropout 2). Before the experiment
 layer the local models used shuffle 0 and noise 1, so LOCA / LFT / EnLFT runs draw other (equally
 distributed) noise and shuffles than runs made before it; LOCA's per-model checkpoint key includes
@@ -89,11 +93,14 @@ class LocalSets:
 
 @struct.dataclass
 class LocalState:
-    """K models' parameters, Adam states, keys and per-model early-stopping bookkeeping."""
+    """K models' parameters, Adam states, keys and per-model early-stopping bookkeeping, in the one
+    state convention (:mod:`tall_jax.train_state`; the optimiser is :func:`make_optimizer` of the
+    static config)."""
 
     params: Params  # stacked [K, ...]
     opt_state: optax.OptState  # stacked [K, ...]
-    rng_K: jax.Array  # one base key per model
+    rng: jax.Array  # [K]: one base key per model
+    step: jax.Array  # int32: batch positions stepped by the loop (a model without a batch there skips)
     epoch: jax.Array  # int32: epochs run by the loop (a stopped model skips the later ones)
     active_K: jax.Array  # bool: still training
     best_params: Params
@@ -102,17 +109,29 @@ class LocalState:
     epochs_run_K: jax.Array  # int32: epochs model k actually trained
 
 
-def optimizer(config: LocalTrainConfig):
+@struct.dataclass
+class LocalBatch:
+    """One batch position of an epoch for every model: model k steps on users ``users_KxS[k]``
+    (N = padding) with weights ``w_KxS[k]``; ``index`` is the position in the epoch (it keys the
+    models' noise and dropout)."""
+
+    users_KxS: jax.Array  # int32
+    w_KxS: jax.Array  # f32
+    index: jax.Array  # int32 scalar
+
+
+def make_optimizer(config: LocalTrainConfig):
     """Each local model's Adam with coupled L2 (:func:`tall_jax.optim.adam_l2`)."""
     return adam_l2(config.lr, config.weight_decay)
 
 
-def init_local(params_K: Params, rng_K: jax.Array, config: LocalTrainConfig) -> LocalState:
-    """Fresh Adam state per model (vmapped ``init``) around the given stacked parameters."""
-    n = rng_K.shape[0]
-    opt_state = jax.vmap(optimizer(config).init)(params_K)
-    return LocalState(params=jax.tree.map(jnp.copy, params_K), opt_state=opt_state, rng_K=jnp.copy(rng_K),
-                      epoch=jnp.zeros((), jnp.int32), active_K=jnp.ones(n, bool),
+def init(key: jax.Array, config: LocalTrainConfig, params_K: Params) -> LocalState:
+    """A state for K models starting from the stacked parameters ``params_K``, with ``key`` [K]
+    (one base key per model, e.g. ``jax.random.split(key, K)``) and a fresh Adam state per model."""
+    n = key.shape[0]
+    opt_state = jax.vmap(make_optimizer(config).init)(params_K)
+    return LocalState(params=jax.tree.map(jnp.copy, params_K), opt_state=opt_state, rng=jnp.copy(key),
+                      step=jnp.zeros((), jnp.int32), epoch=jnp.zeros((), jnp.int32), active_K=jnp.ones(n, bool),
                       best_params=jax.tree.map(jnp.copy, params_K), best_score_K=jnp.full(n, -jnp.inf, jnp.float32),
                       best_epoch_K=jnp.zeros(n, jnp.int32), epochs_run_K=jnp.zeros(n, jnp.int32))
 
@@ -144,7 +163,7 @@ def _one_step(params: Params, opt_state, users_S, w_S, key, do, data: UserData,
         return loss
 
     loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, new_opt = optimizer(config).update(grads, opt_state, params)
+    updates, new_opt = make_optimizer(config).update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
     do = do & (n_real > 0)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(do, a, b), new, old)
@@ -178,28 +197,55 @@ def epoch_order(sets: LocalSets, rng_K: jax.Array, epoch_K: jax.Array, n_users: 
             w.reshape(n_models, nb, s).transpose(1, 0, 2))
 
 
+def _step_models(state: LocalState, params: Params, opt_state, b, users_KxS, w_KxS, data: UserData,
+                 config: LocalTrainConfig):
+    """Every active model's step at batch position ``b`` of its current epoch (vmapped
+    :func:`_one_step`): new (params, opt_state) and the loss per model (NaN where none was taken)."""
+    keys = jax.vmap(lambda k, e: jax.random.fold_in(jax.random.fold_in(k, e), b))(state.rng, state.epochs_run_K)
+    step = jax.vmap(functools.partial(_one_step, data=data, config=config))
+    return step(params, opt_state, users_KxS, w_KxS, keys, state.active_K)
+
+
+def epoch_batches(state: LocalState, data: UserData, sets: LocalSets, config: LocalTrainConfig) -> list[LocalBatch]:
+    """The batches of every model's current epoch, in order, for a hand-written loop of
+    :func:`train_step` closed by :func:`end_epoch` (the same steps as :func:`train_epoch`)."""
+    users_BxKxS, w_BxKxS = epoch_order(sets, state.rng, state.epochs_run_K, data.n_users, config)
+    return [LocalBatch(users_BxKxS[b], w_BxKxS[b], jnp.asarray(b, jnp.int32)) for b in range(users_BxKxS.shape[0])]
+
+
+@functools.partial(jax.jit, static_argnames=("config",), donate_argnames=("state",))
+def train_step(state: LocalState, batch: LocalBatch, data: UserData, config: LocalTrainConfig):
+    """One batch position of every active model (one Adam step each on its own batch). Returns the
+    new state and ``{"loss": loss per model}`` (NaN for a model that did not step)."""
+    params, opt_state, loss_K = _step_models(state, state.params, state.opt_state, batch.index, batch.users_KxS,
+                                             batch.w_KxS, data, config)
+    return state.replace(params=params, opt_state=opt_state, step=state.step + 1), {"loss": loss_K}
+
+
+def end_epoch(state: LocalState) -> LocalState:
+    """Close an epoch of the loop: every active model has run one more epoch of its own."""
+    return state.replace(epoch=state.epoch + 1,
+                         epochs_run_K=state.epochs_run_K + state.active_K.astype(jnp.int32))
+
+
 @functools.partial(jax.jit, static_argnames=("config",), donate_argnames=("state",))
 def train_epoch(state: LocalState, data: UserData, sets: LocalSets, config: LocalTrainConfig):
     """One epoch of every active model: a ``lax.scan`` over batch positions, ``vmap`` over models.
 
     Returns the new state and the mean training loss per model (NaN for a model that did not train).
     """
-    users_BxKxS, w_BxKxS = epoch_order(sets, state.rng_K, state.epochs_run_K, data.n_users, config)
-    step = jax.vmap(functools.partial(_one_step, data=data, config=config))
+    users_BxKxS, w_BxKxS = epoch_order(sets, state.rng, state.epochs_run_K, data.n_users, config)
 
     def body(carry, inp):
         params, opt_state = carry
         b, users_KxS, w_KxS = inp
-        keys = jax.vmap(lambda k, e: jax.random.fold_in(jax.random.fold_in(k, e), b))(
-            state.rng_K, state.epochs_run_K)
-        params, opt_state, loss_K = step(params, opt_state, users_KxS, w_KxS, keys, state.active_K)
+        params, opt_state, loss_K = _step_models(state, params, opt_state, b, users_KxS, w_KxS, data, config)
         return (params, opt_state), loss_K
 
     nb = users_BxKxS.shape[0]
     (params, opt_state), loss_BxK = jax.lax.scan(
         body, (state.params, state.opt_state), (jnp.arange(nb), users_BxKxS, w_BxKxS))
-    state = state.replace(params=params, opt_state=opt_state, epoch=state.epoch + 1,
-                          epochs_run_K=state.epochs_run_K + state.active_K.astype(jnp.int32))
+    state = end_epoch(state.replace(params=params, opt_state=opt_state, step=state.step + nb))
     return state, jnp.nanmean(loss_BxK, axis=0)
 
 

@@ -64,10 +64,10 @@ def train_queue(data: UserData, init_params: Params, rng: jax.Array, lists: list
     cands = (None if cand_lists is None else
              local.LocalSets.from_lists([cand_lists[k] for k in first], data.n_users, multiple=config.eval_batch,
                                   width=cwidth))
-    state = local.init_local(jax.tree.map(lambda a: jnp.asarray(a[np.array(first)]), host_init),
-                       jnp.asarray(rng)[np.array(first)], config)
+    state = local.init(jnp.asarray(rng)[np.array(first)], config,
+                       jax.tree.map(lambda a: jnp.asarray(a[np.array(first)]), host_init))
     state = local.cap_epochs(state, config.max_epochs)
-    opt_init = local.optimizer(config).init
+    opt_init = local.make_optimizer(config).init
     bar = tqdm(total=len(order), desc=desc, unit="model", disable=not progress, dynamic_ncols=True)
     while (occupant >= 0).any():
         state = local.epoch_and_stop(state, data, sets, cands, config, config.max_epochs)
@@ -102,7 +102,7 @@ def _fill_slot(state: local.LocalState, sets: local.LocalSets, cands: local.Loca
     put = lambda tree, new: jax.tree.map(lambda a, b: a.at[slot].set(b), tree, new)
     state = state.replace(
         params=put(state.params, params), opt_state=put(state.opt_state, opt_init(params)),
-        rng_K=state.rng_K.at[slot].set(jnp.asarray(rng)[k]), best_params=put(state.best_params, params),
+        rng=state.rng.at[slot].set(jnp.asarray(rng)[k]), best_params=put(state.best_params, params),
         best_score_K=state.best_score_K.at[slot].set(-jnp.inf), best_epoch_K=state.best_epoch_K.at[slot].set(0),
         epochs_run_K=state.epochs_run_K.at[slot].set(0), active_K=state.active_K.at[slot].set(True))
 

@@ -5,14 +5,14 @@ from tall_jax.two_tower.synthetic import SyntheticConfig, make_synthetic_two_tow
 from tall_jax.two_tower.metrics import average_precision, average_precision_by_key, gain_table, relative_gain
 from tall_jax.two_tower.model import TwoTower, Tower, masked_bce_loss, own_group_scores
 from tall_jax.two_tower.steps import (
-    TwoTowerBatch, TwoTowerState, init_two_tower_state, make_batch, predict_two_tower, train_two_tower,
-    two_tower_eval_step, two_tower_train_step,
+    TwoTowerBatch, TwoTowerConfig, TwoTowerState, init, make_batch, make_optimizer, predict_two_tower,
+    train_two_tower, two_tower_eval_step, two_tower_train_step,
 )
 
 __all__ = [
     "Day", "PairSet", "SyntheticConfig", "TwoTowerData", "make_synthetic_two_tower", "sample_negatives",
     "upsample_active_users", "average_precision", "average_precision_by_key", "gain_table", "relative_gain",
-    "TwoTower", "Tower", "masked_bce_loss", "own_group_scores", "TwoTowerBatch", "TwoTowerState",
-    "init_two_tower_state", "make_batch", "predict_two_tower", "train_two_tower", "two_tower_eval_step",
-    "two_tower_train_step",
+    "TwoTower", "Tower", "masked_bce_loss", "own_group_scores", "TwoTowerBatch", "TwoTowerConfig",
+    "TwoTowerState", "init", "make_batch", "make_optimizer", "predict_two_tower", "train_two_tower",
+    "two_tower_eval_step", "two_tower_train_step",
 ]

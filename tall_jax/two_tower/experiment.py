@@ -20,10 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tall_jax.two_tower import steps
 from tall_jax.two_tower.data import PairSet, TwoTowerData, concat_pairs
 from tall_jax.two_tower.metrics import average_precision, average_precision_by_key
 from tall_jax.two_tower.model import TwoTower
-from tall_jax.two_tower.steps import TwoTowerState, init_two_tower_state, predict_two_tower, train_two_tower
+from tall_jax.two_tower.steps import TwoTowerState, predict_two_tower, train_two_tower
 
 MODELS = ("baseline", "baseline_up", "mtl")  # + optional "mtl_1head": one shared head (depth control)
 ALL_MODELS = MODELS + ("mtl_1head",)
@@ -67,6 +68,11 @@ def model_spec(name: str, data: TwoTowerData, cfg: TrainConfig) -> tuple[TwoTowe
     raise ValueError(f"unknown two-tower model {name!r}; choose from {ALL_MODELS}")
 
 
+def step_config_of(model: TwoTower, cfg: TrainConfig) -> steps.TwoTowerConfig:
+    """The static config of ``model``'s train step under ``cfg`` (its optimiser settings)."""
+    return steps.TwoTowerConfig(model, learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
 def _gather(data: TwoTowerData, pairs: PairSet, group_U: np.ndarray | None):
     if group_U is None:
         return data.gather(pairs)
@@ -96,6 +102,7 @@ def fit_early_stopping(model, state, data, train: PairSet, valid: PairSet, head_
         return average_precision(valid.label, predict_two_tower(model, s, _gather(data, valid, head_of_user),
                                                                 len(valid), batch_size=cfg.eval_batch_size))
 
+    step_config = step_config_of(model, cfg)
     history: list[dict[str, Any]] = []
     if len(train) == 0:
         return state, history
@@ -104,7 +111,7 @@ def fit_early_stopping(model, state, data, train: PairSet, valid: PairSet, head_
         best_state, best = _copy(state), val_ap(state)
         history.append({"epoch": 0, "loss": None, "valid_ap": best})
     for ep in range(1, max_epochs + 1):
-        state, losses = train_two_tower(model, state, _gather(data, train, head_of_user), len(train), epochs=1,
+        state, losses = train_two_tower(step_config, state, _gather(data, train, head_of_user), len(train), epochs=1,
                                         batch_size=cfg.batch_size, seed=seed * 7919 + ep, desc=desc, progress=progress)
         ap = val_ap(state)
         history.append({"epoch": ep, "loss": losses[0], "valid_ap": ap})
@@ -158,8 +165,7 @@ def run_seed(data: TwoTowerData, cfg: TrainConfig, seed: int, *, models=MODELS, 
     for m_i, name in enumerate(models):
         model, which, head_of_user = model_spec(name, data, cfg)
         rng = jax.random.fold_in(jax.random.PRNGKey(seed), m_i)
-        state = init_two_tower_state(model, rng, data.user_x.shape[1], data.item_x.shape[1],
-                                     learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        state = steps.init(rng, step_config_of(model, cfg), data.user_x.shape[1], data.item_x.shape[1])
         ap_t, ap_g, ap_a, seen, hist, best_ep, scores = {}, {}, {}, {}, [], [], {}
         seen_days: list[int] = []
         case_scores = [np.zeros(len(p), np.float32) for p, _ in case_parts]

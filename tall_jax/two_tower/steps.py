@@ -1,11 +1,14 @@
 """Explicit training state, the jitted train / eval steps and a small epoch loop for the two-tower models.
 
-State is a pytree (params, batch-norm statistics, Adam state, RNG, step); steps are pure functions
-``state, batch -> state, metrics`` jitted once per model (static shapes: the last batch is padded and
+State is a pytree in the one state convention (:mod:`tall_jax.train_state`: params, Adam state,
+RNG, step, then batch-norm statistics); the model and the optimiser's settings are the static
+:class:`TwoTowerConfig`; steps are pure functions ``state, batch, config -> state, metrics`` jitted
+once per config (static shapes: the last batch is padded and
 carries a validity mask that zeroes its loss and its batch-statistics contribution).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -33,15 +36,30 @@ class TwoTowerBatch:
 
 @struct.dataclass
 class TwoTowerState:
-    """Everything a step changes: ``params``, ``batch_stats`` (BatchNorm running mean / var), Adam
-    ``opt_state``, ``rng`` (folded with ``step`` for any stochastic op) and ``step``. ``tx`` is static."""
+    """Everything a step changes, in the one state convention (:mod:`tall_jax.train_state`):
+    ``params``, Adam ``opt_state``, ``rng`` (folded with ``step`` for any stochastic op), ``step``,
+    then ``batch_stats`` (BatchNorm running mean / var). The model and the optimiser are static:
+    :class:`TwoTowerConfig`."""
 
     params: Any
-    batch_stats: Any
     opt_state: Any
     rng: jax.Array
     step: jax.Array
-    tx: optax.GradientTransformation = struct.field(pytree_node=False)
+    batch_stats: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class TwoTowerConfig:
+    """What a train step needs besides the state: the model and its optimiser's settings
+    (docs/fidelity.md#two-tower-model: Adam lr 1e-3). Hashable: a static argument of the jitted step.
+
+    ``weight_decay > 0`` (an option, not the paper's) makes the optimiser AdamW with decoupled decay
+    on the shared towers' Dense kernels only (``shared_tower_kernels``): heads, biases, BatchNorm and
+    the logit affine are not decayed."""
+
+    model: TwoTower
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
 
 
 def shared_tower_kernels(params) -> Any:
@@ -53,31 +71,27 @@ def shared_tower_kernels(params) -> Any:
     return jax.tree_util.tree_map_with_path(mark, params)
 
 
-def init_two_tower_state(
-    model: TwoTower, rng: jax.Array, user_dim: int, item_dim: int, *, learning_rate: float = 1e-3,
-    weight_decay: float = 0.0,
-) -> TwoTowerState:
-    """Initialise parameters and BatchNorm statistics; optimiser Adam(lr) as docs/fidelity.md#two-tower-model.
+def make_optimizer(config: TwoTowerConfig) -> optax.GradientTransformation:
+    """Adam(lr), or AdamW on the shared towers' kernels when ``config.weight_decay > 0``."""
+    if config.weight_decay > 0:
+        return optax.adamw(config.learning_rate, weight_decay=config.weight_decay, mask=shared_tower_kernels)
+    return optax.adam(config.learning_rate)
 
-    ``weight_decay > 0`` (an option, not the paper's) makes it AdamW with decoupled decay on the shared
-    towers' Dense kernels only (``shared_tower_kernels``): heads, biases, BatchNorm and the logit affine
-    are not decayed."""
-    init_rng, state_rng = jax.random.split(rng)
-    variables = model.init(
+
+def init(key: jax.Array, config: TwoTowerConfig, user_dim: int, item_dim: int) -> TwoTowerState:
+    """A fresh state: parameters and BatchNorm statistics of ``config.model`` for features of
+    widths ``user_dim`` / ``item_dim``, and the optimiser's state."""
+    init_rng, state_rng = jax.random.split(key)
+    variables = config.model.init(
         init_rng, jnp.zeros((2, user_dim), jnp.float32), jnp.zeros((2, item_dim), jnp.float32), train=False
     )
-    if weight_decay > 0:
-        tx = optax.adamw(learning_rate, weight_decay=weight_decay, mask=shared_tower_kernels)
-    else:
-        tx = optax.adam(learning_rate)
     params = variables["params"]
     return TwoTowerState(
         params=params,
-        batch_stats=variables["batch_stats"],
-        opt_state=tx.init(params),
+        opt_state=make_optimizer(config).init(params),
         rng=state_rng,
         step=jnp.zeros((), jnp.int32),
-        tx=tx,
+        batch_stats=variables["batch_stats"],
     )
 
 
@@ -98,13 +112,13 @@ def two_tower_loss(params, batch_stats, batch: TwoTowerBatch, *, model: TwoTower
     return loss, updates["batch_stats"]
 
 
-@functools.partial(jax.jit, static_argnames=("model",), donate_argnames=("state",))
-def two_tower_train_step(state: TwoTowerState, batch: TwoTowerBatch, *, model: TwoTower):
+@functools.partial(jax.jit, static_argnames=("config",), donate_argnames=("state",))
+def two_tower_train_step(state: TwoTowerState, batch: TwoTowerBatch, config: TwoTowerConfig):
     """One Adam step on the masked BCE; batch statistics updated from the real rows only."""
     grad_fn = jax.value_and_grad(two_tower_loss, has_aux=True)
-    (loss, batch_stats), grads = grad_fn(state.params, state.batch_stats, batch, model=model,
+    (loss, batch_stats), grads = grad_fn(state.params, state.batch_stats, batch, model=config.model,
                                          rng=jax.random.fold_in(state.rng, state.step))
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    updates, opt_state = make_optimizer(config).update(grads, state.opt_state, state.params)
     new_state = state.replace(
         params=optax.apply_updates(state.params, updates),
         batch_stats=batch_stats,
@@ -152,7 +166,7 @@ def iterate_batches(n: int, batch_size: int, rng: np.random.Generator | None):
 
 
 def train_two_tower(
-    model: TwoTower,
+    config: TwoTowerConfig,
     state: TwoTowerState,
     gather: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
     n_examples: int,
@@ -176,7 +190,7 @@ def train_two_tower(
         bar = tqdm(iterate_batches(n_examples, batch_size, rng), total=n_batches, disable=not progress,
                    desc=f"{desc} ep{epoch + 1}/{epochs}", leave=False)
         for idx in bar:
-            state, metrics = two_tower_train_step(state, make_batch(*gather(idx), batch_size), model=model)
+            state, metrics = two_tower_train_step(state, make_batch(*gather(idx), batch_size), config)
             if pending is not None:
                 total, count = total + float(pending["loss"]) * int(pending["n_real"]), count + int(pending["n_real"])
             pending = metrics
