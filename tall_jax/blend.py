@@ -42,6 +42,7 @@ from tall_jax.flags import finite, flag
 from tall_jax.protocol import dataset_groups
 from tall_jax.stopping import improves, validation_score
 from tall_jax.steps import MixtureScorer
+from tall_jax.tensorboard import epoch_writer
 
 log = logging.getLogger("tall_jax.blend")
 
@@ -188,9 +189,12 @@ def closed_candidate(closed: str, hp, ds: Dataset, data: UserData, ms_N: np.ndar
 
 
 def run_blend(config: BlendConfig, ds: Dataset, *, dataset: str, out_dir: Path, settings: dict,
-              progress: bool = True, resume: bool = False) -> dict[str, Any]:
+              progress: bool = True, resume: bool = False,
+              tensorboard: str | Path | None = None) -> dict[str, Any]:
     """Train the neural part (checkpointed in ``out_dir/neural``), choose the closed part's grid point
-    on validation, then β, and write results.json / per_user_test.npz like every other family."""
+    on validation, then β, and write results.json / per_user_test.npz like every other family.
+    ``tensorboard``: a folder whose ``neural`` subfolder gets the neural part's per-epoch scalars
+    (:mod:`tall_jax.tensorboard`)."""
     if ds.n_users * ds.n_items > MAX_CELLS:
         raise ValueError(f"{config.model}: a blend holds three [users, items] float32 arrays, "
                          f"{ds.n_users:,} x {ds.n_items:,} here, above the {MAX_CELLS:,} cells it allows")
@@ -199,8 +203,9 @@ def run_blend(config: BlendConfig, ds: Dataset, *, dataset: str, out_dir: Path, 
     ms_N, groups_N = dataset_groups(ds)
     data = UserData.from_dataset(ds)
     ncfg = config.neural_config(dataset)
-    trained = fit(ds, ncfg, groups_N=groups_N, ms_N=ms_N, out_dir=out / "neural", progress=progress,
-                  resume=resume)
+    with epoch_writer(None if tensorboard is None else Path(tensorboard) / "neural") as on_epoch:
+        trained = fit(ds, ncfg, groups_N=groups_N, ms_N=ms_N, out_dir=out / "neural", progress=progress,
+                      resume=resume, on_epoch=on_epoch)
     t_neural = time.perf_counter() - t0
     v_NxM = neural_rows(trained.best_params, data, ncfg, config.eval_batch)
     candidates = {c: closed_candidate(c, config.hp_for(c), ds, data, ms_N) for c in config.closed}

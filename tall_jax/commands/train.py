@@ -24,7 +24,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from tall_jax import identity
+from tall_jax import identity, tensorboard
 from tall_jax.baselines.config import BaselineConfig, global_config
 from tall_jax.baselines.experiment import shared_global
 from tall_jax.blend import BlendConfig
@@ -187,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--mesh", default=None, metavar="expert=N",
                    help="split a mixture's experts over N devices (tall_jax.sharding; E divisible by N; "
                         "checkpoints are written shard by shard) (default: one device)")
+    r.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="also write each epoch's scalars (loss, validation score and NDCG@20 per group, gate "
+                        "entropy, seconds) as TensorBoard event files into DIR/<dataset>/<model folder>/seed<k>, "
+                        "beside the JSON history; closed forms have no epochs (needs tensorboardX: pip install "
+                        "'tall_jax[tensorboard]'; docs/tensorboard.md) (default: none)")
     return p
 
 
@@ -267,6 +272,12 @@ def _check_flags(args: argparse.Namespace, given: dict[str, object]) -> None:
         raise ValueError("--resume continues a run folder and --overwrite starts it afresh: choose one")
 
 
+def _events(args: argparse.Namespace, root: Path, out: Path) -> Path | None:
+    """The --tensorboard folder of the run in ``out``: DIR/<dataset>/<model folder>/seed<k> (None without
+    the flag)."""
+    return None if args.tensorboard is None else Path(args.tensorboard) / out.relative_to(root)
+
+
 def _repeated(values: list) -> list:
     return sorted({v for v in values if values.count(v) > 1}, key=str)
 
@@ -329,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
             if _repeated(values):
                 raise ValueError(f"{flag} {' '.join(map(str, values))}: {', '.join(map(str, _repeated(values)))} "
                                  "given twice (each would train the same run folder again)")
+        if args.tensorboard is not None and not tensorboard.available():
+            raise ValueError(f"--tensorboard needs the optional package tensorboardX, which is not installed: "
+                             f"{tensorboard.INSTALL}")
         # the MultVAE family first: its runs can serve as the local baselines' global models
         args.model = sorted(args.model, key=lambda m: MODEL_TABLE[m].family != "mixture")
         own = args.dataset not in KNOWN_DATASETS
@@ -382,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
                                           out_dirs=[outs[s, model] for s in args.seed],
                                           data_dir=args.data_dir, progress=not args.no_progress)
                 together.update({(s, model): r for s, r in zip(args.seed, runs)})
+                if args.tensorboard is not None:
+                    for s, r in zip(args.seed, runs):
+                        tensorboard.write_history(_events(args, root, outs[s, model]), r["history"])
         for seed in args.seed:
             for model in args.model:
                 out, plan = outs[seed, model], plans[seed, model]
@@ -406,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
                     if global_from is not None and args.global_from is None:
                         print(f"[{model}] seed {seed}: reuses the global model in {global_from} (same settings)")
                 options = RunOptions(progress=not args.no_progress, resume=todo[seed, model] == "resume",
-                                     mesh=args.mesh, global_from=global_from)
+                                     mesh=args.mesh, global_from=global_from,
+                                     tensorboard=_events(args, root, out))
                 res = together.get((seed, model)) or train_run(plan, out_dir=out, options=options,
                                                                data_dir=args.data_dir)
                 summaries[(model, seed)] = _show(model, seed, res, out)
