@@ -30,7 +30,7 @@ import numpy as np
 from tall_jax import evaluation
 from tall_jax import results as results_lib
 from tall_jax.batching import UserData, make_batch
-from tall_jax.closed.config import GRIDS, check_hp, make_closed_config
+from tall_jax.closed.config import GRIDS, check_hp, make_closed_config, parse_hp
 from tall_jax.closed.ease import binary
 from tall_jax.closed.grid import fit_points, search
 from tall_jax.closed.scoring import Fitted, evaluate_fitted
@@ -38,9 +38,11 @@ from tall_jax.configs import MODEL_PRESETS, TALLConfig, make_config
 from tall_jax.datasets.base import Dataset
 from tall_jax.evaluation import ranking_results
 from tall_jax.fit import fit
+from tall_jax.flags import finite, flag
 from tall_jax.protocol import dataset_groups
 from tall_jax.stopping import improves, validation_score
 from tall_jax.steps import MixtureScorer
+from tall_jax.tensorboard import epoch_writer
 
 log = logging.getLogger("tall_jax.blend")
 
@@ -64,9 +66,14 @@ class BlendConfig:
 
     model: str = "tall_ease"  # a name of BLENDS
     seed: int = 0  # the neural part's seed (init, shuffles); the closed part is deterministic
-    n_experts: int = 10  # E of a mixture's neural part (E = 100 costs ~2 h a run on a 2-core CPU)
-    hp: tuple[tuple[str, float], ...] = ()  # fixed hyper-parameters of the closed candidates that have them
-    beta: float = -1.0  # the neural share; < 0: chosen on validation over BETAS
+    # E of a mixture's neural part (E = 100 costs ~2 h a run on a 2-core CPU)
+    n_experts: int = flag(10, "blends with a mixture (tall_ease, lmoe_ease): E of the neural part",
+                          name="--experts")
+    # fixed hyper-parameters of the closed candidates that have them
+    hp: tuple[tuple[str, float], ...] = flag((), "", parse=parse_hp, metavar="NAME=VALUE", repeat=True)
+    # the neural share; < 0: chosen on validation over BETAS
+    beta: float = flag(-1.0, "blends (tall_ease, lmoe_ease, multvae_ease): the neural share of the mixed scores, "
+                             "in [0, 1] (default: chosen on validation over 0, 0.1, ..., 1)", parse=finite)
     eval_batch: int = 256  # users per evaluation call (execution only)
 
     def __post_init__(self) -> None:
@@ -182,9 +189,12 @@ def closed_candidate(closed: str, hp, ds: Dataset, data: UserData, ms_N: np.ndar
 
 
 def run_blend(config: BlendConfig, ds: Dataset, *, dataset: str, out_dir: Path, settings: dict,
-              progress: bool = True, resume: bool = False) -> dict[str, Any]:
+              progress: bool = True, resume: bool = False,
+              tensorboard: str | Path | None = None) -> dict[str, Any]:
     """Train the neural part (checkpointed in ``out_dir/neural``), choose the closed part's grid point
-    on validation, then β, and write results.json / per_user_test.npz like every other family."""
+    on validation, then β, and write results.json / per_user_test.npz like every other family.
+    ``tensorboard``: a folder whose ``neural`` subfolder gets the neural part's per-epoch scalars
+    (:mod:`tall_jax.tensorboard`)."""
     if ds.n_users * ds.n_items > MAX_CELLS:
         raise ValueError(f"{config.model}: a blend holds three [users, items] float32 arrays, "
                          f"{ds.n_users:,} x {ds.n_items:,} here, above the {MAX_CELLS:,} cells it allows")
@@ -193,8 +203,9 @@ def run_blend(config: BlendConfig, ds: Dataset, *, dataset: str, out_dir: Path, 
     ms_N, groups_N = dataset_groups(ds)
     data = UserData.from_dataset(ds)
     ncfg = config.neural_config(dataset)
-    trained = fit(ds, ncfg, groups_N=groups_N, ms_N=ms_N, out_dir=out / "neural", progress=progress,
-                  resume=resume)
+    with epoch_writer(None if tensorboard is None else Path(tensorboard) / "neural") as on_epoch:
+        trained = fit(ds, ncfg, groups_N=groups_N, ms_N=ms_N, out_dir=out / "neural", progress=progress,
+                      resume=resume, on_epoch=on_epoch)
     t_neural = time.perf_counter() - t0
     v_NxM = neural_rows(trained.best_params, data, ncfg, config.eval_batch)
     candidates = {c: closed_candidate(c, config.hp_for(c), ds, data, ms_N) for c in config.closed}

@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 from tall_jax.datasets.own import is_registered
+from tall_jax.flags import flag
 from tall_jax.precision import PRECISIONS
 
 MODELS = ("multvae", "wl", "moe", "lmoe", "lmoe_lc", "lmoe_gap_l", "tall", "tall_plus", "uniform_moe")
@@ -32,17 +33,22 @@ SCORING_FIELDS = ("n_experts", "latent", "batch_size", "gate", "gate_temperature
 
 @dataclasses.dataclass(frozen=True)
 class TALLConfig:
-    """Every knob of MultVAE, WL, MoE, LMoE and TALL. Field comments give the paper/spec symbol."""
+    """Every knob of MultVAE, WL, MoE, LMoE and TALL. Field comments give the paper/spec symbol; a
+    field the command line sets carries its flag and help (:func:`tall_jax.flags.flag`)."""
 
     model: str = "tall"  # a name from MODELS; fixes the gate / weighting choices below via make_config
-    n_experts: int = 100  # E, number of MultVAE experts (docs/fidelity.md#experts)
+    # E, number of MultVAE experts (docs/fidelity.md#experts)
+    n_experts: int = flag(100, "E, number of experts of a mixture", name="--experts")
     latent: int = 100  # d, latent size; encoder M -> 2d, decoder d -> M, no hidden layer (docs/fidelity.md#multvae)
-    batch_size: int = 512  # users per step (ML-1M 512, Yelp/CDs 256; docs/fidelity.md#hyper-parameters)
-    lr: float = 1e-3  # Adam learning rate
-    reg: float = 1e-3  # "reg"; Adam coupled-L2 weight decay is reg / E for mixtures (docs/fidelity.md#experts)
+    # ML-1M 512, Yelp/CDs 256 (docs/fidelity.md#hyper-parameters)
+    batch_size: int = flag(512, "users per step")
+    lr: float = flag(1e-3, "Adam learning rate, > 0")
+    # "reg"; Adam coupled-L2 weight decay is reg / E for mixtures (docs/fidelity.md#experts)
+    reg: float = flag(1e-3, "weight decay before division by E, >= 0")
     weight_decay_per_expert: bool = True  # divide reg by E (faithful); False uses reg for every E
     noise_std: float = 0.01  # std of the reparameterisation noise (docs/fidelity.md#multvae: 0.01, not 1)
-    dropout: float = 0.0  # input dropout after L2 normalisation (0 in TALL, 0.2 in LFT)
+    # input dropout after L2 normalisation (0 in TALL, 0.2 in LFT)
+    dropout: float = flag(0.0, "input dropout in [0, 1)")
     anneal_cap: float = 0.2  # beta_t = min(cap, t / total_anneal_steps) (docs/fidelity.md#multvae)
     total_anneal_steps: int = 200_000
     constant_beta: float | None = None  # fixed beta instead of annealing (LFT uses 0.2)
@@ -50,24 +56,35 @@ class TALLConfig:
     # "loss": softmax_k(1/L_uk); "route": softmax_k(-L_uk/|V_u|/tau) (option); "route_train" (option):
     # the same of the expert's NLL per train item (no validation item in the gate); "uniform"; "mlp"
     # (MoE ablation); "none" (E = 1)
-    gate: str = "loss"
-    gate_temperature: float = 1.0  # tau of the "loss" / "route" / "route_train" gate; 1 is faithful for "loss"
-    gate_stop_gradient: bool = False  # detach the gate (faithful: gradients flow through it)
+    gate: str = flag("loss", "loss: softmax(1/L_uk) (the paper's); route: softmax(-L_uk/|V_u|/tau), a gate that "
+                             "routes (option); route_train: the same of each expert's loss per train item "
+                             "(option, no validation item in the gate); uniform; mlp (default: the model's "
+                             "preset)", choices=GATES)
+    # 1 is faithful for "loss"
+    gate_temperature: float = flag(1.0, "tau of the loss / route / route_train gate")
+    gate_stop_gradient: bool = flag(False, "detach the gate (default: off, gradients flow through it)")
     gate_hidden: int = 2000  # width of the MLP gate M -> 2000 -> E (docs/fidelity.md#ablations)
-    kl_reduction: str = "sum_users"  # "sum_users" (faithful, docs/fidelity.md#kl), "mean", "per_user"
+    # "sum_users" (faithful, docs/fidelity.md#kl), "mean", "per_user"
+    kl_reduction: str = flag("sum_users", "how the KL term is reduced over users", choices=KL_REDUCTIONS)
     # --- adaptive weights (paper Eq. 1-3, docs/fidelity.md#adaptive-weights) ---
     adaptive: str = "loss_change"  # "none", "loss_change" (TALL), "raw_loss" (LMoE+gap+L), "wl"
-    gap: int = 40  # T: epochs 1..T are unweighted
-    alpha: float = 0.08  # alpha of Eq. 1
+    gap: int = flag(40, "T, epochs without adaptive weights")  # epochs 1..T are unweighted
+    alpha: float = flag(0.08, "alpha of the adaptive weights, Eq. 1")
     window: int = 8  # L, length of the loss-change window
-    kkt_mode: str = "paper"  # "paper": Eq. 3 with the 1e-8 clamp; "exact": simplex projection
-    weight_per_item: bool = False  # use l_u / |V_u| as the weight signal (docs/fidelity.md#weights-and-validation-size option)
-    weight_cap: float = 0.0  # > 0: w_u <- min(w_u, cap), then rescaled to mean 1 (option; 0 = the authors' uncapped weights)
-    wl_gamma: float = 1.2  # WL exponent (TALL repo 1.2, LFT repo 1.5; docs/fidelity.md#wl)
+    # "paper": Eq. 3 with the 1e-8 clamp; "exact": simplex projection
+    kkt_mode: str = flag("paper", "paper: Eq. 3 + clamp; exact: simplex projection", choices=KKT_MODES)
+    # docs/fidelity.md#weights-and-validation-size (option)
+    weight_per_item: bool = flag(False, "adaptive-weight signal l_u/|V_u| instead of l_u (default: off)")
+    # > 0: w_u <- min(w_u, cap), then rescaled to mean 1 (option; 0 = the authors' uncapped weights)
+    weight_cap: float = flag(0.0, "cap the adaptive weights at this value, then rescale them to mean 1 "
+                                  "({default}, 0 = no cap)")
+    # TALL repo 1.2, LFT repo 1.5 (docs/fidelity.md#wl)
+    wl_gamma: float = flag(1.2, "WL exponent")
     wl_double_step: bool = True  # TALL-repo WL quirk: an unweighted then a weighted Adam step
     # --- loop ---
-    patience: int = 15  # early stopping on the mean of validation NDCG@{1,5,10,20} (docs/fidelity.md#early-stopping)
-    max_epochs: int = 10_000
+    # early stopping on the mean of validation NDCG@{1,5,10,20} (docs/fidelity.md#early-stopping)
+    patience: int = flag(15, "epochs without a better validation score before stopping")
+    max_epochs: int = flag(10_000, "maximum epochs; early stopping decides the end", name="--epochs")
     seed: int = 0
     # --- execution (no effect on the maths) ---
     eval_batch_size: int = 0  # users per evaluation call (0: same as batch_size)
@@ -75,21 +92,29 @@ class TALLConfig:
     # tall_jax.head.auto_chunk, about a cache's worth of logits on a CPU). Reference path: 0 holds all
     # E logits at once; c > 0 runs the gate pass and the mixture pass over E / c chunks under
     # jax.checkpoint (peak activation memory about c/E, decoder recomputed). Same maths.
-    expert_chunk: int = 0
+    expert_chunk: int = flag(0, "experts per chunk of the gate's loss scan (fused path; 0 = automatic, about "
+                                "a cache's worth of logits) or, with --forward-impl reference, the chunked "
+                                "memory option")
     # "fused" (default): the mixture head of tall_jax.head, which never holds all experts' logits
     # (the gate's losses from a scan over expert chunks with a recomputing custom VJP, the mixture as
     # one GEMM); "reference": every expert's [E, B, M] logits at once, the simple path it is tested
     # against. Same maths.
-    forward_impl: str = "fused"
+    forward_impl: str = flag("fused", "fused: never holds all experts' logits; reference: the simple "
+                                      "all-at-once path (same maths)", choices=FORWARD_IMPLS)
     # matmul precision (tall_jax.precision): "float32" (faithful; full f32 also on GPUs, no TF32),
     # "tensorfloat32" (GPU TF32), "bfloat16" (bf16 inputs, f32 accumulation)
-    matmul_precision: str = "float32"
+    matmul_precision: str = flag("float32", "float32: full f32 products, also on GPUs (faithful); "
+                                            "tensorfloat32: GPU TF32; bfloat16: bf16 inputs with f32 "
+                                            "accumulation", choices=PRECISIONS)
     # the fused path's encoder: "dense" GEMM [B, M] x [M, E 2d], "sparse" gather + segment sum over
     # the batch's train nonzeros (tall_jax.head.encode_experts_sparse), or "auto": sparse when the
     # batch's nonzero bound is below SPARSE_ENCODER_DENSITY of B x M (Yelp/CDs, not ML-1M)
-    encoder: str = "auto"
+    encoder: str = flag("auto", "fused path's encoder: dense GEMM, sparse gather over the batch's nonzeros, "
+                                "or auto by density", choices=ENCODERS)
     # --- reporting ---
-    ks: tuple[int, ...] = ()  # cut-offs ranked beside the faithful (1, 5, 10, 20) (--ks 10 20 50)
+    # cut-offs ranked beside the faithful (1, 5, 10, 20)
+    ks: tuple[int, ...] = flag((), "cut-offs reported beside the faithful 1 5 10 20, e.g. --ks 10 20 50 "
+                                   "(default: none)", metavar="K")
 
     def __post_init__(self) -> None:
         _check_choice("model", self.model, MODELS)

@@ -51,7 +51,11 @@ class RunOptions:
     """How a run executes (never part of its identity). ``resume``: continue the folder's checkpoint
     where there is one (the settings must match); ``checkpoint_every`` / ``keep_epochs``: the
     mixture family's checkpoints (:func:`tall_jax.fit.fit`); ``mesh``: "expert=N" for a mixture;
-    ``global_from``: a finished run folder a local baseline reuses as its global model."""
+    ``global_from``: a finished run folder a local baseline reuses as its global model;
+    ``tensorboard``: a folder for the run's per-epoch scalars as TensorBoard event files
+    (:mod:`tall_jax.tensorboard`; a blend's neural part and a local baseline's global model write
+    into its ``neural`` / ``global_<model>`` subfolder, as in the run folder; a closed form has no
+    epochs and writes none)."""
 
     progress: bool = True
     resume: bool = False
@@ -59,6 +63,7 @@ class RunOptions:
     keep_epochs: tuple[int, ...] = ()
     mesh: str | None = None
     global_from: str | Path | None = None
+    tensorboard: str | Path | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +144,7 @@ FAMILIES: dict[str, Family] = {
         execution_fields=blend.EXECUTION_FIELDS, reads=blend.reads,
         train=lambda plan, ds, out_dir, settings, options: blend.run_blend(
             plan.config, ds, dataset=plan.dataset, out_dir=out_dir, settings=settings,
-            progress=options.progress, resume=options.resume)),
+            progress=options.progress, resume=options.resume, tensorboard=options.tensorboard)),
 }
 
 _ROWS = (
@@ -275,12 +280,13 @@ def run_experiment(dataset: str, model: str, *, out_dir: str | Path, split: str 
                    seed: int = 0, data_dir: str | Path | None = None, progress: bool = True,
                    resume: bool = False, checkpoint_every: int = 10, keep_epochs: tuple[int, ...] = (),
                    overrides: dict[str, Any] | None = None, global_from: str | Path | None = None,
-                   mesh: str | None = None) -> dict[str, Any]:
+                   mesh: str | None = None, tensorboard: str | Path | None = None) -> dict[str, Any]:
     """:func:`resolve_run` then :func:`train_run`: train ``model`` on ``dataset`` into exactly
     ``out_dir`` (:func:`default_out_dir` names the command line's folder) and return its results."""
     plan = resolve_run(dataset, model, seed=seed, overrides=overrides, split=split)
     options = RunOptions(progress=progress, resume=resume, checkpoint_every=checkpoint_every,
-                         keep_epochs=tuple(keep_epochs), mesh=mesh, global_from=global_from)
+                         keep_epochs=tuple(keep_epochs), mesh=mesh, global_from=global_from,
+                         tensorboard=tensorboard)
     return train_run(plan, out_dir=out_dir, options=options, data_dir=data_dir)
 
 

@@ -18,6 +18,7 @@ from tall_jax.datasets import load_dataset
 from tall_jax.fit import fit
 from tall_jax.multirun import fit_seeds
 from tall_jax.protocol import dataset_groups
+from tall_jax.tensorboard import epoch_writer
 
 log = logging.getLogger("tall_jax")
 
@@ -28,16 +29,18 @@ def train_mixture(plan, ds, out_dir: Path, settings: dict[str, Any], options) ->
     already there) and write results.json, per_user_test.npz and the PNG curves; returns the results.
     ``options`` (:class:`tall_jax.models.RunOptions`): progress, resume, checkpoint_every,
     keep_epochs (epochs whose checkpoint is kept, :func:`tall_jax.fit.fit`) and mesh ("expert=N":
-    the experts split over N devices, :mod:`tall_jax.sharding`)."""
+    the experts split over N devices, :mod:`tall_jax.sharding`), tensorboard (a folder for the
+    per-epoch scalars as TensorBoard event files, :mod:`tall_jax.tensorboard`)."""
     config = plan.config
     device_mesh = sharding.make_mesh(*sharding.parse_mesh(options.mesh)) if options.mesh else None
     t0 = time.perf_counter()
     ms_N, groups_N = dataset_groups(ds)
     log.info("%s/%s: %d users, %d items, %d interactions (%.1fs to group)", ds.name,
              ds.split, ds.n_users, ds.n_items, ds.n_interactions, time.perf_counter() - t0)
-    result = fit(ds, config, groups_N=groups_N, ms_N=ms_N, out_dir=out_dir, progress=options.progress,
-                 resume=options.resume, checkpoint_every=options.checkpoint_every,
-                 keep_epochs=options.keep_epochs, mesh=device_mesh)
+    with epoch_writer(options.tensorboard) as on_epoch:
+        result = fit(ds, config, groups_N=groups_N, ms_N=ms_N, out_dir=out_dir, progress=options.progress,
+                     resume=options.resume, checkpoint_every=options.checkpoint_every,
+                     keep_epochs=options.keep_epochs, mesh=device_mesh, on_epoch=on_epoch)
     return _write_run(Path(out_dir), ds, plan.dataset, plan.model, settings, result)
 
 

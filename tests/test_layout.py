@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tall_jax"
 
 # Left to right; a module takes the layer of its longest listed prefix.
 LAYERS = (
-    ("files", "cli", "plots", "checkpoint", "train_state"),  # leaf utilities: no tall_jax import
+    ("files", "cli", "plots", "checkpoint", "train_state", "flags", "tensorboard"),  # leaf utilities: no tall_jax import
     ("datasets",),
     ("protocol",),
     ("batching",),

@@ -8,6 +8,7 @@ import dataclasses
 from typing import Any
 
 from tall_jax.configs import make_config
+from tall_jax.flags import flag
 
 BASELINES = ("loca", "lft", "enlft")
 GLOBAL_WL = ("lft_repo", "tall_repo")
@@ -28,10 +29,12 @@ class BaselineConfig:
     latent: int = 100  # d of every MultVAE (docs/fidelity.md#multvae)
     noise_std: float = 0.01  # reparameterisation noise (docs/fidelity.md#multvae)
     # --- LOCA (docs/fidelity.md#loca) ---
-    n_local: int = 100  # number of local models / anchors
+    n_local: int = flag(100, "LOCA: number of local models", name="--local-models")  # also its anchors
     anchor_stride: int = 10  # anchors are drawn from users 0, 10, 20, ... only
-    train_h: float = 1.0  # kernel bandwidth of the training weights (original LOCA: 0.8)
-    test_h: float = 0.8  # bandwidth of coverage, candidates and inference (original LOCA: 0.4)
+    # kernel bandwidth of the training weights (original LOCA: 0.8)
+    train_h: float = flag(1.0, "LOCA training bandwidth ({default}; original LOCA 0.8)")
+    # bandwidth of coverage, candidates and inference (original LOCA: 0.4)
+    test_h: float = flag(0.8, "LOCA test bandwidth ({default}; original LOCA 0.4)")
     loca_batch: int = 512
     loca_lr: float = 1e-3
     loca_reg: float = 1e-3  # Adam coupled L2 of each local model
@@ -39,8 +42,10 @@ class BaselineConfig:
     loca_beta: float = 0.0  # faithful quirk: local models never get a KL term (docs/fidelity.md#departures)
     loca_loss_norm: str = "count"  # faithful: mean over kept users of K*CE; "weight": / sum K
     loca_global_state: str = "final"  # faithful: embeddings + fallback from the final MultVAE state
-    patience: int = 15  # per-local-model early stopping on its candidates' validation score
-    max_epochs: int = 10_000  # cap on LOCA's local epochs (a reduced run sets it)
+    # per-local-model early stopping on its candidates' validation score
+    patience: int = flag(15, "LOCA: per local model")
+    # cap on LOCA's local epochs (a reduced run sets it)
+    max_epochs: int = flag(10_000, "LOCA: cap on each local model's epochs", name="--epochs")
     # --- LFT / EnLFT (docs/fidelity.md#lft, #enlft) ---
     global_wl: str = "lft_repo"  # WL global model as in the LFT repo (gamma 1.5, one step, ...)
     sim_threshold: float = 0.1  # Jaccard threshold of P_u
@@ -48,18 +53,22 @@ class BaselineConfig:
     cos_threshold: float = 0.2  # cosine threshold of N_u
     min_size: int = 10  # top-10 fallback for P_u and N_u
     max_size: int = 2000  # LFT cap on |N_u| (EnLFT has none)
-    ft_epochs: int = 30
+    ft_epochs: int = flag(30, "LFT/EnLFT: fine-tuning epochs of each local model ({default}; LFT on "
+                                  f"synthetic data {SYNTHETIC_LFT['ft_epochs']})")
     ft_batch: int = 128
     ft_lr: float = 1e-3
     ft_reg: float = 0.01
     ft_dropout: float = 0.2
     ft_beta: float = 0.2  # constant KL weight on the batch-mean KL
-    n_anchors: int = 100  # EnLFT anchors
+    n_anchors: int = flag(100, "EnLFT: number of anchors", name="--anchors")
     anchor_penalty: float = 1.5  # EnLFT greedy redundancy penalty
     agg_cut: float = 0.2  # EnLFT: aggregation weights below this are zeroed
-    users: int = 0  # LFT: fine-tune a seeded random subset of this many users (0: all users)
+    users: int = flag(0, "LFT: fine-tune a seeded random subset of this many users, 0 for all (default: 0, all "
+                              f"users; on synthetic data {SYNTHETIC_LFT['users']}, so that --model lft takes "
+                              "about a minute on 2 CPU cores; results.json's variant records it)")
     # --- execution (no effect on the maths) ---
-    chunk: int = 0  # local models trained together per call (0: from memory_budget_gb)
+    # local models trained together per call (0: from memory_budget_gb)
+    chunk: int = flag(0, "LOCA/LFT/EnLFT: local models trained per call (default: 0, as many as 2 GB hold)")
     memory_budget_gb: float = 2.0  # device memory for one chunk when chunk = 0
     eval_batch: int = 256
 

@@ -24,6 +24,7 @@ from tall_jax.batching import UserData
 from tall_jax.fit import fit
 from tall_jax.metrics import RankingResult
 from tall_jax.protocol import dataset_groups
+from tall_jax.tensorboard import epoch_writer
 
 log = logging.getLogger("tall_jax.baselines")
 # BaselineConfig fields that change how a baseline executes, not its maths (never a variant; a saved
@@ -40,7 +41,7 @@ def same_model(saved: dict[str, Any], gcfg) -> bool:
 
 
 def global_model(ds, gcfg, ms_N, groups_N, folder: Path, which: str, progress: bool,
-                 reuse: Path | None = None):
+                 reuse: Path | None = None, on_epoch=None):
     """The global MultVAE/WL parameters (one expert, ``which`` = "final" or "best" state), trained
     with :func:`tall_jax.fit.fit` into ``folder`` or reloaded from it when its config matches.
 
@@ -73,7 +74,7 @@ def global_model(ds, gcfg, ms_N, groups_N, folder: Path, which: str, progress: b
         meta = json.loads(meta_path.read_text())
         final, best = _load_global(folder, template)
     else:
-        res = fit(ds, gcfg, groups_N=groups_N, ms_N=ms_N, out_dir=folder, progress=progress)
+        res = fit(ds, gcfg, groups_N=groups_N, ms_N=ms_N, out_dir=folder, progress=progress, on_epoch=on_epoch)
         final, best = res.state, res.best_params
         meta = {"config": gcfg.to_dict(), "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
                 "wall_time_s": res.wall_time_s, "test": res.test.to_json()}
@@ -120,7 +121,8 @@ def train_local(plan, ds, out_dir: Path, settings: dict[str, Any], options) -> d
     and write results.json, per_user_test.npz and evaluated_users.npy; finished LOCA local models are
     reused. ``options`` (:class:`tall_jax.models.RunOptions`): progress, and ``global_from``: a
     finished MultVAE (LOCA) or WL (LFT, EnLFT) run folder reused as the global model instead of
-    training one (its settings must equal the baseline's global config)."""
+    training one (its settings must equal the baseline's global config); tensorboard: a folder whose
+    ``global_<model>`` subfolder gets the global model's per-epoch scalars (:mod:`tall_jax.tensorboard`)."""
     config, dataset, model, seed = plan.config, plan.dataset, plan.model, plan.seed
     progress, global_from = options.progress, options.global_from
     out = Path(out_dir)
@@ -129,8 +131,10 @@ def train_local(plan, ds, out_dir: Path, settings: dict[str, Any], options) -> d
     gcfg = global_config(dataset, config)
     which = config.loca_global_state if model == "loca" else "best"
     t_global = time.perf_counter()
-    gparams, gmeta = global_model(ds, gcfg, ms_N, groups_N, out / f"global_{gcfg.model}", which, progress,
-                                 None if global_from is None else Path(global_from))
+    events = None if options.tensorboard is None else Path(options.tensorboard) / f"global_{gcfg.model}"
+    with epoch_writer(events) as on_epoch:
+        gparams, gmeta = global_model(ds, gcfg, ms_N, groups_N, out / f"global_{gcfg.model}", which, progress,
+                                     None if global_from is None else Path(global_from), on_epoch=on_epoch)
     t_global = time.perf_counter() - t_global
     data = UserData.from_dataset(ds)
     t_model = time.perf_counter()

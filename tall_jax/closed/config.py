@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from tall_jax.flags import flag
 from tall_jax.weights import MODES as KKT_MODES
 from tall_jax.weights import SIGNALS as KKT_SIGNALS
 
@@ -65,29 +66,52 @@ DATASET_PRESETS: dict[str, dict[str, dict[str, Any]]] = {}
 HP = tuple[tuple[str, float], ...]
 
 
+def parse_hp(text: str) -> tuple[str, float]:
+    """``"lambda=800"`` -> ``("lambda", 800.0)``; ValueError naming the expected form otherwise."""
+    name, sep, value = str(text).partition("=")
+    name = name.strip()
+    if not sep or not name:
+        raise ValueError(f"hyper-parameter {text!r}: expected NAME=VALUE, e.g. lambda=800")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"hyper-parameter {text!r}: {value.strip()!r} is not a number") from None
+    return name, number
+
+
 @dataclasses.dataclass(frozen=True)
 class ClosedConfig:
     """Every knob of the closed-form and neighbourhood models (docs/closed_forms.md)."""
 
     model: str = "ease"  # one of CLOSED_MODELS
     seed: int = 0  # recorded only: every closed model is deterministic
-    hp: HP = ()  # (name, value) pairs fixing hyper-parameters (each skips its grid), sorted by name
-    dtype: str = "float32"  # working precision of Gram, solve and similarities ("float64" on request)
+    # (name, value) pairs fixing hyper-parameters (each skips its grid), sorted by name
+    hp: HP = flag((), "fix a hyper-parameter instead of choosing it on validation over its grid, e.g. --hp "
+                      "lambda=800 (repeatable; goes to each chosen model whose grid has NAME; "
+                      "docs/closed_forms.md lists the grids) (default: every grid searched)",
+                  parse=parse_hp, metavar="NAME=VALUE", repeat=True)
+    # working precision of Gram, solve and similarities ("float64" on request)
+    dtype: str = flag("float32", "precision of the closed-form solves", choices=DTYPES)
     # --- ease_kkt (docs/closed_forms.md#ease_kkt) ---
-    kkt_signal: str = "loss_change"  # "loss_change" (TALL) or "raw_loss" (LMoE+gap+L)
-    kkt_mode: str = "paper"  # Eq. 3 as the authors' closed form ("paper") or the simplex projection
+    # "loss_change" (TALL) or "raw_loss" (LMoE+gap+L)
+    kkt_signal: str = flag("loss_change", "ease_kkt: the weight signal, the loss change between lambda and 2 "
+                                          "lambda (TALL's idea) or the raw loss (docs/closed_forms.md#ease_kkt)",
+                           choices=KKT_SIGNALS)
+    # Eq. 3 as the authors' closed form ("paper") or the simplex projection
+    kkt_mode: str = flag("paper", "ease_kkt: the same, for its weights", choices=KKT_MODES)
     # --- loca_ease: LOCA's anchors and kernels (BaselineConfig's defaults, docs/fidelity.md#loca) ---
-    n_local: int = 100
+    n_local: int = flag(100, "loca_ease: its number of local EASEs", name="--local-models")
     anchor_stride: int = 10
-    train_h: float = 1.0
-    test_h: float = 0.8
+    train_h: float = flag(1.0, "loca_ease: its training bandwidth")
+    test_h: float = flag(0.8, "loca_ease: its test bandwidth")
     latent: int = 100  # dimension of the truncated-SVD user embedding the kernels are computed on
     # --- execution (no effect on the maths) ---
     solver: str = "auto"  # "lapack" (host, in place), "jax" (device, batched); auto: jax off the CPU
-    chunk: int = 0  # local EASEs solved per batched call (0: from memory_budget_gb)
+    # local EASEs solved per batched call (0: from memory_budget_gb)
+    chunk: int = flag(0, "loca_ease: local EASEs solved per batched call (default: 0, as many as 2 GB hold)")
     memory_budget_gb: float = 2.0  # host / device memory for one chunk of solves or score rows
     eval_batch: int = 256
-    ks: tuple[int, ...] = ()  # cut-offs ranked beside (1, 5, 10, 20)
+    ks: tuple[int, ...] = flag((), "", metavar="K")  # cut-offs ranked beside (1, 5, 10, 20)
 
     def __post_init__(self) -> None:
         if self.model not in CLOSED_MODELS:
@@ -126,19 +150,6 @@ class ClosedConfig:
 
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
-
-
-def parse_hp(text: str) -> tuple[str, float]:
-    """``"lambda=800"`` -> ``("lambda", 800.0)``; ValueError naming the expected form otherwise."""
-    name, sep, value = str(text).partition("=")
-    name = name.strip()
-    if not sep or not name:
-        raise ValueError(f"hyper-parameter {text!r}: expected NAME=VALUE, e.g. lambda=800")
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"hyper-parameter {text!r}: {value.strip()!r} is not a number") from None
-    return name, number
 
 
 def _pairs(hp: Any) -> list[tuple[str, Any]]:

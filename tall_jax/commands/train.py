@@ -24,38 +24,46 @@ import shutil
 import sys
 from pathlib import Path
 
-from tall_jax import identity
-from tall_jax.baselines.config import SYNTHETIC_LFT, BaselineConfig, global_config
+from tall_jax import identity, tensorboard
+from tall_jax.baselines.config import BaselineConfig, global_config
 from tall_jax.baselines.experiment import shared_global
+from tall_jax.blend import BlendConfig
 from tall_jax.cli import HelpFormatter, Parser, show_progress_logs
-from tall_jax.closed.config import parse_hp
-from tall_jax.configs import DATASET_PRESETS, ENCODERS, FORWARD_IMPLS, GATES, MODEL_PRESETS, TALLConfig
+from tall_jax.closed.config import ClosedConfig
+from tall_jax.configs import DATASET_PRESETS, MODEL_PRESETS, TALLConfig
 from tall_jax.datasets import KNOWN_DATASETS, DownloadError, load_dataset, register_dataset
 from tall_jax.datasets.download import DEFAULT_TIMEOUT, ENV_OFFLINE, ENV_TIMEOUT, check_timeout
 from tall_jax.datasets.own import DEFAULT_KCORE, looks_like_path, parse_columns
 from tall_jax.files import RunLockedError
+from tall_jax.flags import add_flags, flag_fields, plain_default
 from tall_jax.metrics import RankingResult
 from tall_jax.models import (FAMILIES, MODEL_TABLE, RunOptions, check_options, default_out_dir, family_of,
                              resolve_run, train_run)
-from tall_jax.precision import PRECISIONS
 from tall_jax.run import run_seeds_together
 from tall_jax.sharding import make_mesh, parse_mesh
 from tall_jax.state import checkpoint_progress
 
-# CLI flag -> config field. A flag goes to every chosen model whose code reads that field (the model
-# table's Family.reads): --experts to the mixtures, --users to LFT, --hp to the closed forms whose grid
-# has that hyper-parameter; a flag no chosen model reads is an error.
-FLAG_FIELDS = {
-    "experts": "n_experts", "epochs": "max_epochs", "batch_size": "batch_size", "lr": "lr",
-    "reg": "reg", "gap": "gap", "alpha": "alpha", "patience": "patience",
-    "kkt_mode": "kkt_mode", "gate_temperature": "gate_temperature", "kl_reduction": "kl_reduction",
-    "wl_gamma": "wl_gamma", "dropout": "dropout", "expert_chunk": "expert_chunk",
-    "matmul_precision": "matmul_precision", "forward_impl": "forward_impl", "encoder": "encoder",
-    "ks": "ks", "gate": "gate", "weight_cap": "weight_cap", "gate_stop_gradient": "gate_stop_gradient",
-    "weight_per_item": "weight_per_item",
-    "local_models": "n_local", "anchors": "n_anchors", "users": "users", "train_h": "train_h",
-    "test_h": "test_h", "chunk": "chunk", "ft_epochs": "ft_epochs",
-    "hp": "hp", "dtype": "dtype", "beta": "beta", "kkt_signal": "kkt_signal",
+# The config classes whose fields the command line sets, in the order of their --help groups.
+CONFIG_CLASSES = (TALLConfig, BaselineConfig, ClosedConfig, BlendConfig)
+# CLI flag (its argparse attribute) -> config field, made from the fields' flags (tall_jax.flags). A
+# flag goes to every chosen model whose code reads that field (the model table's Family.reads):
+# --experts to the mixtures, --users to LFT, --hp to the closed forms whose grid has that
+# hyper-parameter; a flag no chosen model reads is an error.
+FLAG_FIELDS = flag_fields(CONFIG_CLASSES)
+# The config fields with no flag, on purpose: --model and --seed set model and seed; the rest are the
+# published models' constants, fixed by a model's preset, or execution details a library caller may
+# set (resolve_run's overrides).
+UNFLAGGED: dict[type, tuple[str, ...]] = {
+    TALLConfig: ("model", "seed", "latent", "weight_decay_per_expert", "noise_std", "anneal_cap",
+                 "total_anneal_steps", "constant_beta", "gate_hidden", "adaptive", "window", "wl_double_step",
+                 "eval_batch_size"),
+    BaselineConfig: ("model", "seed", "latent", "noise_std", "anchor_stride", "loca_batch", "loca_lr", "loca_reg",
+                     "loca_dropout", "loca_beta", "loca_loss_norm", "loca_global_state", "global_wl",
+                     "sim_threshold", "alpha_mix", "cos_threshold", "min_size", "max_size", "ft_batch", "ft_lr",
+                     "ft_reg", "ft_dropout", "ft_beta", "anchor_penalty", "agg_cut", "memory_budget_gb",
+                     "eval_batch"),
+    ClosedConfig: ("model", "seed", "anchor_stride", "latent", "solver", "memory_budget_gb", "eval_batch"),
+    BlendConfig: ("model", "seed", "eval_batch"),
 }
 # What a user can get wrong (flags, files, settings, network): one line on stderr, exit status 2.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, DownloadError, OSError)
@@ -111,13 +119,6 @@ def _finite(text: str) -> float:
     return value
 
 
-def _hp(text: str) -> tuple[str, float]:
-    try:
-        return parse_hp(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def _dataset(text: str) -> str:
     if text in KNOWN_DATASETS or looks_like_path(text):
         return text
@@ -160,83 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "(LOCA a multvae run, LFT the WL of an enlft run, and vice versa)")
     p.add_argument("--out", default="runs", help="output root")
     m = p.add_argument_group("MultVAE / WL / mixtures (unset: the faithful preset of dataset and model)")
-    m.add_argument("--experts", type=int, help="E, number of experts of a mixture (" + _preset("n_experts") + ")")
-    m.add_argument("--epochs", type=int,
-                   help="maximum epochs; early stopping decides the end (" + _preset("max_epochs") +
-                        "); LOCA: cap on each local model's epochs (" + _baseline_default("max_epochs") + ")")
-    m.add_argument("--batch-size", type=int, help="users per step (" + _preset("batch_size") + ")")
-    m.add_argument("--lr", type=float, help="Adam learning rate, > 0 (" + _preset("lr") + ")")
-    m.add_argument("--reg", type=float, help="weight decay before division by E, >= 0 (" + _preset("reg") + ")")
-    m.add_argument("--gap", type=int, help="T, epochs without adaptive weights (" + _preset("gap") + ")")
-    m.add_argument("--alpha", type=float, help="alpha of the adaptive weights, Eq. 1 (" + _preset("alpha") + ")")
-    m.add_argument("--patience", type=int,
-                   help="epochs without a better validation score before stopping (" + _preset("patience") +
-                        "); LOCA: per local model (" + _baseline_default("patience") + ")")
-    m.add_argument("--kkt-mode", choices=["paper", "exact"],
-                   help="paper: Eq. 3 + clamp; exact: simplex projection (" + _preset("kkt_mode") + ")")
-    m.add_argument("--gate", choices=list(GATES),
-                   help="loss: softmax(1/L_uk) (the paper's); route: softmax(-L_uk/|V_u|/tau), a gate "
-                        "that routes (option); route_train: the same of each expert's loss per train "
-                        "item (option, no validation item in the gate); uniform; mlp (default: the "
-                        "model's preset)")
-    m.add_argument("--gate-temperature", type=float,
-                   help="tau of the loss / route / route_train gate (" + _preset("gate_temperature") + ")")
-    m.add_argument("--gate-stop-gradient", action="store_true", default=None,
-                   help="detach the gate (default: off, gradients flow through it)")
-    m.add_argument("--kl-reduction", choices=["sum_users", "mean", "per_user"],
-                   help="how the KL term is reduced over users (" + _preset("kl_reduction") + ")")
-    m.add_argument("--weight-per-item", action="store_true", default=None,
-                   help="adaptive-weight signal l_u/|V_u| instead of l_u (default: off)")
-    m.add_argument("--weight-cap", type=float,
-                   help="cap the adaptive weights at this value, then rescale them to mean 1 (" + _preset("weight_cap") + ", 0 = no cap)")
-    m.add_argument("--wl-gamma", type=float, help="WL exponent (" + _preset("wl_gamma") + ")")
-    m.add_argument("--dropout", type=float, help="input dropout in [0, 1) (" + _preset("dropout") + ")")
-    m.add_argument("--expert-chunk", type=int,
-                   help="experts per chunk of the gate's loss scan (fused path; 0 = 1) or, with "
-                        "--forward-impl reference, the chunked memory option (" + _preset("expert_chunk") + ")")
-    m.add_argument("--matmul-precision", choices=list(PRECISIONS),
-                   help="float32: full f32 products, also on GPUs (faithful); tensorfloat32: GPU TF32; "
-                        "bfloat16: bf16 inputs with f32 accumulation (" + _preset("matmul_precision") + ")")
-    m.add_argument("--forward-impl", choices=list(FORWARD_IMPLS),
-                   help="fused: never holds all experts' logits; reference: the simple all-at-once path "
-                        "(same maths) (" + _preset("forward_impl") + ")")
-    m.add_argument("--encoder", choices=list(ENCODERS),
-                   help="fused path's encoder: dense GEMM, sparse gather over the batch's nonzeros, or "
-                        "auto by density (" + _preset("encoder") + ")")
     b = p.add_argument_group("LOCA / LFT / EnLFT")
-    b.add_argument("--local-models", type=int, help="LOCA: number of local models (" + _baseline_default("n_local") + ")")
-    b.add_argument("--anchors", type=int, help="EnLFT: number of anchors (" + _baseline_default("n_anchors") + ")")
-    b.add_argument("--users", type=int,
-                   help="LFT: fine-tune a seeded random subset of this many users, 0 for all (default: "
-                        f"0, all users; on synthetic data {SYNTHETIC_LFT['users']}, so that --model lft "
-                        "takes about a minute on 2 CPU cores; results.json's variant records it)")
-    b.add_argument("--ft-epochs", type=int,
-                   help="LFT/EnLFT: fine-tuning epochs of each local model (" + _baseline_default("ft_epochs")
-                        + f"; LFT on synthetic data {SYNTHETIC_LFT['ft_epochs']})")
-    b.add_argument("--train-h", type=float, help="LOCA training bandwidth (" + _baseline_default("train_h") + "; original LOCA 0.8)")
-    b.add_argument("--test-h", type=float, help="LOCA test bandwidth (" + _baseline_default("test_h") + "; original LOCA 0.4)")
-    b.add_argument("--chunk", type=int,
-                   help="LOCA/LFT/EnLFT: local models trained per call (default: 0, as many as 2 GB hold)")
+    c = p.add_argument_group("closed forms and neighbourhoods (pop, itemknn, rp3beta, ease, ease_wl, "
+                             "ease_ms, ease_kkt, loca_ease)")
+    add_flags([(TALLConfig, m, lambda cls, field: _preset(field)),
+               (BaselineConfig, b, lambda cls, field: _baseline_default(field)),
+               (ClosedConfig, c, plain_default), (BlendConfig, c, plain_default)])
     b.add_argument("--global-from", default=None, metavar="RUN_DIR",
                    help="LOCA/LFT/EnLFT: reuse a finished run folder as the global model (a multvae run "
                         "for LOCA, a wl run with the LFT-repo settings for LFT/EnLFT) instead of training "
                         "one (default: train it)")
-    m.add_argument("--ks", type=int, nargs="+", default=None, metavar="K",
-                   help="cut-offs reported beside the faithful 1 5 10 20, e.g. --ks 10 20 50 (default: none)")
-    c = p.add_argument_group("closed forms and neighbourhoods (pop, itemknn, rp3beta, ease, ease_wl, "
-                             "ease_ms, ease_kkt, loca_ease)")
-    c.add_argument("--hp", action="append", type=_hp, default=None, metavar="NAME=VALUE",
-                   help="fix a hyper-parameter instead of choosing it on validation over its grid, e.g. "
-                        "--hp lambda=800 (repeatable; goes to each chosen model whose grid has NAME; "
-                        "docs/closed_forms.md lists the grids) (default: every grid searched)")
-    c.add_argument("--dtype", choices=["float32", "float64"], default=None,
-                   help="precision of the closed-form solves (default: float32)")
-    c.add_argument("--kkt-signal", choices=["loss_change", "raw_loss"], default=None,
-                   help="ease_kkt: the weight signal, the loss change between lambda and 2 lambda (TALL's "
-                        "idea) or the raw loss (docs/closed_forms.md#ease_kkt) (default: loss_change)")
-    c.add_argument("--beta", type=_finite, default=None,
-                   help="blends (tall_ease, lmoe_ease, multvae_ease): the neural share of the mixed scores, "
-                        "in [0, 1] (default: chosen on validation over 0, 0.1, ..., 1)")
     r = p.add_argument_group("running")
     r.add_argument("--together", action="store_true",
                    help="train the --seed values of each model as one vmapped program (tall_jax.multirun; "
@@ -253,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--mesh", default=None, metavar="expert=N",
                    help="split a mixture's experts over N devices (tall_jax.sharding; E divisible by N; "
                         "checkpoints are written shard by shard) (default: one device)")
+    r.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="also write each epoch's scalars (loss, validation score and NDCG@20 per group, gate "
+                        "entropy, seconds) as TensorBoard event files into DIR/<dataset>/<model folder>/seed<k>, "
+                        "beside the JSON history; closed forms have no epochs (needs tensorboardX: pip install "
+                        "'tall_jax[tensorboard]'; docs/tensorboard.md) (default: none)")
     return p
 
 
@@ -333,6 +272,12 @@ def _check_flags(args: argparse.Namespace, given: dict[str, object]) -> None:
         raise ValueError("--resume continues a run folder and --overwrite starts it afresh: choose one")
 
 
+def _events(args: argparse.Namespace, root: Path, out: Path) -> Path | None:
+    """The --tensorboard folder of the run in ``out``: DIR/<dataset>/<model folder>/seed<k> (None without
+    the flag)."""
+    return None if args.tensorboard is None else Path(args.tensorboard) / out.relative_to(root)
+
+
 def _repeated(values: list) -> list:
     return sorted({v for v in values if values.count(v) > 1}, key=str)
 
@@ -395,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
             if _repeated(values):
                 raise ValueError(f"{flag} {' '.join(map(str, values))}: {', '.join(map(str, _repeated(values)))} "
                                  "given twice (each would train the same run folder again)")
+        if args.tensorboard is not None and not tensorboard.available():
+            raise ValueError(f"--tensorboard needs the optional package tensorboardX, which is not installed: "
+                             f"{tensorboard.INSTALL}")
         # the MultVAE family first: its runs can serve as the local baselines' global models
         args.model = sorted(args.model, key=lambda m: MODEL_TABLE[m].family != "mixture")
         own = args.dataset not in KNOWN_DATASETS
@@ -448,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
                                           out_dirs=[outs[s, model] for s in args.seed],
                                           data_dir=args.data_dir, progress=not args.no_progress)
                 together.update({(s, model): r for s, r in zip(args.seed, runs)})
+                if args.tensorboard is not None:
+                    for s, r in zip(args.seed, runs):
+                        tensorboard.write_history(_events(args, root, outs[s, model]), r["history"])
         for seed in args.seed:
             for model in args.model:
                 out, plan = outs[seed, model], plans[seed, model]
@@ -472,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
                     if global_from is not None and args.global_from is None:
                         print(f"[{model}] seed {seed}: reuses the global model in {global_from} (same settings)")
                 options = RunOptions(progress=not args.no_progress, resume=todo[seed, model] == "resume",
-                                     mesh=args.mesh, global_from=global_from)
+                                     mesh=args.mesh, global_from=global_from,
+                                     tensorboard=_events(args, root, out))
                 res = together.get((seed, model)) or train_run(plan, out_dir=out, options=options,
                                                                data_dir=args.data_dir)
                 summaries[(model, seed)] = _show(model, seed, res, out)
