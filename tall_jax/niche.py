@@ -37,7 +37,7 @@ import scipy.stats
 
 from tall_jax import paper
 from tall_jax.files import atomic_write_bytes, atomic_write_text
-from tall_jax.report import Run, collect_runs, produced_by
+from tall_jax.report import RunRecord, collect_runs, produced_by
 from tall_jax.table2 import COLUMNS, SECONDS_NOTE, Row, build_rows, grouped_runs, plot, reference_label
 
 PROG = "python -m tall_jax.niche"
@@ -63,7 +63,7 @@ class Paired:
     p: float  # two-sided Wilcoxon signed-rank (NaN without users or when every difference is 0)
 
 
-def per_user(runs: Sequence[Run], metric: str) -> PerUser:
+def per_user(runs: Sequence[RunRecord], metric: str) -> PerUser:
     """The mean over ``runs`` (a row's seeds) of each user's ``metric``: over the seeds that evaluated
     the user with a defined value. Raises ValueError when a per-user file is missing or when two
     seeds put a user in different groups."""
@@ -104,7 +104,7 @@ class Entry:
     """A model's row on the page and its tests."""
 
     row: Row  # the Table 2 "ours" row: label, seeds, mean ± std, seconds
-    runs: list[Run]
+    runs: list[RunRecord]
     users: PerUser | None  # None: a run lacks its per-user file (then no test)
     vs_faithful: dict[str, Paired] = dataclasses.field(default_factory=dict)  # column -> test
     vs_best: dict[str, Paired] = dataclasses.field(default_factory=dict)  # column -> test (not the best)
@@ -129,7 +129,7 @@ class Section:
     rows: list[Row]  # Table 2 rows (ours and the paper's) for the plot
 
 
-def build(runs: Sequence[Run], metric: str = "ndcg@20", faithful: str = FAITHFUL,
+def build(runs: Sequence[RunRecord], metric: str = "ndcg@20", faithful: str = FAITHFUL,
           alpha: float = ALPHA) -> list[Section]:
     """The page's sections, one per dataset (:func:`tall_jax.table2.grouped_runs` order)."""
     rows = build_rows(runs, metric, "paper")

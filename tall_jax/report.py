@@ -41,7 +41,7 @@ REQUIRED_KEYS = ("dataset", "model", "seed", "test")
 
 
 @dataclasses.dataclass(frozen=True)
-class Run:
+class RunRecord:
     """One results.json: where it came from and its test summary."""
 
     path: Path
@@ -142,7 +142,7 @@ def _chosen_hp(value: Any) -> tuple[tuple[str, Any], ...] | None:
     return (("hp", plain(value)),)
 
 
-def load_run(path: Path) -> Run:
+def load_run(path: Path) -> RunRecord:
     """Parse one results.json; raises ValueError naming the file and the problem."""
     try:
         d = json.loads(path.read_text())
@@ -169,12 +169,12 @@ def load_run(path: Path) -> Run:
         users = tuple(int(u) for u in np.load(users_path))
     settings = d.get("settings")
     experts = settings.get("n_experts") if isinstance(settings, dict) else None
-    return Run(path, str(d["dataset"]), str(d["model"]), seed, str(d.get("split", "?")), test,
-               str(d.get("variant", "") or ""), users, run_seconds(d), _chosen_hp(d.get("chosen_hp")),
-               experts if isinstance(experts, int) and not isinstance(experts, bool) else None)
+    return RunRecord(path, str(d["dataset"]), str(d["model"]), seed, str(d.get("split", "?")), test,
+                     str(d.get("variant", "") or ""), users, run_seconds(d), _chosen_hp(d.get("chosen_hp")),
+                     experts if isinstance(experts, int) and not isinstance(experts, bool) else None)
 
 
-def collect_runs(root: Path, skip_malformed: bool = False) -> list[Run]:
+def collect_runs(root: Path, skip_malformed: bool = False) -> list[RunRecord]:
     """Every results.json below ``root`` (sorted by path)."""
     root = Path(root)
     if not root.is_dir():
@@ -200,7 +200,8 @@ def collect_runs(root: Path, skip_malformed: bool = False) -> list[Run]:
     return runs
 
 
-def record_runs(runs: Sequence[Run], roots: Sequence[Path], record: Path, metric: str) -> tuple[int, list[Path]]:
+def record_runs(runs: Sequence[RunRecord], roots: Sequence[Path], record: Path,
+                metric: str) -> tuple[int, list[Path]]:
     """Keep each run (:func:`tall_jax.results.keep_run`) in ``record``, at its path below the runs
     folder it was found in, under that folder's own path (``runs/table2/ml-1m/wl/seed0`` ->
     ``record/runs/table2/ml-1m/wl/seed0``). A run read from a page's record (this one or another
@@ -225,7 +226,8 @@ def record_runs(runs: Sequence[Run], roots: Sequence[Path], record: Path, metric
     return written, others
 
 
-def produced_by(argv: Sequence[str] | None, runs: Sequence[Run], prog: str = "python -m tall_jax.report") -> str:
+def produced_by(argv: Sequence[str] | None, runs: Sequence[RunRecord],
+                prog: str = "python -m tall_jax.report") -> str:
     """The page's provenance line: the command, the date, and how many runs it read."""
     args = sys.argv[1:] if argv is None else list(argv)
     command = " ".join([prog, *map(shlex.quote, args)])

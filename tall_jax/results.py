@@ -1,5 +1,5 @@
 """The one writer of a run's ``results.json``: the environment block, the variant string, the
-reference (paper) rows and the atomic write, shared by the MultVAE family (:mod:`tall_jax.run`), the
+reference (paper) rows and the atomic write, shared by the MultVAE family (:mod:`tall_jax.experiment`), the
 baselines (:mod:`tall_jax.baselines.experiment`) and the two-tower model (its
 ``two_tower_results.json``, a sibling schema: the same ``environment``, ``variant`` and ``settings``
 keys around its own AP tables).

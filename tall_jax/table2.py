@@ -30,7 +30,7 @@ from tall_jax.files import atomic_write_bytes
 from tall_jax.metrics import FAIRNESS_COLUMNS, group_fairness
 
 if TYPE_CHECKING:
-    from tall_jax.report import Run
+    from tall_jax.report import RunRecord
 
 COLUMNS = paper.COLUMNS
 PAPER_BASELINES = ("multvae", "wl", "enlft", "loca", "lft")  # the paper's single-model rows
@@ -161,7 +161,7 @@ def label(model: str, variant: str = "", experts: int | None = None, hp: str = "
     return f"{name} ({', '.join(parts)})" if parts else name
 
 
-def run_label(group: Sequence[Run]) -> str:
+def run_label(group: Sequence[RunRecord]) -> str:
     """The label of the row of ``group`` (the runs of one row name): its E, and the hyper-parameters
     its runs chose (when they differ between seeds: "chosen per seed")."""
     first = group[0]
@@ -178,14 +178,14 @@ def reference_label(model: str, source: str = "") -> str:
     return label(model, experts=paper.EXPERTS if is_mixture(model) else None, source=source)
 
 
-def grouped_runs(runs: Sequence[Run]) -> list[tuple[str, str, list[Run]]]:
+def grouped_runs(runs: Sequence[RunRecord]) -> list[tuple[str, str, list[RunRecord]]]:
     """(dataset, row name, its runs) in page order: datasets in ``DATASET_ORDER``, models in
     ``MODEL_ORDER`` (others after them, alphabetically), within a model the larger E first, then by
     name. The one grouping of runs into rows of every page (Table 2, the spread, the niche page)."""
     order = {m: i for i, m in enumerate(MODEL_ORDER)}
     out = []
     for ds in _order({r.dataset for r in runs}, DATASET_ORDER):
-        by_name: dict[str, list[Run]] = {}
+        by_name: dict[str, list[RunRecord]] = {}
         for r in runs:
             if r.dataset == ds:
                 by_name.setdefault(r.name, []).append(r)
@@ -198,7 +198,7 @@ def grouped_runs(runs: Sequence[Run]) -> list[tuple[str, str, list[Run]]]:
     return out
 
 
-def _hp_json(group: Sequence[Run]) -> str:
+def _hp_json(group: Sequence[RunRecord]) -> str:
     hps = {r.chosen_hp for r in group}
     if len(hps) != 1 or group[0].chosen_hp is None:
         return "" if hps == {None} else json.dumps([dict(r.chosen_hp or ()) for r in group], default=str)
@@ -209,13 +209,14 @@ def _improvement(tall: Sequence[float], x: Sequence[float]) -> tuple[float, ...]
     return tuple((t - v) / v * 100.0 if v != 0 else math.nan for t, v in zip(tall, x))
 
 
-def _tall_on_subsets(tall_runs: Sequence[Run], x_runs: Sequence[Run], metric: str) -> tuple[float, ...]:
+def _tall_on_subsets(tall_runs: Sequence[RunRecord], x_runs: Sequence[RunRecord],
+                     metric: str) -> tuple[float, ...]:
     """TALL's mean over each subset run's own users, averaged over TALL's seeds and the subset runs."""
     per_pair = np.array([[t.values_on(x.users, metric) for t in tall_runs] for x in x_runs])
     return tuple(float(v) for v in per_pair.mean(axis=(0, 1)))
 
 
-def build_rows(runs: Sequence[Run], metric: str = "ndcg@20",
+def build_rows(runs: Sequence[RunRecord], metric: str = "ndcg@20",
                reference: str | Sequence[str] | None = "paper") -> list[Row]:
     """Table 2 rows per dataset, in :func:`grouped_runs` order: each model's mean ± std over seeds, its
     reference rows (only for the paper's metric, NDCG@20; ``reference``: one or several of "paper",
@@ -277,7 +278,7 @@ def build_rows(runs: Sequence[Run], metric: str = "ndcg@20",
 FAIRNESS_KEYS = tuple(key for key, _, _ in FAIRNESS_COLUMNS)  # max_minus_min, low_over_high, std
 
 
-def fairness_rows(runs: Sequence[Run], metric: str = "ndcg@20",
+def fairness_rows(runs: Sequence[RunRecord], metric: str = "ndcg@20",
                   reference: str | Sequence[str] | None = "paper") -> list[Row]:
     """Per dataset and row name, the spread of ``metric`` over the mainstream groups (``FAIRNESS_KEYS``
     of :func:`tall_jax.metrics.group_fairness`): "ours" rows hold the mean ± std (ddof=1) over seeds of
@@ -365,7 +366,7 @@ LABELS_NOTE = ("Labels: a mixture of MultVAE experts names its E (the paper's mi
                "[variant], as the runs record it) is its key in the CSV.")
 
 
-def to_markdown(rows: Sequence[Row], metric: str, runs: Sequence[Run],
+def to_markdown(rows: Sequence[Row], metric: str, runs: Sequence[RunRecord],
                 fairness: Sequence[Row] = (), produced_by: str = "") -> str:
     """Table 2 per dataset, each followed by its spread-over-groups table when ``fairness`` rows
     (:func:`fairness_rows`) are given; ``produced_by``: a line that says how the page was made."""

@@ -19,8 +19,8 @@ LAYERS = (
     ("vae", "gate", "head", "weights", "precision", "metrics", "ranking", "objective", "optim",
      "sharding", "configs"),  # model maths and the configuration it reads
     ("state", "steps", "evaluation", "stopping"),
-    ("fit", "multirun", "baselines", "closed"),  # training loops, the local baselines' training
-    ("run", "blend", "baselines.experiment", "closed.experiment", "results", "identity", "paper",
+    ("fit", "fit_seeds", "baselines", "closed"),  # training loops, the local baselines' training
+    ("experiment", "blend", "baselines.experiment", "closed.experiment", "results", "identity", "paper",
      "two_tower"),  # experiments
     ("models",),  # the model table: every family's config and trainer, a run resolved once
     ("report", "table2", "niche", "study", "two_tower.report", "two_tower.study", "two_tower.study_page",
@@ -110,7 +110,7 @@ def test_nothing_imports_an_entry_point():
 
 def test_the_checker_sees_every_kind_of_import():
     source = ("from tall_jax import fit\nfrom . import batching\nimport tall_jax.steps\n"
-              "if TYPE_CHECKING:\n    from tall_jax.report import Run\n"
+              "if TYPE_CHECKING:\n    from tall_jax.report import RunRecord\n"
               "def f():\n    from tall_jax.baselines import local\n    from .datasets.own import x\n")
     assert imports(source, "protocol") == [(1, "fit"), (2, "batching"), (3, "steps"),
                                            (7, "baselines.local"), (8, "datasets.own")]

@@ -26,7 +26,7 @@ from tall_jax.configs import DATASET_PRESETS
 from tall_jax.results import record_dir
 from tall_jax.study import records as records_lib
 from tall_jax.study.analysis import collect, seconds_left
-from tall_jax.study.runner import execute, plan, run_one, standing
+from tall_jax.study.jobs import execute, plan, run_one, standing
 from tall_jax.study.variants import CURVES, STUDIES, ablation_variants, precision_variants, select
 from tall_jax.study.writeup import write_page
 
