@@ -12,7 +12,7 @@ import scipy.stats
 from tall_jax import checkpoint
 from tall_jax import state as state_lib
 from tall_jax.configs import make_config
-from tall_jax.metrics import GROUP_NAMES
+from tall_jax.protocol import GROUP_NAMES
 from tall_jax.study import analysis, jobs, variants as V
 from tall_jax.study.__main__ import default_page, main
 from tall_jax.study.writeup import write_page

@@ -28,7 +28,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from tqdm.auto import tqdm
+
 from tall_jax import state as state_lib
+from tall_jax.datasets import load_dataset
 from tall_jax.identity import field_differences
 from tall_jax.models import run_experiment
 from tall_jax.study.variants import Variant
@@ -158,14 +161,11 @@ def execute(runs: list[StudyJob], *, dataset: str, n_experts: int, data_dir: str
     """Train every unfinished run, ``jobs`` processes at a time; returns the labels that failed
     (their log: ``<out_dir>/train.log``). ``on_finish(run)`` is called as each run finishes (the
     study records it there, so a session cut short keeps every finished run)."""
-    from tqdm.auto import tqdm
-
     for run in runs:
         check_folder(run, dataset, n_experts)
     todo = [r for r in runs if not r.done()]
     by_label = {r.label: r for r in runs}
     if todo:  # a missing data file fails here, once, not in every child; it also fills the split cache
-        from tall_jax.datasets import load_dataset
         load_dataset(dataset, seed=todo[0].seed, data_dir=data_dir)
     env = dict(os.environ)
     if jobs > 1:
