@@ -3,7 +3,7 @@ unpinned (what the runner does), the same two pinned to a core each, and one run
 
 Each run is a ``bench_train_step.py`` child timing the training epoch (``--modes epoch``) of ML-1M
 at E = 10; the two-run rows start both at once with the runner's single-thread XLA flags
-(:data:`tall_jax.study.runner.SINGLE_THREAD_XLA`); "pinned" sets each child's CPU affinity to one
+(:data:`tall_jax.study.jobs.SINGLE_THREAD_XLA`); "pinned" sets each child's CPU affinity to one
 core (XLA:CPU then sizes its thread pool to that core).
 A row gives each run's median epoch and the machine's throughput in epochs per minute; the
 configurations alternate ``--repeats`` times. Writes benchmarks/results/<name>.json.
@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_train_step import versions  # noqa: E402
 
-from tall_jax.study.runner import SINGLE_THREAD_XLA  # noqa: E402
+from tall_jax.study.jobs import SINGLE_THREAD_XLA  # noqa: E402
 
 CONFIGS = ("one_run_all_cores", "two_runs_unpinned", "two_runs_pinned")
 

@@ -188,17 +188,17 @@ def child_jax(args, ds) -> dict:
 
 def _child_seeds(args, cfg, ds, data) -> dict:
     """``--runs`` seeds' fit_epoch (train epoch + evaluation): one after another, or as one program
-    (tall_jax.multirun). The time is for all runs together."""
+    (tall_jax.fit_seeds). The time is for all runs together."""
     import jax
-    from tall_jax import multirun, steps
+    from tall_jax import fit_seeds, steps
     from tall_jax import state as state_lib
     seeds = list(range(args.runs))
     if args.mode == "seeds_vmapped":
-        holder = [multirun.init_runs(cfg, seeds, ds.n_users, ds.n_items)]
+        holder = [fit_seeds.init_runs(cfg, seeds, ds.n_users, ds.n_items)]
 
         def run():
-            holder[0], _ = multirun.train_epochs(holder[0], data, cfg)
-            return multirun.evaluate_runs(holder[0].params, data, cfg)
+            holder[0], _ = fit_seeds.train_epochs(holder[0], data, cfg)
+            return fit_seeds.evaluate_runs(holder[0].params, data, cfg)
     else:
         holder = [state_lib.init(jax.random.PRNGKey(s), cfg, ds.n_users, ds.n_items) for s in seeds]
 

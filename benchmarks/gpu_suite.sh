@@ -35,7 +35,7 @@ if [[ "${1:-}" == "--closed" ]]; then  # host Grams and scores, device solves (d
   exit 0
 fi
 if [[ "${1:-}" == "--study" ]]; then  # a second device call of at most ~8 minutes
-  # several seeds as one program (tall_jax.multirun) against the same seeds one by one, E = 10 and 100
+  # several seeds as one program (tall_jax.fit_seeds) against the same seeds one by one, E = 10 and 100
   "${bench[@]}" --dataset ml-1m --experts 10 100 --modes seeds_serial seeds_vmapped --runs 5 \
       --variants "${variants[0]}" --baseline-variant f32 --name gpu_ml1m_seeds.json --timeout 240
   # the paper's setting on ML-1M: LMoE and TALL, E = 100, 5 seeds each, each model's seeds as one program

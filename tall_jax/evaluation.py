@@ -69,7 +69,7 @@ def evaluate(score_fn: Scorer, params: Any, data: UserData, *, batch_size: int,
     one compiled :func:`evaluate_batch` per ``batch_size`` users; device arrays of length len(users).
 
     ``ks`` are the cut-offs (sorted, deduplicated); ``popularity_M`` (f32[M],
-    :func:`tall_jax.metrics.item_popularity`) adds ``popularity@K``.
+    :func:`tall_jax.ranking.item_popularity`) adds ``popularity@K``.
     """
     ks = normalise_ks(ks)
     n = data.n_users if users is None else len(users)

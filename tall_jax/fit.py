@@ -25,7 +25,8 @@ from tall_jax.batching import UserData
 from tall_jax.configs import TALLConfig
 from tall_jax.datasets.base import Dataset
 from tall_jax.evaluation import ranking_results
-from tall_jax.metrics import GROUP_NAMES, RankingResult
+from tall_jax.metrics import RankingResult
+from tall_jax.protocol import GROUP_NAMES
 from tall_jax.stopping import EarlyStopping, validation_score
 from tall_jax.weights import weight_stats
 

@@ -1,7 +1,7 @@
 """Per-user ranking results and per-mainstream-group tables (docs/fidelity.md#metrics,
 docs/fidelity.md#groups): :class:`RankingResult`, its :class:`RankingSummary`, the spread over the
-groups, coverage and popularity of the ranked items. The ranking kernel itself is
-:mod:`tall_jax.ranking`; its names are re-exported here, the public home of every metric name.
+groups, coverage and popularity of the ranked items. The ranking kernel itself (per-user metrics of
+the top K, the metric names, the K lists, item popularity) is :mod:`tall_jax.ranking`.
 
 ``METRIC_DEFINITIONS`` are written verbatim into every results JSON. About 360 lines: the per-user
 result and the summary a results JSON holds are one object seen twice, kept side by side.
@@ -17,19 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from tall_jax.protocol import GROUP_NAMES  # noqa: F401  (re-exported)
-from tall_jax.ranking import (  # noqa: F401  (re-exported: tall_jax.metrics is their public home)
-    ACCURACY_METRICS,
-    DEFAULT_KS,
-    EARLY_STOPPING_KS,
-    dense_mask_from_padded,
-    item_popularity,
-    metric_names,
-    normalise_ks,
-    rank_metrics,
-    rank_metrics_padded,
-    valid_test_metrics,
-)
+from tall_jax.protocol import GROUP_NAMES
+from tall_jax.ranking import DEFAULT_KS, item_popularity, normalise_ks
 
 ITEM_KEY = re.compile(r"^item@(\d+)$")
 METRIC_DEFINITIONS: dict[str, str] = {

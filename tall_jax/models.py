@@ -6,7 +6,7 @@ which fields the model's code reads), which config fields only change how a run 
 it trains and writes its results:
 
 - ``mixture``: MultVAE, WL and the mixtures of MultVAE experts (TALL, LMoE, ...): one
-  :class:`tall_jax.configs.TALLConfig`, trained by :func:`tall_jax.run.train_mixture`;
+  :class:`tall_jax.configs.TALLConfig`, trained by :func:`tall_jax.experiment.train_mixture`;
 - ``local``: LOCA, LFT, EnLFT (:class:`tall_jax.baselines.BaselineConfig`,
   :func:`tall_jax.baselines.experiment.train_local`);
 - ``closed``: the closed-form and neighbourhood models (:class:`tall_jax.closed.ClosedConfig`,
@@ -40,8 +40,8 @@ from tall_jax.closed.experiment import run_closed
 from tall_jax.configs import EXECUTION_FIELDS as MIXTURE_EXECUTION
 from tall_jax.configs import MODEL_PRESETS, TALLConfig, make_config
 from tall_jax.datasets import Dataset, load_dataset
+from tall_jax.experiment import train_mixture
 from tall_jax.files import lock_run_dir
-from tall_jax.run import train_mixture
 
 log = logging.getLogger("tall_jax")
 

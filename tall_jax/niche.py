@@ -1,7 +1,7 @@
 """Niche users: which model serves each mainstream group best, at what cost, and how far each is from
 the paper's TALL: ``python -m tall_jax.niche RUNS [MORE ...] [--out DIR] [--name STEM]``.
 
-Reads runs as the Table 2 report does (:func:`tall_jax.report.collect_runs`: every ``results.json``
+Reads runs as the Table 2 report does (:func:`tall_jax.run_records.collect_runs`: every ``results.json``
 below the folders, run folders and records alike) and groups them into the same rows
 (:func:`tall_jax.table2.build_rows`: labels, mean ± std over seeds, seconds per run). Per dataset it
 writes ``STEM.md``, ``STEM.csv`` and ``STEM.png``:
@@ -23,9 +23,7 @@ writes ``STEM.md``, ``STEM.csv`` and ``STEM.png``:
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import io
 import math
 import sys
 from collections.abc import Sequence
@@ -35,10 +33,11 @@ from typing import Any
 import numpy as np
 import scipy.stats
 
-from tall_jax import paper
-from tall_jax.files import atomic_write_bytes, atomic_write_text
-from tall_jax.report import Run, collect_runs, produced_by
-from tall_jax.table2 import COLUMNS, SECONDS_NOTE, Row, build_rows, grouped_runs, plot, reference_label
+from tall_jax import pages, paper
+from tall_jax.report import produced_by
+from tall_jax.run_records import RunRecord, collect_runs
+from tall_jax.table2 import (COLUMNS, SECONDS_NOTE, Row, build_rows, grouped_runs, plot, reference_label,
+                             seconds_cell, value_cell)
 
 PROG = "python -m tall_jax.niche"
 FAITHFUL = "tall"  # the run name of faithful TALL (the paper's configuration, E = 100)
@@ -63,7 +62,7 @@ class Paired:
     p: float  # two-sided Wilcoxon signed-rank (NaN without users or when every difference is 0)
 
 
-def per_user(runs: Sequence[Run], metric: str) -> PerUser:
+def per_user(runs: Sequence[RunRecord], metric: str) -> PerUser:
     """The mean over ``runs`` (a row's seeds) of each user's ``metric``: over the seeds that evaluated
     the user with a defined value. Raises ValueError when a per-user file is missing or when two
     seeds put a user in different groups."""
@@ -104,7 +103,7 @@ class Entry:
     """A model's row on the page and its tests."""
 
     row: Row  # the Table 2 "ours" row: label, seeds, mean ± std, seconds
-    runs: list[Run]
+    runs: list[RunRecord]
     users: PerUser | None  # None: a run lacks its per-user file (then no test)
     vs_faithful: dict[str, Paired] = dataclasses.field(default_factory=dict)  # column -> test
     vs_best: dict[str, Paired] = dataclasses.field(default_factory=dict)  # column -> test (not the best)
@@ -129,7 +128,7 @@ class Section:
     rows: list[Row]  # Table 2 rows (ours and the paper's) for the plot
 
 
-def build(runs: Sequence[Run], metric: str = "ndcg@20", faithful: str = FAITHFUL,
+def build(runs: Sequence[RunRecord], metric: str = "ndcg@20", faithful: str = FAITHFUL,
           alpha: float = ALPHA) -> list[Section]:
     """The page's sections, one per dataset (:func:`tall_jax.table2.grouped_runs` order)."""
     rows = build_rows(runs, metric, "paper")
@@ -170,22 +169,12 @@ def build(runs: Sequence[Run], metric: str = "ndcg@20", faithful: str = FAITHFUL
     return sections
 
 
-def _p(p: float) -> str:
-    if math.isnan(p):
-        return "–"
-    return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
-
-
 def _seconds(e: Entry) -> str:
     return "seconds unknown" if e.seconds is None else f"{e.seconds:,.0f} s per run"
 
 
 def _test_cell(t: Paired | None) -> str:
-    return "–" if t is None or not t.n_users else f"{t.diff:+.4f} (p {_p(t.p)})"
-
-
-def _value_cell(row: Row, j: int) -> str:
-    return f"{row.mean[j]:.4f}" + (f" ± {row.std[j]:.4f}" if row.std is not None else "")
+    return "–" if t is None or not t.n_users else f"{t.diff:+.4f} (p {pages.p_value(t.p)})"
 
 
 def best_lines(section: Section, alpha: float = ALPHA) -> list[str]:
@@ -197,16 +186,16 @@ def best_lines(section: Section, alpha: float = ALPHA) -> list[str]:
         b = section.best.get(c)
         if b is None:
             continue
-        line = f"- **{c}**: {b.row.title} serves it best, {_value_cell(b.row, j)}, {_seconds(b)}"
+        line = f"- **{c}**: {b.row.title} serves it best, {value_cell(b.row, j)}, {_seconds(b)}"
         if section.paper_tall is not None:
             line += f"; paper's {tall_label} {section.paper_tall[j]:.4f} ({b.row.mean[j] - section.paper_tall[j]:+.4f})"
         t = b.vs_faithful.get(c)
         if t is not None and t.n_users:
-            line += f"; against faithful {section.faithful.row.title} {t.diff:+.4f} per user (p {_p(t.p)})"
+            line += f"; against faithful {section.faithful.row.title} {t.diff:+.4f} per user (p {pages.p_value(t.p)})"
         cheap = section.cheapest.get(c)
         if cheap is not None:
-            line += (f". Cheapest within noise of it (p ≥ {alpha}): {cheap.row.title}, {_value_cell(cheap.row, j)}, "
-                     f"{_seconds(cheap)} (p {_p(cheap.vs_best[c].p)}).")
+            line += (f". Cheapest within noise of it (p ≥ {alpha}): {cheap.row.title}, {value_cell(cheap.row, j)}, "
+                     f"{_seconds(cheap)} (p {pages.p_value(cheap.vs_best[c].p)}).")
         elif b.seconds is not None:
             line += ". No cheaper model is within noise of it."
         else:
@@ -219,7 +208,6 @@ def to_markdown(sections: Sequence[Section], metric: str, produced: str = "", pl
                 alpha: float = ALPHA) -> str:
     """The page: per dataset the best-per-group lines, the table, the gaps to the paper's TALL and the
     two paired-test tables."""
-    cols = " | ".join(COLUMNS)
     out = [f"# Niche users: test {metric} of every model per mainstream group", ""]
     out += [produced, ""] if produced else []
     out += [f"Every model's test {metric} overall and per mainstream group (mean ± std over seeds, ddof=1), "
@@ -236,45 +224,37 @@ def to_markdown(sections: Sequence[Section], metric: str, produced: str = "", pl
         if plot_name:
             out += [f"![test {metric} by group, every model]({plot_name})", ""]
         out += ["### Who serves each group best", "", *best_lines(s, alpha), ""]
-        out += [f"### Test {metric}, mean ± std over seeds", "", f"| model | seeds | {cols} | seconds per run |",
-                "|---|---|" + "---|" * len(COLUMNS) + "---:|"]
+        values = [] if s.paper_tall is None else [
+            [reference_label("tall", "paper"), "", *(f"{v:.4f}" for v in s.paper_tall), ""]]
+        values += [[e.row.title, str(e.row.n_seeds), *(value_cell(e.row, j) for j in range(len(COLUMNS))),
+                    seconds_cell(e.row)] for e in s.entries]
+        out += [f"### Test {metric}, mean ± std over seeds", "",
+                *pages.table(["model", "seeds", *COLUMNS, "seconds per run"], values,
+                             "l" * (2 + len(COLUMNS)) + "r"), ""]
         if s.paper_tall is not None:
-            out.append(f"| {reference_label('tall', 'paper')} |  | "
-                       + " | ".join(f"{v:.4f}" for v in s.paper_tall) + " |  |")
-        for e in s.entries:
-            secs = e.row.seconds_mean_std()
-            cell = "" if secs is None else f"{secs[0]:,.0f}" + ("" if secs[1] is None else f" ± {secs[1]:,.0f}")
-            out.append(f"| {e.row.title} | {e.row.n_seeds} | "
-                       + " | ".join(_value_cell(e.row, j) for j in range(len(COLUMNS))) + f" | {cell} |")
-        out.append("")
-        if s.paper_tall is not None:
-            out += [f"### Gap to the paper's {reference_label('tall')}: model − paper", "",
-                    f"| model | {cols} | above in |", "|---|" + "---|" * len(COLUMNS) + "---|"]
+            gaps = []
             for e in s.entries:
-                gaps = [m - p for m, p in zip(e.row.mean, s.paper_tall)]
-                out.append(f"| {e.row.title} | " + " | ".join(f"{g:+.4f}" for g in gaps)
-                           + f" | {sum(g > 0 for g in gaps)} / {len(gaps)} |")
-            out.append("")
+                gap = [m - p for m, p in zip(e.row.mean, s.paper_tall)]
+                gaps.append([e.row.title, *(f"{g:+.4f}" for g in gap), f"{sum(g > 0 for g in gap)} / {len(gap)}"])
+            out += [f"### Gap to the paper's {reference_label('tall')}: model − paper", "",
+                    *pages.table(["model", *COLUMNS, "above in"], gaps), ""]
         if s.faithful is not None and s.faithful.users is not None:
-            out += [f"### Paired against faithful {s.faithful.row.title}: mean per-user difference (p)", "",
-                    f"| model | users | {cols} |", "|---|---:|" + "---|" * len(COLUMNS)]
+            tested = []
             for e in s.entries:
                 if e is s.faithful:
                     continue
                 n = e.vs_faithful["overall"].n_users if "overall" in e.vs_faithful else 0
-                out.append(f"| {e.row.title} | {n or '–'} | "
-                           + " | ".join(_test_cell(e.vs_faithful.get(c)) for c in COLUMNS) + " |")
-            out.append("")
+                tested.append([e.row.title, str(n or "–"), *(_test_cell(e.vs_faithful.get(c)) for c in COLUMNS)])
+            out += [f"### Paired against faithful {s.faithful.row.title}: mean per-user difference (p)", "",
+                    *pages.table(["model", "users", *COLUMNS], tested, "lr"), ""]
         elif s.faithful is None:
             out += [f"No faithful TALL (run name `{FAITHFUL}`) among the runs: no tests against it.", ""]
         if s.best:
+            against = [["*best*", *(s.best[c].row.title for c in COLUMNS)]]
+            against += [[e.row.title, *("best" if s.best[c] is e else _test_cell(e.vs_best.get(c))
+                                        for c in COLUMNS)] for e in s.entries]
             out += ["### Paired against each column's best model: mean per-user difference (p)", "",
-                    f"| model | {cols} |", "|---|" + "---|" * len(COLUMNS),
-                    "| *best* | " + " | ".join(s.best[c].row.title for c in COLUMNS) + " |"]
-            for e in s.entries:
-                cells = ["best" if s.best[c] is e else _test_cell(e.vs_best.get(c)) for c in COLUMNS]
-                out.append(f"| {e.row.title} | " + " | ".join(cells) + " |")
-            out.append("")
+                    *pages.table(["model", *COLUMNS], against), ""]
     return "\n".join(out)
 
 
@@ -304,9 +284,7 @@ def write_csv(sections: Sequence[Section], path: Path, metric: str) -> None:
                               num(None if s.paper_tall is None else e.row.mean[j] - s.paper_tall[j]),
                               *test(e.vs_faithful.get(c)), s.best[c].row.model if c in s.best else "",
                               *test(e.vs_best.get(c)), num(secs[0]), num(secs[1])])
-    buf = io.StringIO()
-    csv.writer(buf).writerows(lines)
-    atomic_write_bytes(path, buf.getvalue().encode())
+    pages.write_csv(path, lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -340,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = {kind: out / f"{args.name}{kind}" for kind in (".md", ".csv", ".png")}
     md = to_markdown(sections, args.metric, produced_by(argv, runs, PROG),
                      None if args.no_plot else paths[".png"].name)
-    atomic_write_text(paths[".md"], md)
+    pages.write_markdown(paths[".md"], md)
     write_csv(sections, paths[".csv"], args.metric)
     if not args.no_plot:
         plot([r for s in sections for r in s.rows], paths[".png"], args.metric, best=True)

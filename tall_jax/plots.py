@@ -1,23 +1,15 @@
 """PNG figures of a training run: the paper's Fig. 1 (validation NDCG@20 per group over epochs) and
 Fig. 3 (mean adaptive weight per group over epochs).
 
-Figures are drawn on a bare ``matplotlib.figure.Figure`` with its own Agg canvas, never through pyplot,
-so importing or calling this module leaves matplotlib's backend (and any interactive session) alone.
+Figures are drawn on pyplot-free figures (:func:`tall_jax.pages.new_figure`), so importing or calling
+this module leaves matplotlib's backend (and any interactive session) alone.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-
-def new_figure(figsize: tuple[float, float]):
-    """A pyplot-free figure that renders with Agg (PNG) whatever backend the process uses."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize)
-    FigureCanvasAgg(fig)
-    return fig
+from tall_jax.pages import new_figure, save_figure
 
 
 def plot_group_curves(history: list[dict[str, Any]], key: str, ylabel: str, title: str,
@@ -41,8 +33,7 @@ def plot_group_curves(history: list[dict[str, Any]], key: str, ylabel: str, titl
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def plot_run(history: list[dict[str, Any]], out_dir: str | Path, label: str,

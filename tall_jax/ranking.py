@@ -23,8 +23,7 @@ are rare and only matter at the K-th boundary.
 The kernel (:func:`rank_metrics`, :func:`valid_test_metrics`) also returns the ranked items
 themselves as one int32 array per rank, ``item@1`` .. ``item@R`` (R = min(max K, M); -1 where the user had
 fewer than r candidate items), so every per-user path carries them without a new array shape;
-:class:`tall_jax.metrics.RankingResult` collects them into ``top_items``. Every name here is also
-importable from :mod:`tall_jax.metrics`.
+:class:`tall_jax.metrics.RankingResult` collects them into ``top_items``.
 """
 from __future__ import annotations
 

@@ -7,200 +7,31 @@ name is the model and its ``variant``; its label, :func:`tall_jax.table2.label`,
 a closed-form model's ``chosen_hp``), groups runs by (dataset, row name), and writes
 ``table2.md``, ``table2.csv`` and ``table2.png`` (``--name`` changes the stem): per model the mean ± std (ddof=1) over seeds of the test
 metric overall and per mainstream group (docs/fidelity.md#groups), the paper's row beside it (docs/fidelity.md#paper-numbers), and "TALL vs X"
-improvement rows (tall − x)/x·100 in %, and each row's seconds per run (:func:`run_seconds`). A baseline evaluated on a user subset (LFT ``--users``; its
+improvement rows (tall − x)/x·100 in %, and each row's seconds per run (:func:`tall_jax.run_records.run_seconds`). A baseline evaluated on a user subset (LFT ``--users``; its
 ``evaluated_users.npy``) is compared with TALL's per-user results (``per_user_test.npz``) on the same
 users, so both sides of that row average over one user set.
 
 Below each dataset's table, the spread of the metric over the five groups (``table2_fairness.csv`` too): per
 run max − min, low / high and the std over the groups (:func:`tall_jax.metrics.group_fairness`), then
-mean ± std over seeds; the reference rows get the spread of the reference's own group values. This
-module finds and reads the runs; the rows and their Markdown / CSV / PNG forms are :mod:`tall_jax.table2`.
+mean ± std over seeds; the reference rows get the spread of the reference's own group values. The
+runs are read by :mod:`tall_jax.run_records`; the rows and their Markdown / CSV / PNG forms are
+:mod:`tall_jax.table2`; this module is the command, and keeps a page's record (``--record``).
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import datetime
-import json
-import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from tall_jax.files import atomic_write_text
-from tall_jax.metrics import RankingResult, RankingSummary
+from tall_jax import pages
 from tall_jax.results import keep_run, record_holding
-from tall_jax.table2 import (COLUMNS, DATASET_ORDER, FAIRNESS_KEYS, MODEL_ORDER, Row, build_rows,  # noqa: F401
-                             fairness_rows, is_mixture, n_experts, plot, to_markdown, write_csv,
-                             write_fairness_csv)
-
-REQUIRED_KEYS = ("dataset", "model", "seed", "test")
+from tall_jax.run_records import RunRecord, collect_runs
+from tall_jax.table2 import build_rows, fairness_rows, plot, to_markdown, write_csv, write_fairness_csv
 
 
-@dataclasses.dataclass(frozen=True)
-class Run:
-    """One results.json: where it came from and its test summary."""
-
-    path: Path
-    dataset: str
-    model: str
-    seed: int
-    split: str
-    test: RankingSummary
-    variant: str = ""  # how the run departs from the faithful configuration, e.g. "n_experts=10"
-    users: tuple[int, ...] | None = None  # the evaluated users when the run covered only a subset
-    seconds: float | None = None  # training time: see :func:`run_seconds`
-    # the hyper-parameters a model chose on validation (results.json "chosen_hp"; closed-form models)
-    chosen_hp: tuple[tuple[str, Any], ...] | None = None
-    settings_experts: int | None = None  # E as its settings record it (mixture models)
-
-    @property
-    def experts(self) -> int | None:
-        """E of a mixture of experts (its recorded settings, else :func:`tall_jax.table2.n_experts`);
-        None for a single model (MultVAE, WL, the local and closed-form baselines)."""
-        if not is_mixture(self.model):
-            return None
-        return self.settings_experts or n_experts(self.model, self.variant)
-
-    @property
-    def name(self) -> str:
-        """The table's row name: the model, with its variant in brackets when it has one."""
-        return f"{self.model} [{self.variant}]" if self.variant else self.model
-
-    def per_user(self, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(users, values, groups) from the run's ``per_user_test.npz``: the user ids (all users, or a
-        subset run's evaluated users in their file's order), each one's ``metric`` (NaN: undefined)
-        and mainstream group index."""
-        path = self.path.parent / "per_user_test.npz"
-        if not path.exists():
-            raise ValueError(f"{path}: per-user results missing")
-        res = RankingResult.load_per_user(path)
-        if metric not in res.per_user:
-            raise ValueError(f"{path}: no per-user {metric!r}")
-        if res.groups is None:
-            raise ValueError(f"{path}: no per-user groups")
-        values = np.asarray(res.per_user[metric], np.float64)
-        users = np.arange(len(values)) if self.users is None else np.asarray(self.users, np.int64)
-        if len(users) != len(values):
-            raise ValueError(f"{path}: {len(values)} users, but the run evaluated {len(users)}")
-        return users, values, np.asarray(res.groups, np.int64)
-
-    def values_on(self, users: Sequence[int], metric: str) -> tuple[float, ...]:
-        """The run's mean ``metric`` over ``users`` only, per column (overall, then each group's share
-        of them), from its per-user file."""
-        path = self.path.parent / "per_user_test.npz"
-        if not path.exists():
-            raise ValueError(f"{path}: needed to compare with a user-subset run, but missing")
-        res = RankingResult.load_per_user(path)
-        idx = np.asarray(users)
-        if idx.size and idx.max() >= res.n_users:
-            raise ValueError(f"{path}: has {res.n_users} users; the subset needs user {idx.max()}")
-        sub = RankingResult({k: v[idx] for k, v in res.per_user.items()},
-                            None if res.groups is None else res.groups[idx])
-        by_group = sub.by_group()
-        values = []
-        for column in COLUMNS:
-            src = sub.overall() if column == "overall" else by_group.get(column, {})
-            if metric not in src:
-                raise ValueError(f"{path}: no per-user {metric!r} for column {column!r}")
-            values.append(src[metric])
-        return tuple(values)
-
-    def value(self, metric: str, column: str) -> float:
-        """The run's mean ``metric`` over all users (``column="overall"``) or over one group."""
-        src = self.test.overall if column == "overall" else self.test.groups.get(column)
-        if src is None or metric not in src:
-            raise ValueError(f"{self.path}: test results have no {metric!r} for column {column!r}")
-        return src[metric]
-
-
-def run_seconds(d: dict[str, Any]) -> float | None:
-    """A run's training time from its results: the sum of its epochs' seconds (training and
-    evaluation; a resumed or forked run counts every epoch of its history, start-up and compilation
-    not), else its wall time (runs without an epoch history: the local baselines); None without
-    either."""
-    history = d.get("history")
-    if isinstance(history, list) and history and all(isinstance(h, dict) and "seconds" in h for h in history):
-        return float(sum(float(h["seconds"]) for h in history))
-    wall = d.get("wall_time_s")
-    return float(wall) if isinstance(wall, (int, float)) else None
-
-
-def _chosen_hp(value: Any) -> tuple[tuple[str, Any], ...] | None:
-    """results.json's "chosen_hp" as (name, value) pairs in the file's order (a non-mapping: one pair
-    named "hp"); None without one."""
-    if value is None or value == {}:
-        return None
-    def plain(v: Any) -> Any:  # hashable, for comparing the seeds' choices
-        return v if v is None or isinstance(v, (str, int, float, bool)) else json.dumps(v, sort_keys=True)
-
-    if isinstance(value, dict):
-        return tuple((str(k), plain(v)) for k, v in value.items())
-    return (("hp", plain(value)),)
-
-
-def load_run(path: Path) -> Run:
-    """Parse one results.json; raises ValueError naming the file and the problem."""
-    try:
-        d = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read results JSON: {e}") from e
-    if not isinstance(d, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(d).__name__}")
-    missing = [k for k in REQUIRED_KEYS if k not in d]
-    if missing:
-        raise ValueError(f"{path}: missing key(s) {missing}")
-    try:
-        test = RankingSummary.from_json(d["test"])
-    except (ValueError, TypeError, AttributeError) as e:
-        raise ValueError(f"{path}: malformed 'test' entry: {e}") from e
-    try:
-        seed = int(d["seed"])
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: 'seed' must be an integer, got {d['seed']!r}") from e
-    users = None
-    if d.get("evaluated_users", "all") != "all":
-        users_path = path.parent / "evaluated_users.npy"
-        if not users_path.exists():
-            raise ValueError(f"{path}: evaluated a user subset but {users_path.name} is missing beside it")
-        users = tuple(int(u) for u in np.load(users_path))
-    settings = d.get("settings")
-    experts = settings.get("n_experts") if isinstance(settings, dict) else None
-    return Run(path, str(d["dataset"]), str(d["model"]), seed, str(d.get("split", "?")), test,
-               str(d.get("variant", "") or ""), users, run_seconds(d), _chosen_hp(d.get("chosen_hp")),
-               experts if isinstance(experts, int) and not isinstance(experts, bool) else None)
-
-
-def collect_runs(root: Path, skip_malformed: bool = False) -> list[Run]:
-    """Every results.json below ``root`` (sorted by path)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"runs folder not found: {root}")
-    paths = sorted(root.rglob("results.json"))
-    if not paths:
-        raise FileNotFoundError(f"no results.json found under {root}")
-    runs = []
-    for p in paths:
-        try:
-            runs.append(load_run(p))
-        except ValueError as e:
-            if not skip_malformed:
-                raise
-            print(f"warning: skipped {e}", file=sys.stderr)
-    seen: dict[tuple, Path] = {}
-    for r in runs:
-        key = (r.dataset, r.name, r.seed, r.split)
-        if key in seen:
-            print(f"warning: {r.path} repeats dataset/model/seed/split of {seen[key]}; both are counted",
-                  file=sys.stderr)
-        seen.setdefault(key, r.path)
-    return runs
-
-
-def record_runs(runs: Sequence[Run], roots: Sequence[Path], record: Path, metric: str) -> tuple[int, list[Path]]:
+def record_runs(runs: Sequence[RunRecord], roots: Sequence[Path], record: Path,
+                metric: str) -> tuple[int, list[Path]]:
     """Keep each run (:func:`tall_jax.results.keep_run`) in ``record``, at its path below the runs
     folder it was found in, under that folder's own path (``runs/table2/ml-1m/wl/seed0`` ->
     ``record/runs/table2/ml-1m/wl/seed0``). A run read from a page's record (this one or another
@@ -225,12 +56,12 @@ def record_runs(runs: Sequence[Run], roots: Sequence[Path], record: Path, metric
     return written, others
 
 
-def produced_by(argv: Sequence[str] | None, runs: Sequence[Run], prog: str = "python -m tall_jax.report") -> str:
+def produced_by(argv: Sequence[str] | None, runs: Sequence[RunRecord],
+                prog: str = "python -m tall_jax.report") -> str:
     """The page's provenance line: the command, the date, and how many runs it read."""
-    args = sys.argv[1:] if argv is None else list(argv)
-    command = " ".join([prog, *map(shlex.quote, args)])
-    return (f"Produced by `{command}` on {datetime.date.today().isoformat()} from {len(runs)} "
-            f"results.json (each records its settings and environment).")
+    command = pages.command_line(prog, sys.argv[1:] if argv is None else list(argv))
+    return (pages.produced_by(command) + f" from {len(runs)} results.json (each records its settings and "
+            "environment).")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -275,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"runs read from the record {other} stay there (commit it with this page)")
     paths = {kind: out / f"{args.name}{kind}" for kind in (".md", ".csv", "_fairness.csv", ".png")}
     md = to_markdown(rows, args.metric, runs, fair, produced_by=produced_by(argv, runs))
-    atomic_write_text(paths[".md"], md)
+    pages.write_markdown(paths[".md"], md)
     write_csv(rows, paths[".csv"], args.metric)
     write_fairness_csv(fair, paths["_fairness.csv"], args.metric)
     if not args.no_plot:

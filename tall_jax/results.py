@@ -1,5 +1,5 @@
 """The one writer of a run's ``results.json``: the environment block, the variant string, the
-reference (paper) rows and the atomic write, shared by the MultVAE family (:mod:`tall_jax.run`), the
+reference (paper) rows and the atomic write, shared by the MultVAE family (:mod:`tall_jax.experiment`), the
 baselines (:mod:`tall_jax.baselines.experiment`) and the two-tower model (its
 ``two_tower_results.json``, a sibling schema: the same ``environment``, ``variant`` and ``settings``
 keys around its own AP tables).
@@ -9,8 +9,12 @@ from __future__ import annotations
 import datetime
 import json
 import platform
+import subprocess
 from pathlib import Path
 from typing import Any
+
+import jax
+import numpy as np
 
 from tall_jax import paper
 from tall_jax.configs import variant as _variant
@@ -22,8 +26,6 @@ RESULTS_FILE = "results.json"
 def environment() -> dict[str, Any]:
     """Where a run ran: JAX version and backend, the devices, Python, the platform, the UTC date and
     the commit of the tall_jax checkout it ran from (None outside a git checkout)."""
-    import jax
-
     return {"jax": jax.__version__, "backend": jax.default_backend(),
             "devices": [str(d) for d in jax.devices()], "python": platform.python_version(),
             "platform": platform.platform(),
@@ -35,8 +37,6 @@ def source_commit(root: Path | None = None) -> str | None:
     """``git rev-parse HEAD`` of the checkout ``root`` (default: the one this package is imported
     from), with ``+dirty`` when tracked files differ from it; None for an installed copy or without
     git."""
-    import subprocess
-
     root = Path(__file__).resolve().parents[1] if root is None else Path(root)
     if not (root / ".git").exists():
         return None
@@ -70,8 +70,6 @@ def data_reading(ds) -> dict[str, Any]:
 
 def to_jsonable(obj: Any) -> Any:
     """NumPy arrays / scalars -> lists / floats / ints (non-finite floats -> None), recursively."""
-    import numpy as np
-
     if isinstance(obj, dict):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -123,8 +121,6 @@ def keep_run(src: str | Path, dst: str | Path, metrics: tuple[str, ...], extra: 
     its results.json, the per-user test ``metrics`` with the user groups (compressed; the other
     metrics and the top items are left out), the evaluated users of a subset run and the ``extra``
     files. Rewrites nothing when ``dst`` already holds the same results; returns whether it wrote."""
-    import numpy as np
-
     src, dst = Path(src), Path(dst)
     results = (src / RESULTS_FILE).read_text()
     if (dst / RESULTS_FILE).exists() and (dst / RESULTS_FILE).read_text() == results:

@@ -13,24 +13,18 @@ E, "TALL (E = 100)"; a closed-form model the hyper-parameters it chose, "EASE (�
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from tall_jax import paper
-from tall_jax.configs import MODEL_PRESETS, TALLConfig
-from tall_jax.files import atomic_write_bytes
+from tall_jax import pages, paper
 from tall_jax.metrics import FAIRNESS_COLUMNS, group_fairness
-
-if TYPE_CHECKING:
-    from tall_jax.report import Run
+from tall_jax.run_records import BLENDS, RunRecord, is_mixture
 
 COLUMNS = paper.COLUMNS
 PAPER_BASELINES = ("multvae", "wl", "enlft", "loca", "lft")  # the paper's single-model rows
@@ -40,8 +34,6 @@ MIXTURES = ("moe", "lmoe", "lmoe_lc", "lmoe_gap_l", "tall", "tall_plus", "unifor
 STRONG_BASELINES = ("pop", "itemknn", "rp3beta", "ease", "ease_wl", "ease_ms", "ease_kkt", "loca_ease")
 # the row order of a page: the paper's models (its baselines, then its mixtures and ours), then the
 # strong baselines; any other model after them, alphabetically
-# blends of a MultVAE-family model and the EASE family (tall_jax.blend): model -> its neural part
-BLENDS = {"tall_ease": "tall", "lmoe_ease": "lmoe", "multvae_ease": "multvae"}
 MODEL_ORDER = PAPER_BASELINES + MIXTURES + STRONG_BASELINES + tuple(BLENDS)
 DATASET_ORDER = ("ml-1m", "yelp", "cds")
 
@@ -113,26 +105,6 @@ def _order(names: Sequence[str], preferred: Sequence[str]) -> list[str]:
     return known + sorted(set(names) - set(known))
 
 
-def is_mixture(model: str) -> bool:
-    """Whether ``model`` is a mixture of MultVAE experts (a preset with a gate; not MultVAE or WL), or a
-    blend whose neural part is one."""
-    preset = MODEL_PRESETS.get(BLENDS.get(model, model))
-    return (preset is not None and preset.get("gate", TALLConfig.gate) != "none"
-            and preset.get("n_experts", TALLConfig.n_experts) != 1)
-
-
-def n_experts(model: str, variant: str) -> int:
-    """E of a row: the ``n_experts=`` of its variant, else its model's preset (1 for MultVAE, WL,
-    the local baselines, whose models are single MultVAEs, and the closed-form models)."""
-    for part in variant.split(", "):
-        key, _, value = part.partition("=")
-        if key == "n_experts":
-            return int(value)
-    if not is_mixture(model):
-        return 1
-    return int(MODEL_PRESETS[model].get("n_experts", TALLConfig.n_experts))
-
-
 def _hp_value(v: Any) -> str:
     if isinstance(v, float) and v.is_integer() and abs(v) < 1e6:
         return str(int(v))
@@ -161,7 +133,7 @@ def label(model: str, variant: str = "", experts: int | None = None, hp: str = "
     return f"{name} ({', '.join(parts)})" if parts else name
 
 
-def run_label(group: Sequence[Run]) -> str:
+def run_label(group: Sequence[RunRecord]) -> str:
     """The label of the row of ``group`` (the runs of one row name): its E, and the hyper-parameters
     its runs chose (when they differ between seeds: "chosen per seed")."""
     first = group[0]
@@ -178,14 +150,14 @@ def reference_label(model: str, source: str = "") -> str:
     return label(model, experts=paper.EXPERTS if is_mixture(model) else None, source=source)
 
 
-def grouped_runs(runs: Sequence[Run]) -> list[tuple[str, str, list[Run]]]:
+def grouped_runs(runs: Sequence[RunRecord]) -> list[tuple[str, str, list[RunRecord]]]:
     """(dataset, row name, its runs) in page order: datasets in ``DATASET_ORDER``, models in
     ``MODEL_ORDER`` (others after them, alphabetically), within a model the larger E first, then by
     name. The one grouping of runs into rows of every page (Table 2, the spread, the niche page)."""
     order = {m: i for i, m in enumerate(MODEL_ORDER)}
     out = []
     for ds in _order({r.dataset for r in runs}, DATASET_ORDER):
-        by_name: dict[str, list[Run]] = {}
+        by_name: dict[str, list[RunRecord]] = {}
         for r in runs:
             if r.dataset == ds:
                 by_name.setdefault(r.name, []).append(r)
@@ -198,7 +170,7 @@ def grouped_runs(runs: Sequence[Run]) -> list[tuple[str, str, list[Run]]]:
     return out
 
 
-def _hp_json(group: Sequence[Run]) -> str:
+def _hp_json(group: Sequence[RunRecord]) -> str:
     hps = {r.chosen_hp for r in group}
     if len(hps) != 1 or group[0].chosen_hp is None:
         return "" if hps == {None} else json.dumps([dict(r.chosen_hp or ()) for r in group], default=str)
@@ -209,13 +181,14 @@ def _improvement(tall: Sequence[float], x: Sequence[float]) -> tuple[float, ...]
     return tuple((t - v) / v * 100.0 if v != 0 else math.nan for t, v in zip(tall, x))
 
 
-def _tall_on_subsets(tall_runs: Sequence[Run], x_runs: Sequence[Run], metric: str) -> tuple[float, ...]:
+def _tall_on_subsets(tall_runs: Sequence[RunRecord], x_runs: Sequence[RunRecord],
+                     metric: str) -> tuple[float, ...]:
     """TALL's mean over each subset run's own users, averaged over TALL's seeds and the subset runs."""
     per_pair = np.array([[t.values_on(x.users, metric) for t in tall_runs] for x in x_runs])
     return tuple(float(v) for v in per_pair.mean(axis=(0, 1)))
 
 
-def build_rows(runs: Sequence[Run], metric: str = "ndcg@20",
+def build_rows(runs: Sequence[RunRecord], metric: str = "ndcg@20",
                reference: str | Sequence[str] | None = "paper") -> list[Row]:
     """Table 2 rows per dataset, in :func:`grouped_runs` order: each model's mean ± std over seeds, its
     reference rows (only for the paper's metric, NDCG@20; ``reference``: one or several of "paper",
@@ -277,7 +250,7 @@ def build_rows(runs: Sequence[Run], metric: str = "ndcg@20",
 FAIRNESS_KEYS = tuple(key for key, _, _ in FAIRNESS_COLUMNS)  # max_minus_min, low_over_high, std
 
 
-def fairness_rows(runs: Sequence[Run], metric: str = "ndcg@20",
+def fairness_rows(runs: Sequence[RunRecord], metric: str = "ndcg@20",
                   reference: str | Sequence[str] | None = "paper") -> list[Row]:
     """Per dataset and row name, the spread of ``metric`` over the mainstream groups (``FAIRNESS_KEYS``
     of :func:`tall_jax.metrics.group_fairness`): "ours" rows hold the mean ± std (ddof=1) over seeds of
@@ -310,21 +283,12 @@ def _fairness_markdown(rows: Sequence[Row], ds: str, metric: str) -> list[str]:
     mine = [r for r in rows if r.dataset == ds]
     if not mine:
         return []
-    heads = [h for _, h, _ in FAIRNESS_COLUMNS]
-    out = [f"Spread of test {metric} over the groups (max − min, low / high, std with ddof=0 over the "
-           "groups; mean ± std over seeds):", "", "| model | seeds | " + " | ".join(heads) + " |",
-           "|---|---|" + "---|" * len(heads)]
-    for row in mine:
-        cells = []
-        for j, (_, _, fmt) in enumerate(FAIRNESS_COLUMNS):
-            m = row.mean[j]
-            cell = "nan" if math.isnan(m) else format(m, fmt)
-            if row.std is not None:
-                cell += f" ± {row.std[j]:{fmt}}"
-            cells.append(cell)
-        seeds = str(row.n_seeds) if row.kind == "ours" else ""
-        out.append(f"| {_label(row)} | {seeds} | " + " | ".join(cells) + " |")
-    return out + [""]
+    lines = [[_label(row), str(row.n_seeds) if row.kind == "ours" else "",
+              *(pages.mean_std(row.mean[j], None if row.std is None else row.std[j], fmt)
+                for j, (_, _, fmt) in enumerate(FAIRNESS_COLUMNS))] for row in mine]
+    return [f"Spread of test {metric} over the groups (max − min, low / high, std with ddof=0 over the "
+            "groups; mean ± std over seeds):", "",
+            *pages.table(["model", "seeds", *(h for _, h, _ in FAIRNESS_COLUMNS)], lines), ""]
 
 
 def _label(row: Row) -> str:
@@ -334,21 +298,18 @@ def _label(row: Row) -> str:
     return f"{row.label or row.model} vs {row.vs_label or row.vs} (%{note})"
 
 
-def _cell(row: Row, j: int) -> str:
+def value_cell(row: Row, j: int) -> str:
+    """Column ``j`` of a row on a page: "mean ± std" (4 decimals), an improvement as "+1.23" (%)."""
     m = row.mean[j]
     if row.kind.startswith("improvement"):
         return f"{m:+.2f}"
-    if row.std is None:
-        return f"{m:.4f}"
-    return f"{m:.4f} ± {row.std[j]:.4f}"
+    return pages.mean_std(m, None if row.std is None else row.std[j])
 
 
-def _seconds_cell(row: Row) -> str:
+def seconds_cell(row: Row) -> str:
+    """A row's seconds per run on a page: "1,234 ± 56" ("" without them)."""
     summary = row.seconds_mean_std()
-    if summary is None:
-        return ""
-    mean, std = summary
-    return f"{mean:,.0f}" + (f" ± {std:,.0f}" if std is not None else "")
+    return "" if summary is None else pages.mean_std(*summary, fmt=",.0f")
 
 
 SECONDS_NOTE = ("Seconds per run: mean ± std over seeds of each run's training time, the sum of its "
@@ -365,7 +326,7 @@ LABELS_NOTE = ("Labels: a mixture of MultVAE experts names its E (the paper's mi
                "[variant], as the runs record it) is its key in the CSV.")
 
 
-def to_markdown(rows: Sequence[Row], metric: str, runs: Sequence[Run],
+def to_markdown(rows: Sequence[Row], metric: str, runs: Sequence[RunRecord],
                 fairness: Sequence[Row] = (), produced_by: str = "") -> str:
     """Table 2 per dataset, each followed by its spread-over-groups table when ``fairness`` rows
     (:func:`fairness_rows`) are given; ``produced_by``: a line that says how the page was made."""
@@ -374,16 +335,12 @@ def to_markdown(rows: Sequence[Row], metric: str, runs: Sequence[Run],
     out += [SECONDS_NOTE, "", LABELS_NOTE, ""]
     for ds in dict.fromkeys(r.dataset for r in rows):
         splits = sorted({r.split for r in runs if r.dataset == ds})
+        lines = [[_label(row), str(row.n_seeds) if row.kind == "ours" else "",
+                  *(value_cell(row, j) for j in range(len(COLUMNS))), seconds_cell(row),
+                  row.model if row.kind == "ours" else ""] for row in rows if row.dataset == ds]
         out += [f"## {ds} (split: {', '.join(splits)})", "",
-                "| model | seeds | " + " | ".join(COLUMNS) + " | seconds per run | run name |",
-                "|---|---|" + "---|" * len(COLUMNS) + "---:|---|"]
-        for row in rows:
-            if row.dataset == ds:
-                seeds = str(row.n_seeds) if row.kind == "ours" else ""
-                cells = [_cell(row, j) for j in range(len(COLUMNS))] + [_seconds_cell(row)]
-                name = row.model if row.kind == "ours" else ""
-                out.append(f"| {_label(row)} | {seeds} | " + " | ".join(cells) + f" | {name} |")
-        out.append("")
+                *pages.table(["model", "seeds", *COLUMNS, "seconds per run", "run name"], lines,
+                             "l" * (2 + len(COLUMNS)) + "rl"), ""]
         out += _fairness_markdown(fairness, ds, metric)
     return "\n".join(out)
 
@@ -410,9 +367,7 @@ def write_csv(rows: Sequence[Row], path: Path, metric: str, columns: Sequence[st
             line += ["", ""] if summary is None else [repr(summary[0]),
                                                       "" if summary[1] is None else repr(summary[1])]
         lines.append(line)
-    buf = io.StringIO()
-    csv.writer(buf).writerows(lines)
-    atomic_write_bytes(path, buf.getvalue().encode())  # bytes: csv's own \r\n line ends, untranslated
+    pages.write_csv(path, lines)
 
 
 def write_fairness_csv(rows: Sequence[Row], path: Path, metric: str) -> None:
@@ -430,17 +385,16 @@ def plot(rows: Sequence[Row], path: Path, metric: str, best: bool = False) -> An
     black bar; the paper's TALL as a dashed line (the value to beat). ``best``: a star on each
     column's best model (of the runs over all users). The height grows with the number of models, so
     labels never overlap. Returns the figure (written to ``path``)."""
+    # why: matplotlib is loaded only when a page draws its plot, not by every report
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FormatStrFormatter, MaxNLocator
-
-    from tall_jax.plots import new_figure  # pyplot-free: the process's backend is left alone
 
     datasets = list(dict.fromkeys(r.dataset for r in rows if r.kind == "ours"))
     ours = {ds: [r for r in rows if r.dataset == ds and r.kind == "ours"] for ds in datasets}
     source = next((r.note for r in rows if r.kind == "paper"), "")
     heights = [max(len(ours[ds]), 3) * 0.25 + 0.7 for ds in datasets]
     longest = max(len(r.title) for rs in ours.values() for r in rs)
-    fig = new_figure((1.0 + 0.065 * longest + 1.9 * len(COLUMNS), sum(heights) + 1.3))
+    fig = pages.new_figure((1.0 + 0.065 * longest + 1.9 * len(COLUMNS), sum(heights) + 1.3))
     fig.set_layout_engine("constrained")
     axes = fig.subplots(len(datasets), len(COLUMNS), sharey="row", squeeze=False,
                         gridspec_kw={"height_ratios": heights})
@@ -498,5 +452,5 @@ def plot(rows: Sequence[Row], path: Path, metric: str, best: bool = False) -> An
                               markeredgecolor="black", label="best of the column"))
     fig.suptitle(f"test {metric} by mainstream group: mean ± std over seeds (n = seeds)", fontsize="medium")
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize="small", frameon=False)
-    fig.savefig(path, dpi=120)
+    pages.save_figure(fig, path)
     return fig

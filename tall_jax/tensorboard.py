@@ -54,7 +54,7 @@ def epoch_writer(logdir: str | Path | None) -> Iterator[Callable[[dict[str, Any]
         yield None
         return
     check_available()
-    from tensorboardX import SummaryWriter
+    from tensorboardX import SummaryWriter  # why: an optional dependency, imported only when asked for
 
     writer = SummaryWriter(logdir=str(logdir))
 

@@ -13,8 +13,9 @@ import scipy.sparse as sp
 from tall_jax import evaluation, vae
 from tall_jax.baselines import scoring
 from tall_jax.batching import UserData, padded_rows
-from tall_jax.metrics import (GROUP_NAMES, coverage, item_popularity, metric_names, popularity_per_user,
-                              valid_test_metrics)
+from tall_jax.metrics import coverage, popularity_per_user
+from tall_jax.protocol import GROUP_NAMES
+from tall_jax.ranking import item_popularity, metric_names, valid_test_metrics
 
 from helpers import brute_force, brute_force_items, random_case, tiny_user_data
 

@@ -12,19 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tall_jax.metrics import (
-    GROUP_NAMES,
-    METRIC_DEFINITIONS,
-    RankingResult,
-    RankingSummary,
-    dense_mask_from_padded,
-    group_fairness,
-    metric_names,
-    normalise_ks,
-    rank_metrics,
-    rank_metrics_padded,
-    valid_test_metrics,
-)
+from tall_jax.metrics import METRIC_DEFINITIONS, RankingResult, RankingSummary, group_fairness
+from tall_jax.protocol import GROUP_NAMES
+from tall_jax.ranking import (dense_mask_from_padded, metric_names, normalise_ks, rank_metrics, rank_metrics_padded,
+                              valid_test_metrics)
 
 from helpers import brute_force, brute_force_items, random_case
 

@@ -12,7 +12,8 @@ import pytest
 import scipy.stats
 
 from tall_jax import niche, paper
-from tall_jax.metrics import GROUP_NAMES, RankingResult
+from tall_jax.metrics import RankingResult
+from tall_jax.protocol import GROUP_NAMES
 
 COLS = ("overall", *GROUP_NAMES)
 N_USERS = 100
@@ -147,7 +148,7 @@ def test_page_tests_labels_best_lines_and_plot(tmp_path):
 
 
 def test_per_user_averages_each_users_seeds_and_pairs_only_common_users(tmp_path):
-    from tall_jax.report import collect_runs
+    from tall_jax.run_records import collect_runs
 
     a0 = np.linspace(0.1, 0.9, N_USERS)
     a1 = a0[::-1].copy()

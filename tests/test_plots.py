@@ -16,7 +16,7 @@ SCRIPT = textwrap.dedent("""
     import matplotlib
     matplotlib.use("svg")  # what a user (or a notebook) chose before importing us
     before = matplotlib.get_backend()
-    import tall_jax.run, tall_jax.report, tall_jax.plots, tall_jax.two_tower.plots  # noqa: F401
+    import tall_jax.experiment, tall_jax.report, tall_jax.plots, tall_jax.two_tower.plots  # noqa: F401
     after_import = matplotlib.get_backend()
     import numpy as np
     from tall_jax import plots

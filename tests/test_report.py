@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tall_jax import paper, report
-from tall_jax.metrics import GROUP_NAMES, RankingResult
+from tall_jax import paper, report, run_records
+from tall_jax.metrics import RankingResult
+from tall_jax.protocol import GROUP_NAMES
 
 COLS = ("overall", *GROUP_NAMES)
 
@@ -148,7 +149,7 @@ def test_reads_ranking_result_json(tmp_path):
         d.mkdir()
         (d / "results.json").write_text(json.dumps(
             {"dataset": "yelp", "model": "tall", "seed": seed, "split": "random", "test": res.to_json()}))
-    runs = report.collect_runs(tmp_path)
+    runs = run_records.collect_runs(tmp_path)
     rows = report.build_rows(runs)
     assert rows[0].mean[0] == pytest.approx(res.overall()["ndcg@20"]) and rows[0].std[0] == 0.0
     assert rows[1].kind == "paper" and rows[1].mean[0] == 0.0992
@@ -174,7 +175,8 @@ def test_paper_transcription_consistent():
 
 def test_variants_get_their_own_rows_and_tall_variants_are_compared(tmp_path):
     import json
-    from tall_jax.report import build_rows, collect_runs
+    from tall_jax.report import build_rows
+    from tall_jax.run_records import collect_runs
 
     def write(model, variant, value):
         d = tmp_path / f"{model}{variant}"
@@ -209,7 +211,7 @@ def test_tall_is_compared_with_single_models_and_mixtures_of_its_own_size(tmp_pa
         (d / "results.json").write_text(json.dumps(
             {"dataset": "ml-1m", "model": model, "seed": 0, "split": "authors", "test": test,
              "variant": variant}))
-    rows = report.build_rows(report.collect_runs(tmp_path), reference=None)
+    rows = report.build_rows(run_records.collect_runs(tmp_path), reference=None)
     pairs = {(r.model, r.vs): r.mean[0] for r in rows if r.kind == "improvement"}
     assert set(pairs) == {("tall", "multvae"), ("tall", "lmoe"),
                           ("tall [n_experts=10, alpha=0.1]", "multvae"),
@@ -276,8 +278,8 @@ def test_fairness_rows_hand_worked(tmp_path):
     assert "Spread of test ndcg@20 over the groups" in md
     assert f"| TALL (E = 100) | 2 | 0.2200 ± {_hand_std(0.20, 0.24):.4f} |" in md
     # another metric: no reference rows
-    assert report.fairness_rows(report.collect_runs(runs), "recall@20")[0].mean[0] == 0.0
-    assert [r.kind for r in report.fairness_rows(report.collect_runs(runs), "recall@20")] == ["ours"]
+    assert report.fairness_rows(run_records.collect_runs(runs), "recall@20")[0].mean[0] == 0.0
+    assert [r.kind for r in report.fairness_rows(run_records.collect_runs(runs), "recall@20")] == ["ours"]
 
 
 def test_fidelity_doc_anchors_exist_and_readme_points_to_it():
@@ -306,10 +308,10 @@ def test_fidelity_doc_anchors_exist_and_readme_points_to_it():
 
 
 def test_run_seconds_sums_the_epochs_else_takes_the_wall_time():
-    assert report.run_seconds({"history": [{"seconds": 1.5}, {"seconds": 2.0}], "wall_time_s": 99}) == 3.5
-    assert report.run_seconds({"wall_time_s": 7}) == 7.0  # a local baseline: no epoch history
-    assert report.run_seconds({"history": [{"epoch": 1}], "wall_time_s": 4.0}) == 4.0
-    assert report.run_seconds({}) is None
+    assert run_records.run_seconds({"history": [{"seconds": 1.5}, {"seconds": 2.0}], "wall_time_s": 99}) == 3.5
+    assert run_records.run_seconds({"wall_time_s": 7}) == 7.0  # a local baseline: no epoch history
+    assert run_records.run_seconds({"history": [{"epoch": 1}], "wall_time_s": 4.0}) == 4.0
+    assert run_records.run_seconds({}) is None
 
 
 def test_report_reads_several_folders(tmp_path):
@@ -437,7 +439,7 @@ def test_E_comes_from_the_recorded_settings_when_the_variant_has_none(tmp_path):
     _write_labelled(tmp_path, "lmoe", 0.34, settings={"n_experts": 10})
     _write_labelled(tmp_path, "lmoe", 0.30, "n_experts=100")
     _write_labelled(tmp_path, "multvae", 0.30, settings={"n_experts": 1})
-    rows = report.build_rows(report.collect_runs(tmp_path), reference=None)
+    rows = report.build_rows(run_records.collect_runs(tmp_path), reference=None)
     assert [r.title for r in rows if r.kind == "ours"] == ["MultVAE", "LMoE (E = 100)", "LMoE (E = 10)",
                                                            "TALL (E = 10)"]
     assert [r.title for r in rows if r.kind == "improvement"] == ["TALL (E = 10) vs MultVAE (%)",
@@ -456,7 +458,7 @@ def test_plot_labels_never_overlap_with_twenty_rows(tmp_path):
         _write_labelled(tmp_path, model, 0.30 + 0.003 * i, variant)
     for i, (model, hp, _) in enumerate(STRONG):
         _write_labelled(tmp_path, model, 0.31 + 0.004 * i, chosen_hp=hp)
-    rows = report.build_rows(report.collect_runs(tmp_path))
+    rows = report.build_rows(run_records.collect_runs(tmp_path))
     assert sum(r.kind == "ours" for r in rows) == 20
     fig = table2.plot(rows, tmp_path / "t.png", "ndcg@20")
     small = table2.plot([r for r in rows if r.base in ("multvae", "tall")], tmp_path / "s.png", "ndcg@20")

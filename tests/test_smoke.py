@@ -24,7 +24,8 @@ import pytest
 from tall_jax import report
 from tall_jax.baselines import experiment as baseline_experiment
 from tall_jax.configs import MODELS
-from tall_jax.metrics import GROUP_NAMES, RankingResult
+from tall_jax.metrics import RankingResult
+from tall_jax.protocol import GROUP_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINES = ("loca", "lft", "enlft")

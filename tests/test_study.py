@@ -12,8 +12,8 @@ import scipy.stats
 from tall_jax import checkpoint
 from tall_jax import state as state_lib
 from tall_jax.configs import make_config
-from tall_jax.metrics import GROUP_NAMES
-from tall_jax.study import analysis, runner, variants as V
+from tall_jax.protocol import GROUP_NAMES
+from tall_jax.study import analysis, jobs, variants as V
 from tall_jax.study.__main__ import default_page, main
 from tall_jax.study.writeup import write_page
 
@@ -34,7 +34,7 @@ def test_variants_resolve_to_their_configs():
 
 def test_plan_is_seed_major_and_tune_variants_take_the_first_seed_last(tmp_path):
     vs = V.select(V.ablation_variants("ml-1m", 10), ["multvae", "tall", "lmoe_route_t0.3"])
-    runs = runner.plan(vs, [4, 1], tmp_path, "ml-1m", 10)
+    runs = jobs.plan(vs, [4, 1], tmp_path, "ml-1m", 10)
     assert [r.label for r in runs] == ["multvae/seed4", "tall/seed4", "multvae/seed1", "tall/seed1",
                                        "lmoe_route_t0.3/seed4"]
     assert runs[1].out_dir == tmp_path / "ml-1m" / "E10" / "tall" / "seed4"
@@ -43,7 +43,7 @@ def test_plan_is_seed_major_and_tune_variants_take_the_first_seed_last(tmp_path)
 def test_side_variants_take_the_first_seed_after_the_multi_seed_runs(tmp_path):
     vs = V.select(V.ablation_variants("ml-1m", 10), ["tall_route", "tall_route_item_cap"])
     assert [v.side for v in vs] == [False, True]
-    runs = runner.plan(vs, [0, 1], tmp_path, "ml-1m", 10)
+    runs = jobs.plan(vs, [0, 1], tmp_path, "ml-1m", 10)
     assert [r.label for r in runs] == ["tall_route/seed0", "tall_route/seed1", "tall_route_item_cap/seed0"]
     assert runs[2].trunk is runs[0] and runs[0].keep_epochs == (40,) and runs[1].keep_epochs == ()
 
@@ -68,25 +68,25 @@ def test_forks_share_only_the_epochs_before_the_gap():
 
 def test_plan_links_each_fork_to_its_trunk_of_the_same_seed(tmp_path):
     vs = V.select(V.ablation_variants("ml-1m", 10), ["lmoe", "tall", "tall_cap", "tall_route_item_cap"])
-    runs = {r.label: r for r in runner.plan(vs, [0, 1], tmp_path, "ml-1m", 10)}
+    runs = {r.label: r for r in jobs.plan(vs, [0, 1], tmp_path, "ml-1m", 10)}
     assert runs["tall/seed1"].keep_epochs == (40,) and runs["lmoe/seed1"].keep_epochs == ()
     assert runs["tall_cap/seed1"].trunk == runs["tall/seed1"] and runs["tall_cap/seed1"].fork_epoch == 40
     assert runs["tall_route_item_cap/seed0"].trunk is None  # its trunk tall_route is not in this study
-    assert runner.child_command(runs["tall/seed0"], "ml-1m", 10, None)[-2:] == ["--keep-epochs", "40"]
-    assert "--keep-epochs" not in runner.child_command(runs["tall_cap/seed0"], "ml-1m", 10, None)
+    assert jobs.child_command(runs["tall/seed0"], "ml-1m", 10, None)[-2:] == ["--keep-epochs", "40"]
+    assert "--keep-epochs" not in jobs.child_command(runs["tall_cap/seed0"], "ml-1m", 10, None)
 
 
 def test_a_fork_waits_for_its_trunk_unless_it_can_start(tmp_path):
     vs = V.select(V.ablation_variants("ml-1m", 10), ["tall", "tall_cap"])
-    trunk, fork = runner.plan(vs, [0], tmp_path, "ml-1m", 10)
+    trunk, fork = jobs.plan(vs, [0], tmp_path, "ml-1m", 10)
     pending = {trunk.label, fork.label}
-    assert runner.may_start(trunk, pending) and not runner.may_start(fork, pending)
-    assert runner.standing(fork).text == "waits for tall/seed0 to reach epoch 40"
-    assert runner.may_start(fork, {fork.label})  # the trunk is done without a kept checkpoint: from scratch
+    assert jobs.may_start(trunk, pending) and not jobs.may_start(fork, pending)
+    assert jobs.standing(fork).text == "waits for tall/seed0 to reach epoch 40"
+    assert jobs.may_start(fork, {fork.label})  # the trunk is done without a kept checkpoint: from scratch
     kept = checkpoint.write_folder(state_lib.kept_dir(trunk.out_dir, 40) / state_lib.CHECKPOINT,
                                    {"state.msgpack": b"s", "best.msgpack": b"b", "progress.json": b"{}"})
-    assert runner.may_start(fork, pending)
-    assert runner.standing(fork).text == "not started; starts from tall/seed0 at epoch 40"
+    assert jobs.may_start(fork, pending)
+    assert jobs.standing(fork).text == "not started; starts from tall/seed0 at epoch 40"
     assert state_lib.fork_checkpoint(trunk.out_dir, 40, fork.out_dir)
     copied = fork.out_dir / state_lib.CHECKPOINT
     assert sorted(p.name for p in copied.iterdir()) == sorted(p.name for p in kept.iterdir())
@@ -100,13 +100,13 @@ def test_default_pages_of_two_expert_counts_differ():
 
 def test_a_folder_made_for_other_settings_is_refused(tmp_path):
     v = V.select(V.ablation_variants("ml-1m", 10), ["tall"])[0]
-    run = runner.plan([v], [0], tmp_path, "ml-1m", 10)[0]
+    run = jobs.plan([v], [0], tmp_path, "ml-1m", 10)[0]
     run.out_dir.mkdir(parents=True)
     record = run.record("ml-1m", 10)
     record["overrides"] = {"weight_cap": 3.0}
-    (run.out_dir / runner.RECORD).write_text(json.dumps(record))
+    (run.out_dir / jobs.RECORD).write_text(json.dumps(record))
     with pytest.raises(ValueError, match="overrides"):
-        runner.check_folder(run, "ml-1m", 10)
+        jobs.check_folder(run, "ml-1m", 10)
 
 
 def test_smoothed_epoch_hand_worked():
@@ -307,9 +307,9 @@ def test_seconds_left_hand_worked(tmp_path):
     assert analysis.seconds_left([("a", 5), ("b", 0), ("a", 30)], runs, 2) == pytest.approx(
         (15 * 10 + 20 * 10 + 1 * 10) / 2)
     vs = V.select(V.ablation_variants("ml-1m", 10), ["tall", "lmoe"])
-    planned = {r.label: r for r in runner.plan(vs, [0], tmp_path, "ml-1m", 10)}
-    assert runner.standing(planned["tall/seed0"]).epochs == 0
-    assert runner.standing(planned["lmoe/seed0"]).epochs == 40  # it will start from tall's epoch 40
+    planned = {r.label: r for r in jobs.plan(vs, [0], tmp_path, "ml-1m", 10)}
+    assert jobs.standing(planned["tall/seed0"]).epochs == 0
+    assert jobs.standing(planned["lmoe/seed0"]).epochs == 40  # it will start from tall's epoch 40
 
 
 def test_loss_jump_hand_worked():

@@ -249,7 +249,7 @@ def test_study_is_resumable_and_writes_the_page(tmp_path, monkeypatch):
     rec = json.loads((tmp_path / "runs" / "seed1.json").read_text())
     assert rec["settings"]["models"] == ["baseline", "baseline_up", "mtl", "mtl_1head"]
     # a rerun trains nothing
-    monkeypatch.setattr("tall_jax.two_tower.experiment.run_seed", lambda *a, **k: pytest.fail("retrained a seed"))
+    monkeypatch.setattr("tall_jax.two_tower.study.run_seed", lambda *a, **k: pytest.fail("retrained a seed"))
     assert study.main(argv) == 0
     # other settings: refused unless --fresh
     with pytest.raises(ValueError, match="other settings"):
@@ -259,7 +259,7 @@ def test_study_is_resumable_and_writes_the_page(tmp_path, monkeypatch):
 def test_paired_test_matches_scipy():
     from scipy import stats
 
-    from tall_jax.two_tower.study import compare
+    from tall_jax.two_tower.study_page import compare
 
     rng = np.random.default_rng(0)
     ref = rng.random((5, 3, 2)) * 0.5 + 0.2

@@ -1,6 +1,6 @@
 """One closed-form or neighbourhood run end to end: the mainstream groups, the grid search on
 validation (:mod:`tall_jax.closed.grid`), and results.json / per_user_test.npz written like every
-other family's (:mod:`tall_jax.run`, :mod:`tall_jax.baselines.experiment`)."""
+other family's (:mod:`tall_jax.experiment`, :mod:`tall_jax.baselines.experiment`)."""
 from __future__ import annotations
 
 import logging

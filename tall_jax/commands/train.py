@@ -34,12 +34,12 @@ from tall_jax.configs import DATASET_PRESETS, MODEL_PRESETS, TALLConfig
 from tall_jax.datasets import KNOWN_DATASETS, DownloadError, load_dataset, register_dataset
 from tall_jax.datasets.download import DEFAULT_TIMEOUT, ENV_OFFLINE, ENV_TIMEOUT, check_timeout
 from tall_jax.datasets.own import DEFAULT_KCORE, looks_like_path, parse_columns
+from tall_jax.experiment import run_seeds_together
 from tall_jax.files import RunLockedError
 from tall_jax.flags import add_flags, flag_fields, plain_default
 from tall_jax.metrics import RankingResult
 from tall_jax.models import (FAMILIES, MODEL_TABLE, RunOptions, check_options, default_out_dir, family_of,
                              resolve_run, train_run)
-from tall_jax.run import run_seeds_together
 from tall_jax.sharding import make_mesh, parse_mesh
 from tall_jax.state import checkpoint_progress
 
@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "one (default: train it)")
     r = p.add_argument_group("running")
     r.add_argument("--together", action="store_true",
-                   help="train the --seed values of each model as one vmapped program (tall_jax.multirun; "
+                   help="train the --seed values of each model as one vmapped program (tall_jax.fit_seeds; "
                         "for accelerators, where one E = 10 run leaves the device idle; needs a split "
                         "shared by the seeds, i.e. ml-1m's authors split; no checkpoints)")
     r.add_argument("--resume", action="store_true",

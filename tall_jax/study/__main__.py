@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import os
 import platform
-import shlex
 import sys
 from pathlib import Path
 
+import jax
+
 from tall_jax.cli import HelpFormatter, Parser, show_progress_logs
 from tall_jax.configs import DATASET_PRESETS
+from tall_jax.pages import command_line
 from tall_jax.results import record_dir
 from tall_jax.study import records as records_lib
 from tall_jax.study.analysis import collect, seconds_left
-from tall_jax.study.runner import execute, plan, run_one, standing
+from tall_jax.study.jobs import execute, plan, run_one, standing
 from tall_jax.study.variants import CURVES, STUDIES, ablation_variants, precision_variants, select
 from tall_jax.study.writeup import write_page
 
@@ -142,7 +144,6 @@ def main(argv: list[str] | None = None) -> int:
         seeds = sorted({r.seed for r in planned})
         runs = collect(_folders(variants, planned))
         if any(runs.values()):
-            import jax
             # the page: the variants asked for and every other one with a finished run
             shown = [v for v in variants if v.name in chosen or runs.get(v.name)]
             names = {v.name for v in shown}
@@ -190,7 +191,7 @@ def _command(args, seeds: list[int]) -> str:
     """The command that rebuilds the page: its seeds are those on it (asked and recorded)."""
     parts = [args.study, "--dataset", args.dataset, "--experts", str(args.experts), "--seeds",
              *map(str, seeds)] + (["--variants", *args.variants] if args.variants else [])
-    return "python -m tall_jax.study " + " ".join(shlex.quote(p) for p in parts)
+    return command_line("python -m tall_jax.study", parts)
 
 
 if __name__ == "__main__":

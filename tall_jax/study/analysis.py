@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import scipy.stats
 
-from tall_jax.metrics import GROUP_NAMES
+from tall_jax.protocol import GROUP_NAMES
 
 METRIC = "ndcg@20"
 COLUMNS = ("overall",) + GROUP_NAMES

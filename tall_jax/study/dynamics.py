@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tall_jax.pages import new_figure, save_figure, table
 from tall_jax.study.analysis import RunSummary
 from tall_jax.study.analysis import mean_std_text as _ms
 
@@ -48,9 +49,10 @@ def jump_table(names: list[str], runs: dict[str, list[RunSummary]]) -> list[str]
     """Markdown rows: variant, runs with a jump, the jump's epoch, the best epoch, best epochs at or
     after the jump, the test NDCG@20 of the epoch before the jump and of the best epoch, and the
     weights' largest std after the jump (mean ± std over the runs that jump)."""
-    lines = ["| variant | runs that jump | jump epoch | best epoch | best at or after the jump | "
-             "test NDCG@20 the epoch before the jump | test NDCG@20 at the best epoch | largest std w after the jump |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    header = ["variant", "runs that jump", "jump epoch", "best epoch", "best at or after the jump",
+              "test NDCG@20 the epoch before the jump", "test NDCG@20 at the best epoch",
+              "largest std w after the jump"]
+    rows = []
     for name in names:
         rs = [r for r in runs.get(name, []) if r.curve]
         if not rs:
@@ -68,8 +70,8 @@ def jump_table(names: list[str], runs: dict[str, list[RunSummary]]) -> list[str]
                  _ms([r.best_epoch for r in rs], 1),
                  f"{sum(r.best_epoch >= j for r, j in jumped)} of {len(rs)}",
                  _ms(before, 4), _ms([r.best["overall"] for r, _ in jumped], 4), _ms(spread, 2)]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return lines
+        rows.append([name, *cells])
+    return table(header, rows, "l" + "r" * 7)
 
 
 def _mean_curve(rs: list[RunSummary], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -87,8 +89,6 @@ def _mean_curve(rs: list[RunSummary], key: str) -> tuple[np.ndarray, np.ndarray]
 def plot_curves(path: Path, names: list[str], runs: dict[str, list[RunSummary]], title: str) -> Path | None:
     """Three panels over epochs (test NDCG@20, weighted training loss, std of the weights), one line
     per variant: the mean over its seeds; a dotted line at the gap."""
-    from tall_jax.plots import new_figure
-
     shown = [n for n in names if any(r.curve for r in runs.get(n, []))]
     if not shown:
         return None
@@ -113,5 +113,4 @@ def plot_curves(path: Path, names: list[str], runs: dict[str, list[RunSummary]],
     axes[0].legend(fontsize="x-small")
     fig.suptitle(title, fontsize="medium")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+    return save_figure(fig, path)

@@ -16,10 +16,10 @@ from pathlib import Path
 
 from tall_jax.results import PER_USER_FILE, RESULTS_FILE, keep_run
 from tall_jax.study.analysis import METRIC
-from tall_jax.study.runner import RECORD, Run, check_folder, record_differences
+from tall_jax.study.jobs import RECORD, StudyJob, check_folder, record_differences
 
 
-def entry_dir(records: Path, run: Run) -> Path:
+def entry_dir(records: Path, run: StudyJob) -> Path:
     return Path(records) / run.variant.name / f"seed{run.seed}"
 
 
@@ -30,17 +30,17 @@ def recorded_seeds(records: Path, variant_names) -> list[int]:
     return sorted(found)
 
 
-def recorded(run: Run, records: Path) -> bool:
+def recorded(run: StudyJob, records: Path) -> bool:
     """Whether the record holds a finished entry for ``run``'s (variant, seed)."""
     return (entry_dir(records, run) / RESULTS_FILE).exists()
 
 
-def save(run: Run, records: Path) -> bool:
+def save(run: StudyJob, records: Path) -> bool:
     """Record a finished run (rewritten only when its results changed); returns whether it wrote."""
     return run.done() and keep_run(run.out_dir, entry_dir(records, run), (METRIC,), extra=(RECORD,))
 
 
-def restore(run: Run, records: Path, dataset: str, n_experts: int) -> str | None:
+def restore(run: StudyJob, records: Path, dataset: str, n_experts: int) -> str | None:
     """Copy a recorded run into its empty folder. Returns None when nothing was to restore, "restored",
     or why the entry was not used (it was made for other settings than the run's)."""
     entry = entry_dir(records, run)

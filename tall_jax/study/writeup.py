@@ -1,15 +1,15 @@
 """A study's page: Markdown tables, one CSV row per run, and a bar plot of NDCG@20 per group."""
 from __future__ import annotations
 
-import csv
 import math
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tall_jax.pages import new_figure, p_value, produced_by, save_figure, table, write_markdown
+from tall_jax.pages import write_csv as write_csv_lines
 from tall_jax.study.analysis import COLUMNS, RunSummary, aim, commits, paired_tests
 from tall_jax.study.analysis import mean_std_text as _ms
 from tall_jax.study.dynamics import JUMP_FACTOR, jump_epoch, jump_table, plot_curves
@@ -19,10 +19,7 @@ ALPHA = 0.05
 
 
 def _p(p: float) -> str:
-    if math.isnan(p):
-        return "–"
-    mark = "*" if p < ALPHA else ""
-    return f"{p:.1e}{mark}" if p < 1e-3 else f"{p:.3f}{mark}"
+    return p_value(p, ALPHA)
 
 
 def _num(x: float | None, fmt: str = ".3f") -> str:
@@ -71,17 +68,13 @@ def summary_lines(variants: list[Variant], runs: dict[str, list[RunSummary]], re
 
 
 def results_table(variants: list[Variant], runs: dict[str, list[RunSummary]], key: str) -> list[str]:
-    lines = ["| variant | seeds | " + " | ".join(COLUMNS) + " |", "|---|---:|" + "---:|" * len(COLUMNS)]
-    for v in variants:
-        rs = runs.get(v.name, [])
-        if rs:
-            cells = [_ms([getattr(r, key)[c] for r in rs]) for c in COLUMNS]
-            lines.append(f"| {v.name} | {len(rs)} | " + " | ".join(cells) + " |")
-    return lines
+    rows = [[v.name, str(len(rs)), *(_ms([getattr(r, key)[c] for r in rs]) for c in COLUMNS)]
+            for v in variants if (rs := runs.get(v.name, []))]
+    return table(["variant", "seeds", *COLUMNS], rows, "lr" + "r" * len(COLUMNS))
 
 
 def paired_table(variants: list[Variant], runs: dict[str, list[RunSummary]], reference: str) -> list[str]:
-    lines = ["| variant | seeds | " + " | ".join(COLUMNS) + " |", "|---|---:|" + "---:|" * len(COLUMNS)]
+    rows = []
     ref = runs.get(reference, [])
     for v in variants:
         if v.name == reference or not runs.get(v.name) or not ref:
@@ -90,15 +83,15 @@ def paired_table(variants: list[Variant], runs: dict[str, list[RunSummary]], ref
         if not tests:
             continue
         cells = [f"{t.mean_diff:+.4f} ({_p(t.p_users)}; {_p(t.p_seeds)})" for t in tests]
-        lines.append(f"| {v.name} | {tests[0].n_seeds} | " + " | ".join(cells) + " |")
-    return lines
+        rows.append([v.name, str(tests[0].n_seeds), *cells])
+    return table(["variant", "seeds", *COLUMNS], rows, "lr" + "r" * len(COLUMNS))
 
 
 def aim_table(variants: list[Variant], runs: dict[str, list[RunSummary]], reference: str,
               rival: str) -> list[str]:
-    lines = [f"| variant | seeds | columns not above `{reference}` | low minus `{rival}` | "
-             f"std over seeds (overall) | `{rival}`'s std | F-test p (equal spreads) | meets the aim |",
-             "|---|---:|---|---:|---:|---:|---:|---|"]
+    header = ["variant", "seeds", f"columns not above `{reference}`", f"low minus `{rival}`",
+              "std over seeds (overall)", f"`{rival}`'s std", "F-test p (equal spreads)", "meets the aim"]
+    rows = []
     for name in _contenders(variants, runs, reference, rival):
         a = aim(runs[name], runs.get(reference, []), runs.get(rival, []))
         if a is None:
@@ -106,14 +99,15 @@ def aim_table(variants: list[Variant], runs: dict[str, list[RunSummary]], refere
         spread = (f"{a.spread:.4f}", f"{a.rival_spread:.4f}") if a.n_seeds > 1 else ("–", "–")
         verdict = "yes" if a.met else ("needs 2+ seeds" if a.n_seeds < 2 else "no")
         below = "all" if len(a.below_reference) == len(COLUMNS) else ", ".join(a.below_reference) or "none"
-        lines.append(f"| {name} | {a.n_seeds} | {below} | "
-                     f"{a.low_vs_rival:+.4f} | {spread[0]} | {spread[1]} | {_p(a.spread_p)} | {verdict} |")
-    return lines
+        rows.append([name, str(a.n_seeds), below, f"{a.low_vs_rival:+.4f}", spread[0], spread[1],
+                     _p(a.spread_p), verdict])
+    return table(header, rows, "lrlrrrrl")
 
 
 def selection_table(variants: list[Variant], runs: dict[str, list[RunSummary]]) -> list[str]:
-    lines = ["| variant | best epoch | smoothed epoch | overall: best | overall: smoothed | low: best | low: smoothed | high: best | high: smoothed |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    header = ["variant", "best epoch", "smoothed epoch", "overall: best", "overall: smoothed", "low: best",
+              "low: smoothed", "high: best", "high: smoothed"]
+    rows = []
     for v in variants:
         rs = runs.get(v.name, [])
         if not rs:
@@ -121,13 +115,14 @@ def selection_table(variants: list[Variant], runs: dict[str, list[RunSummary]]) 
         cells = [_ms([r.best_epoch for r in rs], 1), _ms([r.smoothed_epoch for r in rs], 1)]
         for col in ("overall", "low", "high"):
             cells += [_ms([r.best[col] for r in rs]), _ms([r.smoothed[col] for r in rs])]
-        lines.append(f"| {v.name} | " + " | ".join(cells) + " |")
-    return lines
+        rows.append([v.name, *cells])
+    return table(header, rows, "l" + "r" * 8)
 
 
 def diagnostics_table(variants: list[Variant], runs: dict[str, list[RunSummary]], n_experts: int) -> list[str]:
-    lines = [f"| variant | gate entropy (log E = {math.log(n_experts):.4f}) | max w | std w | Spearman(abs(w-1), abs V_u) | epochs run | median s per epoch |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    header = ["variant", f"gate entropy (log E = {math.log(n_experts):.4f})", "max w", "std w",
+              "Spearman(abs(w-1), abs V_u)", "epochs run", "median s per epoch"]
+    rows = []
     for v in variants:
         rs = runs.get(v.name, [])
         if not rs:
@@ -139,32 +134,26 @@ def diagnostics_table(variants: list[Variant], runs: dict[str, list[RunSummary]]
                  _ms([x["w_std"] for x in w], 2) if w else "–",
                  _ms([x["spearman_n_valid"] for x in w if not math.isnan(x["spearman_n_valid"])], 2) if w else "–",
                  _ms([r.epochs_run for r in rs], 0), _ms([r.epoch_seconds for r in rs], 1)]
-        lines.append(f"| {v.name} | " + " | ".join(cells) + " |")
-    return lines
+        rows.append([v.name, *cells])
+    return table(header, rows, "l" + "r" * 6)
 
 
 def write_csv(path: Path, runs: dict[str, list[RunSummary]]) -> None:
     fields = (["variant", "seed", "best_epoch", "smoothed_epoch", "epochs_run", "epoch_seconds_median", "valid_score",
                "gate_entropy", "w_max", "w_std"] + [f"best_{c}" for c in COLUMNS] + [f"smoothed_{c}" for c in COLUMNS]
               + ["commit"])
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(fields)
-        for rs in runs.values():
-            for r in rs:
-                w.writerow([r.variant, r.seed, r.best_epoch, r.smoothed_epoch, r.epochs_run,
-                            f"{r.epoch_seconds:.2f}", f"{r.valid_score:.6f}", _num(r.gate_entropy, ".6f"),
-                            _num(r.weights.get("w_max"), ".4f"), _num(r.weights.get("w_std"), ".4f")]
-                           + [f"{r.best[c]:.6f}" for c in COLUMNS] + [f"{r.smoothed[c]:.6f}" for c in COLUMNS]
-                           + [r.commit or ""])
+    write_csv_lines(path, [fields] + [
+        [r.variant, r.seed, r.best_epoch, r.smoothed_epoch, r.epochs_run, f"{r.epoch_seconds:.2f}",
+         f"{r.valid_score:.6f}", _num(r.gate_entropy, ".6f"), _num(r.weights.get("w_max"), ".4f"),
+         _num(r.weights.get("w_std"), ".4f")]
+        + [f"{r.best[c]:.6f}" for c in COLUMNS] + [f"{r.smoothed[c]:.6f}" for c in COLUMNS] + [r.commit or ""]
+        for rs in runs.values() for r in rs])
 
 
 def plot(path: Path, variants: list[Variant], runs: dict[str, list[RunSummary]], title: str,
          control: str = "multvae") -> Path | None:
     """One panel per group, one horizontal bar per variant: its mean test NDCG@20 minus the control's
     (one MultVAE), with the variant's std over seeds; the gain is what a reader compares across groups."""
-    from tall_jax.plots import new_figure
-
     shown = [v.name for v in variants if runs.get(v.name) and v.name != control]
     if not shown or not runs.get(control):
         return None
@@ -186,8 +175,7 @@ def plot(path: Path, variants: list[Variant], runs: dict[str, list[RunSummary]],
     fig.supxlabel(f"test NDCG@20 minus {control}'s (seeds in brackets)", fontsize="small")
     fig.suptitle(title, fontsize="medium")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+    return save_figure(fig, path)
 
 
 def _code_line(runs: dict[str, list[RunSummary]]) -> str:
@@ -216,7 +204,7 @@ def write_page(out: Path, *, study: str, command: str, dataset: str, n_experts: 
     # the sweeps and the LMoE they sweep around (a routing gate at its multi-seed temperature)
     tuned = [v for v in variants if v.tune or (v.model == "lmoe" and "gate_temperature" in dict(v.overrides))]
     lines = [f"# {study.capitalize()} study: {dataset}, E = {n_experts}", "",
-             f"Produced by `{command}` on {time.strftime('%Y-%m-%d')} ({n_done}"
+             produced_by(command) + f" ({n_done}"
              f"{f' of {n_planned} planned' if n_planned else ''} runs finished; seeds: "
              f"{' '.join(map(str, seeds))}). Rerun the command to resume it and to refresh this page.", ""]
     if environment:
@@ -225,12 +213,13 @@ def write_page(out: Path, *, study: str, command: str, dataset: str, n_experts: 
     summary = summary_lines(main, runs, reference, rival) if study == "ablations" else []
     if summary:
         lines += ["## Summary", ""] + summary + [""]
-    lines += ["## Variants", "", "| variant | model | changes | what it asks |", "|---|---|---|---|"]
+    described = []
     for v in variants:
         changes = ", ".join(f"{k}={val}" for k, val in v.overrides) or "(preset)"
         shared = f" (epochs 1..gap are `{v.trunk}`'s: it starts from that run's checkpoint)" if v.trunk else ""
         once = " (first seed only)" if v.side else ""
-        lines.append(f"| {v.name} | {v.model} | {changes} | {v.about}{shared}{once} |")
+        described.append([v.name, v.model, changes, f"{v.about}{shared}{once}"])
+    lines += ["## Variants", "", *table(["variant", "model", "changes", "what it asks"], described)]
     lines += ["", "## Test NDCG@20 per group (best-validation epoch), mean ± std over seeds", ""]
     lines += results_table(main, runs, "best")
     lines += ["", f"## Paired difference to `{reference}` (test NDCG@20)", "",
@@ -281,15 +270,13 @@ def write_page(out: Path, *, study: str, command: str, dataset: str, n_experts: 
                   "validation metric that early stopping and this sweep read is computed on those same items: "
                   "a sharper gate can look good on validation while the test score falls, so compare the "
                   "test column. The `route_train` gate reads the train items only, so its validation column "
-                  "is a fair choice of tau.", "",
-                  "| variant | tau | validation score (mean NDCG@{1,5,10,20}) | gate entropy | test NDCG@20 |",
-                  "|---|---:|---:|---:|---:|"]
-        for v in tuned:
-            for r in runs.get(v.name, [])[:1]:
-                tau = dict(v.overrides).get("gate_temperature", "")
-                lines.append(f"| {v.name} (seed {r.seed}) | {tau} | {r.valid_score:.4f} | "
-                             f"{_num(r.gate_entropy, '.4f')} | {r.best['overall']:.4f} |")
+                  "is a fair choice of tau.", ""]
+        swept = [[f"{v.name} (seed {r.seed})", str(dict(v.overrides).get("gate_temperature", "")),
+                  f"{r.valid_score:.4f}", _num(r.gate_entropy, ".4f"), f"{r.best['overall']:.4f}"]
+                 for v in tuned for r in runs.get(v.name, [])[:1]]
+        lines += table(["variant", "tau", "validation score (mean NDCG@{1,5,10,20})", "gate entropy",
+                        "test NDCG@20"], swept, "lrrrr")
     lines += ["", f"![gain in NDCG@20 over MultVAE per group]({png.name})" if png else "", "",
               f"Per-run values: [{out.with_suffix('.csv').name}]({out.with_suffix('.csv').name}).", ""]
-    out.with_suffix(".md").write_text("\n".join(lines))
+    write_markdown(out.with_suffix(".md"), "\n".join(lines))
     return [p for p in (out.with_suffix(".md"), out.with_suffix(".csv"), png, curves_png) if p is not None]

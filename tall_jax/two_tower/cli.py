@@ -12,7 +12,11 @@ from pathlib import Path
 from typing import Callable
 
 from tall_jax.cli import Parser
+from tall_jax.datasets import load_dataset
+from tall_jax.results import variant
 from tall_jax.two_tower.experiment import ALL_MODELS, MODELS, PROTOCOLS, TrainConfig
+from tall_jax.two_tower.ml1m import make_ml1m_days, make_ml1m_two_tower, svd_user_embedding
+from tall_jax.two_tower.synthetic import SyntheticConfig, make_synthetic_two_tower
 
 # preset -> (width d, batch size); every explicit flag wins over its preset value
 PRESETS = {
@@ -130,8 +134,6 @@ def settings_of(args) -> dict:
 def variant_of(args) -> str:
     """How the training config departs from ``TrainConfig``'s paper values (d 512, batch 8192, ...);
     ``eval_batch_size`` only changes how scoring is batched."""
-    from tall_jax.results import variant
-
     return variant(train_config(args), TrainConfig(), execution_fields=("eval_batch_size",))
 
 
@@ -147,18 +149,16 @@ def make_builder(args, first_seed: int | None = None) -> Callable[[int], object]
 
 
 def _builder(args) -> Callable[[int], object]:
-    from tall_jax.two_tower.synthetic import SyntheticConfig, make_synthetic_two_tower
-
     if args.dataset == "synthetic":
         syn = dataclasses.replace(SyntheticConfig(), alpha=args.alpha,
                                   **({"n_users": args.n_users} if args.n_users else {}))
         return lambda seed: make_synthetic_two_tower(syn, seed)
     progress = not args.no_progress
     if args.ml1m_days == "timestamps":
-        from tall_jax.two_tower.ml1m import make_ml1m_days
-
         embed = args.user_embedding
         if embed == "multvae":  # trained here, in the experiment layer; the data builder trains nothing
+            # why: the MultVAE embedding loads the TALL training stack (fit, checkpoints); only this
+            # choice needs it, and the command's argument errors come before it
             from tall_jax.two_tower.embedding import multvae_history_embedding
 
             embed = functools.partial(multvae_history_embedding, vae_epochs=args.vae_epochs, progress=progress)
@@ -172,11 +172,9 @@ def _builder(args) -> Callable[[int], object]:
             return make_ml1m_days(args.data_dir, seed=seed, alpha=args.alpha, user_embedding=cache["emb"])
 
         return build
-    from tall_jax.datasets import load_dataset
-    from tall_jax.two_tower.ml1m import make_ml1m_two_tower, svd_user_embedding
-
     ds = load_dataset("ml-1m", split="authors", data_dir=args.data_dir, download=False)
     if args.user_embedding == "multvae":
+        # why: as above, the TALL training stack only for a MultVAE embedding
         from tall_jax.two_tower.embedding import multvae_user_embedding
 
         emb, name = multvae_user_embedding(ds, max_epochs=args.vae_epochs, progress=progress), "multvae_mu"

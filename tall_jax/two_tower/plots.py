@@ -1,6 +1,6 @@
 """Score histograms per case title (paper Fig. 2) and a per-territory gain bar chart, as PNG.
 
-Drawn on pyplot-free figures with their own Agg canvas (:func:`tall_jax.plots.new_figure`): matplotlib's
+Drawn on pyplot-free figures with their own Agg canvas (:func:`tall_jax.pages.new_figure`): matplotlib's
 backend is never changed.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tall_jax.plots import new_figure
+from tall_jax.pages import new_figure, save_figure
 
 
 def plot_title_histograms(hist_by_model: dict[str, np.ndarray], titles: list[str], path: str | Path) -> Path:
@@ -28,9 +28,7 @@ def plot_title_histograms(hist_by_model: dict[str, np.ndarray], titles: list[str
         ax.set_ylabel("share of users")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_gains(cells: list[str], table: dict[str, dict], path: str | Path) -> Path:
@@ -46,6 +44,4 @@ def plot_gains(cells: list[str], table: dict[str, dict], path: str | Path) -> Pa
     ax.set_ylabel("relative PR-AUC gain (%)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    return path
+    return save_figure(fig, path, dpi=110)

@@ -20,11 +20,13 @@ from typing import Any
 import numpy as np
 
 from tall_jax.files import atomic_write_text
+from tall_jax.pages import write_markdown
 from tall_jax.results import to_jsonable
 from tall_jax.two_tower.cli import (
     check_args, make_builder, make_parser, models_of, run_main, settings_of, train_config,
 )
-from tall_jax.two_tower.study_page import build_page, compare  # noqa: F401  (compare: the statistics)
+from tall_jax.two_tower.experiment import run_seed
+from tall_jax.two_tower.study_page import build_page
 
 def parse_args(argv=None):
     p = make_parser(__doc__.split("\n\n")[0], default_seeds=[0, 1, 2, 3, 4])
@@ -48,8 +50,6 @@ def _arrays(run: dict[str, Any]) -> dict[str, Any]:
 
 def run_study(args) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Path]:
     """Train every seed not yet on disk; return the runs, their data descriptions and the runs folder."""
-    from tall_jax.two_tower.experiment import run_seed
-
     runs_dir = Path(args.runs) if args.runs else Path("runs") / "two_tower_study" / args.dataset
     runs_dir.mkdir(parents=True, exist_ok=True)
     settings = settings_of(args)
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     page = build_page(runs, metas, args, command)
     doc = Path(args.doc) if args.doc else Path("docs") / "results" / f"two_tower_{args.dataset.replace('-', '')}.md"
     doc.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(doc, page)
+    write_markdown(doc, page)
     print(f"wrote {doc} ({len(runs)} seeds; per-seed files in {runs_dir})", file=sys.stderr)
     return 0
 

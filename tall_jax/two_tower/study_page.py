@@ -8,8 +8,11 @@ import warnings
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
+from tall_jax.pages import table_text
 from tall_jax.two_tower.cli import settings_of
+from tall_jax.two_tower.metrics import relative_gain
 
 ALPHA = 0.05  # significance level of the paired t-tests
 NAMES = {"baseline": "baseline", "baseline_up": "baseline + upsampling", "mtl": "MTL",
@@ -27,8 +30,6 @@ def _day_mean(x_SxDxK: np.ndarray) -> np.ndarray:
 
 def paired_test(new_S: np.ndarray, ref_S: np.ndarray) -> float:
     """Two-sided paired t-test over seeds (scipy.stats.ttest_rel); NaN with < 2 usable seeds."""
-    from scipy import stats
-
     ok = np.isfinite(new_S) & np.isfinite(ref_S)
     if ok.sum() < 2 or np.allclose(new_S[ok], ref_S[ok]):
         return float("nan")
@@ -38,8 +39,6 @@ def paired_test(new_S: np.ndarray, ref_S: np.ndarray) -> float:
 def compare(ap_SxDxK: dict[str, np.ndarray], new: str, ref: str) -> dict[str, np.ndarray]:
     """Per cell: relative gain % (per-day gains averaged over days, paper Table 2), mean ± std over seeds,
     and the paired t-test over seeds of the day-averaged AP."""
-    from tall_jax.two_tower.metrics import relative_gain
-
     gain_SxK = _day_mean(relative_gain(ap_SxDxK[new], ap_SxDxK[ref]))
     a, b = _day_mean(ap_SxDxK[new]), _day_mean(ap_SxDxK[ref])
     with warnings.catch_warnings():
@@ -74,12 +73,6 @@ def _pm_finite(v, spread: bool) -> str:
     if v.size == 0:
         return "–"
     return _pm(float(v.mean()), (float(v.std(ddof=1)) if v.size > 1 else float("nan")) if spread else 0.0)
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------- the page
@@ -133,7 +126,7 @@ def build_page(runs: list[dict[str, Any]], metas: list[dict[str, Any]], args, co
             rows.append([str(d["day"]), "test" if d["is_test"] else "train", f"{d['train_plain']['n_pos']:,}",
                          f"{d['train_upsampled']['n_pos']:,}", f"{d['valid']['n_pos']:,}", f"{d['test']['n_pos']:,}"])
         out += [f"Days of seed {seeds[0]} (positives per set; training, validation and test users are disjoint):", "",
-                _table(["day", "role", "train plain", "train upsampled", "validation", "test"], rows), ""]
+                table_text(["day", "role", "train plain", "train upsampled", "validation", "test"], rows), ""]
 
     def ap_rows(level: str, names: list[str], extra=None) -> list[list[str]]:
         rows = []
@@ -147,10 +140,10 @@ def build_page(runs: list[dict[str, Any]], metas: list[dict[str, Any]], args, co
 
     mheads = [NAMES.get(m, m) for m in models]
     out += ["## Average precision", "", "Overall (all test examples of a day):", "",
-            _table(["", *mheads], ap_rows("overall", ["all"])), "", "Per territory group:", "",
-            _table(["group", *mheads], ap_rows("group", groups)), "", "Per territory (size = mean test positives "
+            table_text(["", *mheads], ap_rows("overall", ["all"])), "", "Per territory group:", "",
+            table_text(["group", *mheads], ap_rows("group", groups)), "", "Per territory (size = mean test positives "
             "over the three days; major = the largest territory of its group):", "",
-            _table(["territory", "group", "size", "kind", *mheads],
+            table_text(["territory", "group", "size", "kind", *mheads],
                    ap_rows("territory", terr, lambda k: [groups[tg[k]], f"{pos_T[k] / 3:.0f}",
                                                          "major" if major[k] else "minor"])), ""]
     cheads = [f"{NAMES[a]} vs {NAMES[b]}" for a, b in comps]
@@ -164,7 +157,7 @@ def build_page(runs: list[dict[str, Any]], metas: list[dict[str, Any]], args, co
             rows.append(cells)
         title = {"overall": "Relative AP gain %, overall", "group": "Relative AP gain % per group",
                  "territory": "Relative AP gain % per territory (paper Table 2)"}[level]
-        out += [f"## {title}" if level == "overall" else f"### {title}", "", _table(["", *cheads], rows), ""]
+        out += [f"## {title}" if level == "overall" else f"### {title}", "", table_text(["", *cheads], rows), ""]
 
     # case study
     cases = metas[0]["case_titles"]
@@ -190,7 +183,7 @@ def build_page(runs: list[dict[str, Any]], metas: list[dict[str, Any]], args, co
             cells.append(f"{finite.mean():.4f}" if finite.size else "–")
         rows.append(cells)
     out += ["Title-level AP (mean ± std over seeds) and mean predicted propensity:", "",
-            _table(["title", *[f"AP {h}" for h in mheads], *[f"mean score {h}" for h in mheads]], rows), ""]
+            table_text(["title", *[f"AP {h}" for h in mheads], *[f"mean score {h}" for h in mheads]], rows), ""]
     bins = t_hist[models[0]].shape[1]
     merge = 2 if bins % 2 == 0 else 1
     for c_i, c in enumerate(cases):
@@ -200,7 +193,7 @@ def build_page(runs: list[dict[str, Any]], metas: list[dict[str, Any]], args, co
             cells = [f"{lo:.1f}–{hi:.1f}"] + [f"{t_hist[m][c_i, b:b + merge].sum():.3f}" for m in models]
             rows.append(cells)
         out += [f"Score histogram, {c['name']} (share of users per score bin, mean over seeds):", "",
-                _table(["score", *mheads], rows), ""]
+                table_text(["score", *mheads], rows), ""]
 
     out += ["## The paper's claims on this data", ""]
     out += claims(res, major, t_mean, t_ap, cases, models, runs)
@@ -223,8 +216,6 @@ def _verdict(overall: dict[str, np.ndarray], terr: dict[str, np.ndarray]) -> tup
 
 
 def claims(res, major, t_mean, t_ap, cases, models, runs) -> list[str]:
-    from scipy import stats
-
     out = []
     for new, ref, claim in (("mtl", "baseline", "MTL beats the single global model (paper Table 2, first block)"),
                             ("mtl", "baseline_up", "MTL beats the global model trained on the same upsampled data "

@@ -3,11 +3,13 @@ to MovieID map, the SVD user embedding and the raw timed ratings (module docstri
 :mod:`tall_jax.two_tower.ml1m`)."""
 from __future__ import annotations
 
+import gzip
 import re
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.sparse.linalg import svds
 
 from tall_jax.datasets.cache import find_file
 from tall_jax.datasets.readers import read_ml1m_movies, read_ml1m_ratings, read_ml1m_users
@@ -81,8 +83,6 @@ def user_territories(n_users: int, data_dir) -> np.ndarray:
 
 def svd_user_embedding(train: sp.csr_matrix, dim: int = 64) -> np.ndarray:
     """Fallback embedding: ``U_k sqrt(S_k)`` of the truncated SVD of the binary train matrix."""
-    from scipy.sparse.linalg import svds
-
     u, s, _ = svds(train.astype(np.float64), k=dim, random_state=0)
     return (u * np.sqrt(s)).astype(np.float32)
 
@@ -101,8 +101,6 @@ RAW_RATINGS = ["ml-1m/raw/ratings.dat", "ml-1m/ratings.dat", "ml-1m/raw/ratings_
 def read_timed_ratings(data_dir) -> tuple[np.ndarray, Path]:
     """``[R, 4]`` int64 (UserID, MovieID, rating, Unix time) of the first raw ``ratings.dat`` found
     (full file first, then the staged partial file of users 1-2999), and its path."""
-    import gzip
-
     path = need(RAW_RATINGS, data_dir, "a raw ratings.dat with timestamps")
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="latin-1") as f:

@@ -28,7 +28,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from tqdm.auto import tqdm
+
 from tall_jax import state as state_lib
+from tall_jax.datasets import load_dataset
 from tall_jax.identity import field_differences
 from tall_jax.models import run_experiment
 from tall_jax.study.variants import Variant
@@ -38,11 +41,11 @@ RECORD = "study_run.json"  # what a folder was created for
 
 
 @dataclasses.dataclass(frozen=True)
-class Run:
+class StudyJob:
     variant: Variant
     seed: int
     out_dir: Path
-    trunk: "Run | None" = None  # the run whose checkpoint of epoch fork_epoch this one starts from
+    trunk: "StudyJob | None" = None  # the run whose checkpoint of epoch fork_epoch this one starts from
     fork_epoch: int = 0
     keep_epochs: tuple[int, ...] = ()  # epochs whose checkpoint this run keeps for its forks
 
@@ -64,7 +67,7 @@ def run_dir(root: str | Path, dataset: str, n_experts: int, variant: str, seed: 
 
 
 def plan(variants: list[Variant], seeds: list[int], root: str | Path, dataset: str,
-         n_experts: int) -> list[Run]:
+         n_experts: int) -> list[StudyJob]:
     """Every run of the study, seed-major (all variants' first seed, then the next seed, ...), so
     a study cut short has comparable seeds for every variant. ``tune`` and ``side`` variants get the
     first seed only, and come after every multi-seed run: the seeds the page needs go first."""
@@ -77,20 +80,20 @@ def plan(variants: list[Variant], seeds: list[int], root: str | Path, dataset: s
         keep: dict[str, set[int]] = {}
         for trunk, epoch in forks.values():
             keep.setdefault(trunk.name, set()).add(epoch)
-        seed_runs = {v.name: Run(v, seed, run_dir(root, dataset, n_experts, v.name, seed),
-                                 keep_epochs=tuple(sorted(keep.get(v.name, ()))))
+        seed_runs = {v.name: StudyJob(v, seed, run_dir(root, dataset, n_experts, v.name, seed),
+                                      keep_epochs=tuple(sorted(keep.get(v.name, ()))))
                      for v in chosen if v.name not in forks}
         for v in chosen:
             if v.name in forks:
                 trunk, epoch = forks[v.name]
-                seed_runs[v.name] = Run(v, seed, run_dir(root, dataset, n_experts, v.name, seed),
-                                        trunk=seed_runs[trunk.name], fork_epoch=epoch)
+                seed_runs[v.name] = StudyJob(v, seed, run_dir(root, dataset, n_experts, v.name, seed),
+                                             trunk=seed_runs[trunk.name], fork_epoch=epoch)
         runs += [seed_runs[v.name] for v in chosen if not v.first_seed_only]
         sweeps += [seed_runs[v.name] for v in chosen if v.first_seed_only]
     return runs + sweeps
 
 
-def may_start(run: Run, pending: set[str]) -> bool:
+def may_start(run: StudyJob, pending: set[str]) -> bool:
     """Whether ``run`` can start now: at once without a trunk or with a checkpoint of its own; else
     once its trunk has kept the fork epoch's checkpoint, or is no longer ``pending`` (queued or
     running) without having kept it (the run then trains from epoch 1)."""
@@ -109,7 +112,7 @@ class Standing:
     epochs: int  # epochs behind it: its own, or the trunk's fork epoch it will start from
 
 
-def standing(run: Run) -> Standing:
+def standing(run: StudyJob) -> Standing:
     """Finished, at which checkpoint, or how it will start (from its trunk's checkpoint of the fork
     epoch, kept or still to come, or from epoch 1)."""
     if run.done():
@@ -127,13 +130,13 @@ def standing(run: Run) -> Standing:
     return Standing(f"waits for {run.trunk.label} to reach epoch {run.fork_epoch}", run.fork_epoch)
 
 
-def record_differences(path: Path, run: Run, dataset: str, n_experts: int) -> list[str]:
+def record_differences(path: Path, run: StudyJob, dataset: str, n_experts: int) -> list[str]:
     """What the record at ``path`` (a ``study_run.json``) says differently from ``run``'s."""
     saved, wanted = json.loads(path.read_text()), json.loads(json.dumps(run.record(dataset, n_experts)))
     return field_differences(saved, wanted, RECORD)
 
 
-def check_folder(run: Run, dataset: str, n_experts: int) -> None:
+def check_folder(run: StudyJob, dataset: str, n_experts: int) -> None:
     """Refuse a folder made for another variant (its record names what differs)."""
     path = run.out_dir / RECORD
     diff = record_differences(path, run, dataset, n_experts) if path.exists() else []
@@ -142,7 +145,7 @@ def check_folder(run: Run, dataset: str, n_experts: int) -> None:
                          "remove it or choose another --root")
 
 
-def child_command(run: Run, dataset: str, n_experts: int, data_dir: str | None) -> list[str]:
+def child_command(run: StudyJob, dataset: str, n_experts: int, data_dir: str | None) -> list[str]:
     cmd = [sys.executable, "-m", "tall_jax.study", "run-one", "--dataset", dataset,
            "--experts", str(n_experts), "--variant", run.variant.name, "--seed", str(run.seed),
            "--out", str(run.out_dir)]
@@ -152,20 +155,17 @@ def child_command(run: Run, dataset: str, n_experts: int, data_dir: str | None) 
             + (["--keep-epochs", *map(str, run.keep_epochs)] if run.keep_epochs else []))
 
 
-def execute(runs: list[Run], *, dataset: str, n_experts: int, data_dir: str | None, jobs: int = 1,
+def execute(runs: list[StudyJob], *, dataset: str, n_experts: int, data_dir: str | None, jobs: int = 1,
             nice: int = 0, progress: bool = True,
-            on_finish: Callable[[Run], Any] | None = None) -> list[str]:
+            on_finish: Callable[[StudyJob], Any] | None = None) -> list[str]:
     """Train every unfinished run, ``jobs`` processes at a time; returns the labels that failed
     (their log: ``<out_dir>/train.log``). ``on_finish(run)`` is called as each run finishes (the
     study records it there, so a session cut short keeps every finished run)."""
-    from tqdm.auto import tqdm
-
     for run in runs:
         check_folder(run, dataset, n_experts)
     todo = [r for r in runs if not r.done()]
     by_label = {r.label: r for r in runs}
     if todo:  # a missing data file fails here, once, not in every child; it also fills the split cache
-        from tall_jax.datasets import load_dataset
         load_dataset(dataset, seed=todo[0].seed, data_dir=data_dir)
     env = dict(os.environ)
     if jobs > 1:

@@ -16,7 +16,7 @@ from tall_jax import identity, plots, results as results_lib, sharding
 from tall_jax.configs import TALLConfig
 from tall_jax.datasets import load_dataset
 from tall_jax.fit import fit
-from tall_jax.multirun import fit_seeds
+from tall_jax.fit_seeds import fit_seeds
 from tall_jax.protocol import dataset_groups
 from tall_jax.tensorboard import epoch_writer
 
@@ -47,7 +47,7 @@ def train_mixture(plan, ds, out_dir: Path, settings: dict[str, Any], options) ->
 def run_seeds_together(plans: list, *, out_dirs: list[str | Path], data_dir: str | Path | None = None,
                        progress: bool = True) -> list[dict[str, Any]]:
     """:func:`train_mixture` for resolved runs (:class:`tall_jax.models.RunPlan`) that differ only
-    in their seed, trained as ONE vmapped program (:func:`tall_jax.multirun.fit_seeds`), each
+    in their seed, trained as ONE vmapped program (:func:`tall_jax.fit_seeds.fit_seeds`), each
     seed's files written into its ``out_dirs`` entry. The seeds must share one split (ml-1m's
     authors split): a random split depends on the seed. No checkpoints are written (a stopped
     program starts again)."""

@@ -7,7 +7,7 @@ epoch.
 Run r is the run :func:`tall_jax.fit.fit` trains with ``config.replace(seed=seeds[r])``: the same
 initialisation, shuffles, noise and dropout (all drawn from the seed's key), the same per-epoch
 records, the same stopping rule. Only the floating-point reduction order of the batched matmuls may
-differ, so the runs agree to float32 rounding (tests/test_multirun.py), not bit for bit.
+differ, so the runs agree to float32 rounding (tests/test_fit_seeds.py), not bit for bit.
 
 Why: at E = 10, or for a single MultVAE, one run leaves a GPU mostly idle; R runs in one program
 fill it. A run that has stopped keeps being stepped with the others (its result was taken when it

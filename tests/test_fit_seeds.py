@@ -1,11 +1,11 @@
-"""tall_jax.multirun: seeds trained as one vmapped program equal the same seeds trained one by one
+"""tall_jax.fit_seeds: seeds trained as one vmapped program equal the same seeds trained one by one
 (history, stopping, best epoch, test metrics, best parameters) to float32 rounding."""
 import numpy as np
 import pytest
 
 from tall_jax.configs import make_config
 from tall_jax.fit import fit
-from tall_jax.multirun import fit_seeds
+from tall_jax.fit_seeds import fit_seeds
 
 from helpers import tiny_dataset
 
@@ -47,22 +47,22 @@ def test_run_seeds_together_writes_each_seed(tmp_path, monkeypatch):
 
     import dataclasses
 
-    from tall_jax import run
+    from tall_jax import experiment
     from tall_jax.models import resolve_run
 
     tiny = dict(max_epochs=2, latent=4, batch_size=8)
     plans = [resolve_run("synthetic", "multvae", seed=s, overrides=tiny) for s in (0, 1)]
     fixed = dataclasses.replace(tiny_dataset(), seed=None)  # one split for every seed (like ml-1m's)
-    monkeypatch.setattr(run, "load_dataset", lambda *a, **k: fixed)
+    monkeypatch.setattr(experiment, "load_dataset", lambda *a, **k: fixed)
     outs = [tmp_path / "s0", tmp_path / "s1"]
-    res = run.run_seeds_together(plans, out_dirs=outs, progress=False)
+    res = experiment.run_seeds_together(plans, out_dirs=outs, progress=False)
     assert [r["seed"] for r in res] == [0, 1] and res[0]["trained_together"] == 2
     for out in outs:
         assert json.loads((out / "results.json").read_text())["epochs_run"] == 2
         assert (out / "settings.json").exists() and (out / "per_user_test.npz").exists()
-    monkeypatch.setattr(run, "load_dataset", lambda *a, **k: tiny_dataset())
+    monkeypatch.setattr(experiment, "load_dataset", lambda *a, **k: tiny_dataset())
     with pytest.raises(ValueError, match="depends on the seed"):
-        run.run_seeds_together(plans, out_dirs=outs, progress=False)
+        experiment.run_seeds_together(plans, out_dirs=outs, progress=False)
     with pytest.raises(ValueError, match="differ only in their seed"):
-        run.run_seeds_together([plans[0], resolve_run("synthetic", "multvae", seed=1)], out_dirs=outs,
-                               progress=False)
+        experiment.run_seeds_together([plans[0], resolve_run("synthetic", "multvae", seed=1)],
+                                      out_dirs=outs, progress=False)
