@@ -39,7 +39,7 @@ from tall_jax.datasets.base import Dataset
 from tall_jax.evaluation import ranking_results
 from tall_jax.fit import fit
 from tall_jax.flags import finite, flag
-from tall_jax.protocol import dataset_groups
+from tall_jax.protocol import GROUP_NAMES, dataset_groups
 from tall_jax.stopping import improves, validation_score
 from tall_jax.steps import MixtureScorer
 from tall_jax.tensorboard import epoch_writer
@@ -52,7 +52,9 @@ BLENDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "tall_ease": ("tall", CLOSED_CANDIDATES),
     "lmoe_ease": ("lmoe", CLOSED_CANDIDATES),
     "multvae_ease": ("multvae", CLOSED_CANDIDATES),
+    "tall_plus_ease": ("tall_plus", CLOSED_CANDIDATES),
 }
+BLEND_BY = ("all", "group")  # one (candidate, β) for every user, or one per mainstream group
 BETAS = tuple(round(0.1 * i, 1) for i in range(11))
 EXECUTION_FIELDS = ("eval_batch",)
 MAX_CELLS = 200_000_000  # users x items of a blend's score arrays (800 MB each in float32)
@@ -74,6 +76,11 @@ class BlendConfig:
     # the neural share; < 0: chosen on validation over BETAS
     beta: float = flag(-1.0, "blends (tall_ease, lmoe_ease, multvae_ease): the neural share of the mixed scores, "
                              "in [0, 1] (default: chosen on validation over 0, 0.1, ..., 1)", parse=finite)
+    # where the (closed candidate, β) pair is chosen: over all validation users, or per group
+    blend_by: str = flag("all", "blends: choose the closed candidate and beta on the validation users of "
+                                "all groups at once (all), or separately for each mainstream group, each "
+                                "user then scored with its group's choice (group) (default: all)",
+                         choices=BLEND_BY)
     eval_batch: int = 256  # users per evaluation call (execution only)
 
     def __post_init__(self) -> None:
@@ -92,6 +99,8 @@ class BlendConfig:
         if not (math.isfinite(self.beta) and self.beta <= 1.0):
             raise ValueError(f"blend config field 'beta' must be in [0, 1] (or < 0: chosen on validation), "
                              f"got {self.beta!r}")
+        if self.blend_by not in BLEND_BY:
+            raise ValueError(f"blend config field 'blend_by' must be one of {BLEND_BY}, got {self.blend_by!r}")
         if not (isinstance(self.eval_batch, int) and self.eval_batch >= 1):
             raise ValueError(f"blend config field 'eval_batch' must be an integer >= 1, got {self.eval_batch!r}")
 
@@ -188,6 +197,26 @@ def closed_candidate(closed: str, hp, ds: Dataset, data: UserData, ms_N: np.ndar
     return _CANDIDATES[key]
 
 
+def _argmax(scores: list[float]) -> int:
+    """The index of the best score, the first on ties (the rule of :func:`tall_jax.stopping.improves`)."""
+    best, best_score = -1, -np.inf
+    for i, score in enumerate(scores):
+        if improves(score, best_score, best + 1):
+            best, best_score = i, score
+    return best
+
+
+def compose_by_group(evals: list[dict[str, np.ndarray]], choice_G: list[int], groups_N: np.ndarray
+                     ) -> dict[str, np.ndarray]:
+    """Per-user metrics of the blend that scores each user u with the choice ``choice_G[g(u)]``.
+
+    A user's metrics depend on that user's score row only, so they are those of the chosen
+    evaluation: out[k][u] = evals[choice_G[groups_N[u]]][k][u] (users of no group, -1, take group 0's:
+    no such user exists once the groups are formed)."""
+    pick_N = np.asarray(choice_G)[np.maximum(groups_N, 0)]
+    return {k: np.stack([e[k] for e in evals])[pick_N, np.arange(len(pick_N))] for k in evals[0]}
+
+
 def run_blend(config: BlendConfig, ds: Dataset, *, dataset: str, out_dir: Path, settings: dict,
               progress: bool = True, resume: bool = False,
               tensorboard: str | Path | None = None) -> dict[str, Any]:
@@ -210,7 +239,7 @@ def run_blend(config: BlendConfig, ds: Dataset, *, dataset: str, out_dir: Path, 
     v_NxM = neural_rows(trained.best_params, data, ncfg, config.eval_batch)
     candidates = {c: closed_candidate(c, config.hp_for(c), ds, data, ms_N) for c in config.closed}
     betas = BETAS if config.beta < 0 else (config.beta,)
-    records, best, best_score, best_evals = [], -1, -np.inf, None
+    records, all_evals = [], []
     for closed, (_, chosen, c_NxM) in candidates.items():
         for beta in betas:
             tick = time.perf_counter()
@@ -218,10 +247,18 @@ def run_blend(config: BlendConfig, ds: Dataset, *, dataset: str, out_dir: Path, 
                                     batch_size=config.eval_batch)
             score = validation_score(evals)
             records.append({"hp": {"closed": closed, **chosen, "beta": beta}, "valid_score": score,
+                            "valid_score_by_group": {g: validation_score(evals, groups_N == i)
+                                                     for i, g in enumerate(GROUP_NAMES)},
                             "seconds": time.perf_counter() - tick})
+            all_evals.append(evals)
             log.info("%s %s beta %.1f: valid %.5f", config.model, closed, beta, score)
-            if improves(score, best_score, best + 1):
-                best, best_score, best_evals = len(records) - 1, score, evals
+    best = _argmax([r["valid_score"] for r in records])
+    if config.blend_by == "all":
+        best_evals, chosen_hp = all_evals[best], records[best]["hp"]
+    else:
+        by_group = {g: _argmax([r["valid_score_by_group"][g] for r in records]) for g in GROUP_NAMES}
+        best_evals = compose_by_group(all_evals, [by_group[g] for g in GROUP_NAMES], groups_N)
+        chosen_hp = {g: records[i]["hp"] for g, i in by_group.items()}
     ranked = ranking_results(best_evals, groups_N)
     test, valid = ranked["test"].with_catalogue(ds.train), ranked["valid"].with_catalogue(ds.train)
     test.save_per_user(out / results_lib.PER_USER_FILE)
@@ -232,13 +269,16 @@ def run_blend(config: BlendConfig, ds: Dataset, *, dataset: str, out_dir: Path, 
         "settings": config.to_dict(), "dataset_counts": ds.counts(),
         "data_reading": results_lib.data_reading(ds), **results_lib.reference_rows(dataset, config.model),
         "model_selection": ("the neural part at its best validation epoch (early stopping), the closed "
-                            "part at its best validation grid point, then the β with the best mean "
-                            "validation NDCG@{1,5,10,20} (the first on ties)"),
+                            "part at its best validation grid point, then the (closed part, β) with the "
+                            "best mean validation NDCG@{1,5,10,20} (the first on ties)"
+                            + ("" if config.blend_by == "all" else
+                               ", chosen for each mainstream group on that group's validation users; "
+                               "chosen_hp names each group's choice")),
         "neural": {"config": ncfg.to_dict(), "best_epoch": trained.best_epoch,
                    "epochs_run": trained.epochs_run, "test": trained.test.to_json()},
         "closed": {c: {"grid": found.records, "chosen_hp": chosen}
                    for c, (found, chosen, _) in candidates.items()},
-        "grid": records, "chosen_hp": records[best]["hp"],
+        "grid": records, "chosen_hp": chosen_hp,
     }
     results_lib.write_results(out, results)
     return results

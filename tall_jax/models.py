@@ -175,6 +175,7 @@ _ROWS = (
     Model("tall_ease", "blend", "TALL (E = 10) and EASE, z-scored scores mixed with beta chosen on validation"),
     Model("lmoe_ease", "blend", "LMoE (E = 10) and EASE, mixed as tall_ease"),
     Model("multvae_ease", "blend", "MultVAE and EASE, mixed as tall_ease"),
+    Model("tall_plus_ease", "blend", "tall_plus (E = 10) and EASE, mixed as tall_ease"),
 )
 MODEL_TABLE: dict[str, Model] = {m.name: m for m in _ROWS}
 

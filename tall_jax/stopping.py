@@ -20,9 +20,15 @@ from tall_jax.ranking import EARLY_STOPPING_KS
 VALID_KEYS: tuple[str, ...] = tuple(f"valid/ndcg@{k}" for k in EARLY_STOPPING_KS)
 
 
-def validation_score(evals: Mapping[str, Any]) -> float:
-    """mean over K in {1, 5, 10, 20} of the nanmean over users of ``evals["valid/ndcg@K"]``."""
-    return float(np.mean([np.nanmean(evals[k]) for k in VALID_KEYS]))
+def validation_score(evals: Mapping[str, Any], users_N: Any = None) -> float:
+    """mean over K in {1, 5, 10, 20} of the nanmean over users of ``evals["valid/ndcg@K"]`` (over the
+    users where the boolean mask ``users_N`` is true, when given)."""
+    if users_N is None:
+        return float(np.mean([np.nanmean(evals[k]) for k in VALID_KEYS]))
+    users_N = np.asarray(users_N, bool)
+    if not users_N.any():
+        return float("nan")  # never improves on a real score (improves)
+    return float(np.mean([np.nanmean(np.asarray(evals[k])[users_N]) for k in VALID_KEYS]))
 
 
 def improves(score, best_score, best_epoch):

@@ -47,7 +47,7 @@ DISPLAY_NAMES: dict[str, tuple[str, str]] = {
     "ease": ("EASE", ""), "ease_wl": ("EASE", "WL weights"), "ease_ms": ("EASE", "MS weights"),
     "ease_kkt": ("EASE", "KKT rounds"), "loca_ease": ("LOCA-EASE", ""),
     "tall_ease": ("TALL + EASE blend", ""), "lmoe_ease": ("LMoE + EASE blend", ""),
-    "multvae_ease": ("MultVAE + EASE blend", ""),
+    "multvae_ease": ("MultVAE + EASE blend", ""), "tall_plus_ease": ("TALL+ + EASE blend", ""),
 }
 SOURCE_NAMES = {"paper": "paper", "lft_repo": "LFT repo"}
 HP_SYMBOLS = {"lambda": "λ", "lam": "λ", "l2": "λ", "reg": "λ", "alpha": "α", "beta": "β", "gamma": "γ",

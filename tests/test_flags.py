@@ -22,7 +22,7 @@ HAND_WRITTEN = {
     "weight_per_item": "weight_per_item",
     "local_models": "n_local", "anchors": "n_anchors", "users": "users", "train_h": "train_h",
     "test_h": "test_h", "chunk": "chunk", "ft_epochs": "ft_epochs",
-    "hp": "hp", "dtype": "dtype", "beta": "beta", "kkt_signal": "kkt_signal",
+    "hp": "hp", "dtype": "dtype", "beta": "beta", "blend_by": "blend_by", "kkt_signal": "kkt_signal",
 }
 
 
