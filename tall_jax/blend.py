@@ -192,7 +192,8 @@ def closed_candidate(closed: str, hp, ds: Dataset, data: UserData, ms_N: np.ndar
         value = (found, chosen, closed_rows(fitted, ds.train))
         if digest is None:
             return value
-        _CANDIDATES.clear()  # one split's candidates at a time: three [N, M] arrays
+        for other in [k for k in _CANDIDATES if k[2:] != key[2:]]:
+            del _CANDIDATES[other]  # one split's candidates at a time: three [N, M] arrays
         _CANDIDATES[key] = value
     return _CANDIDATES[key]
 

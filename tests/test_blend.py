@@ -3,6 +3,7 @@ alone and β = 1 as the neural model alone; the chosen (candidate, β) is the va
 blend run writes results.json like every other family."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -64,8 +65,6 @@ def test_blend_ends_are_its_parts_and_the_choice_is_the_validation_argmax(tmp_pa
 
 def dataclasses_replace_info(ds):
     """A tiny dataset with a split fingerprint, so the closed candidates are memoised as for a real one."""
-    import dataclasses
-
     return dataclasses.replace(ds, info={"fingerprint": {"digest": "tiny"}})
 
 
@@ -105,3 +104,24 @@ def test_compose_by_group_picks_each_users_row_from_its_groups_choice():
     evals = [{"m": np.array([0.0, 1.0, 2.0, 3.0])}, {"m": np.array([10.0, 11.0, 12.0, 13.0])}]
     out = blend.compose_by_group(evals, [1, 0], np.array([0, 1, 1, 0]))
     np.testing.assert_array_equal(out["m"], [10.0, 1.0, 2.0, 13.0])
+
+
+def test_closed_candidates_are_solved_once_per_split(monkeypatch):
+    """Every closed candidate of a split is searched once per process, however many seeds ask (the
+    three candidates are kept together; a new split replaces them)."""
+    ds = dataclasses_replace_info(tiny_dataset(n_users=60, n_items=30))
+    data = UserData.from_dataset(ds)
+    ms_N, _ = dataset_groups(ds)
+    blend._CANDIDATES.clear()
+    calls = []
+    real = blend.search
+    monkeypatch.setattr(blend, "search", lambda cfg, *a, **k: calls.append(cfg.model) or real(cfg, *a, **k))
+    hp = {"ease": (("lambda", 50.0),), "ease_wl": (("gamma", 1.2), ("lambda", 50.0)),
+          "ease_ms": (("lambda", 50.0), ("p", 0.5))}
+    for _seed in range(2):
+        for closed in blend.CLOSED_CANDIDATES:
+            blend.closed_candidate(closed, hp[closed], ds, data, ms_N)
+    assert calls == list(blend.CLOSED_CANDIDATES)
+    other = dataclasses.replace(tiny_dataset(n_users=50, n_items=30), info={"fingerprint": {"digest": "other"}})
+    blend.closed_candidate("ease", hp["ease"], other, UserData.from_dataset(other), dataset_groups(other)[0])
+    assert len(blend._CANDIDATES) == 1
