@@ -23,9 +23,10 @@ from tall_jax.files import atomic_write_text
 from tall_jax.pages import write_markdown
 from tall_jax.results import to_jsonable
 from tall_jax.two_tower.cli import (
-    check_args, make_builder, make_parser, models_of, run_main, settings_of, train_config,
+    check_args, data_parallel_of, make_builder, make_parser, models_of, run_main, settings_of, train_config,
 )
 from tall_jax.two_tower.experiment import run_seed
+from tall_jax.two_tower.parallel import is_main_process
 from tall_jax.two_tower.study_page import build_page
 
 def parse_args(argv=None):
@@ -48,10 +49,14 @@ def _arrays(run: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_study(args) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Path]:
-    """Train every seed not yet on disk; return the runs, their data descriptions and the runs folder."""
+def run_study(args, dp=None) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Path]:
+    """Train every seed not yet on disk; return the runs, their data descriptions and the runs folder.
+    ``dp`` (:func:`tall_jax.two_tower.cli.data_parallel_of`) splits the batches over devices; under
+    several processes only process 0 writes, and every process must see the same runs folder."""
     runs_dir = Path(args.runs) if args.runs else Path("runs") / "two_tower_study" / args.dataset
-    runs_dir.mkdir(parents=True, exist_ok=True)
+    writer = is_main_process()
+    if writer:
+        runs_dir.mkdir(parents=True, exist_ok=True)
     settings = settings_of(args)
     build, runs, metas = None, [], []
     for seed in args.seeds:
@@ -68,20 +73,24 @@ def run_study(args) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Path]:
         build = build or make_builder(args)
         started = time.perf_counter()
         data = build(seed)
-        run = run_seed(data, train_config(args), seed, models=models_of(args), progress=not args.no_progress)
+        run = run_seed(data, train_config(args), seed, models=models_of(args), progress=not args.no_progress, dp=dp)
         meta = {"seed": seed, "seconds": time.perf_counter() - started, "territories": data.territory_names,
                 "groups": data.group_names, "territory_group": data.territory_group.tolist(),
                 "case_titles": data.case_titles, "info": data.info}
-        atomic_write_text(path, json.dumps(to_jsonable({"settings": settings, "run": run, "meta": meta})))
+        text = json.dumps(to_jsonable({"settings": settings, "run": run, "meta": meta}))
+        if writer:
+            atomic_write_text(path, text)
         print(f"seed {seed}: {meta['seconds']:.0f} s", file=sys.stderr)
-        runs.append(_arrays(json.loads(path.read_text())["run"]))
+        runs.append(_arrays(json.loads(text)["run"]))
         metas.append(meta)
     return runs, metas, runs_dir
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    runs, metas, runs_dir = run_study(args)
+    runs, metas, runs_dir = run_study(args, data_parallel_of(args))
+    if not is_main_process():
+        return 0
     given = list(argv if argv is not None else sys.argv[1:])
     shown = []
     for i, a in enumerate(given):  # the page names no local paths
