@@ -182,3 +182,125 @@ def test_distributed_needs_its_environment():
         start_distributed({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234", "JAX_PROCESS_ID": "0"})
     with pytest.raises(ValueError, match="0 <= JAX_PROCESS_ID"):
         start_distributed({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2"})
+
+
+WORKER = r"""
+import dataclasses, json, os, sys
+from tall_jax.two_tower import parallel
+if os.environ.get("JAX_NUM_PROCESSES"):
+    parallel.start_distributed()
+import jax, numpy as np
+from tall_jax.two_tower import steps
+from tall_jax.two_tower.experiment import TrainConfig, run_seed
+from tall_jax.two_tower.model import TwoTower
+from tall_jax.two_tower.synthetic import SyntheticConfig, make_synthetic_two_tower
+dp = parallel.make_data_parallel() if jax.process_count() > 1 else None
+rng = np.random.default_rng(0)
+N, U, I, G = 70, 6, 5, 3  # 70 = 4 x 16 + 6: the last batch's real rows all belong to process 0
+ux, ix = rng.normal(size=(N, U)).astype(np.float32), rng.normal(size=(N, I)).astype(np.float32)
+y, g = (rng.uniform(size=N) < 0.3).astype(np.float32), rng.integers(0, G, N)
+seen = []
+def gather(idx):
+    seen.append(len(idx))
+    return ux[idx], ix[idx], y[idx], g[idx]
+cfg = steps.TwoTowerConfig(TwoTower(n_groups=G, width=16))
+s, losses = steps.train_two_tower(cfg, steps.init(jax.random.PRNGKey(0), cfg, U, I), gather, N, epochs=2,
+                                  batch_size=16, seed=0, progress=False, dp=dp)
+scores = steps.predict_two_tower(cfg.model, s, gather, N, batch_size=16, dp=dp)
+tiny = make_synthetic_two_tower(dataclasses.replace(SyntheticConfig(), n_users=2000, user_dim=8, item_dim=8,
+                                                    n_global_titles=10, n_local_per_territory=2), 0)
+tc = TrainConfig(width=8, batch_size=512, eval_batch_size=2048, epochs=1, inc_epochs=1, patience=1)
+run = run_seed(tiny, tc, 0, models=("mtl",), progress=False, dp=dp)
+leaves = {jax.tree_util.keystr(p): np.asarray(jax.device_get(x) if x.is_fully_addressable else x.addressable_data(0)).tolist()
+          for p, x in jax.tree_util.tree_leaves_with_path(s.params)}
+print("RESULT" + json.dumps(dict(process=jax.process_index(), count=jax.process_count(), losses=losses,
+                                 params=leaves, scores=scores.tolist(), max_rows_gathered=max(seen),
+                                 run_losses=run["losses"]["mtl"], ap_all=run["ap_all"]["mtl"].tolist(),
+                                 best_epochs=run["best_epochs"]["mtl"])))
+"""
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _result(stdout: str) -> dict:
+    line = [ln for ln in stdout.splitlines() if ln.startswith("RESULT")][-1]
+    return json.loads(line[len("RESULT"):])
+
+
+def test_two_processes_equal_one_process():
+    """2 processes on localhost (CPU, 1 device each, gloo collectives): each gathers only its half of
+    every global batch; the trained parameters, losses, scores and an incremental run equal one process."""
+    base = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    base.pop("XLA_FLAGS", None)
+    single = subprocess.run([sys.executable, "-c", WORKER], env=base, cwd=REPO, capture_output=True, text=True,
+                            timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=dict(base, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                                                  JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)))
+             for i in range(2)]
+    outs = []
+    try:
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=600)
+            assert proc.returncode == 0, stderr[-3000:]
+            outs.append(_result(stdout))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    ref = _result(single.stdout)
+    assert ref["count"] == 1 and [o["process"] for o in outs] == [0, 1] and outs[0]["count"] == 2
+    assert ref["max_rows_gathered"] == 16 and all(o["max_rows_gathered"] == 8 for o in outs)
+    for o in outs:
+        np.testing.assert_allclose(o["losses"], ref["losses"], rtol=1e-6)
+        for k, v in ref["params"].items():
+            # the Dense biases in front of a BatchNorm: Adam-scaled rounding noise (module docstring)
+            tol = 8 * 1e-3 if "dense_" in k and "bias" in k else 1e-6
+            np.testing.assert_allclose(o["params"][k], v, atol=tol, err_msg=k)
+        np.testing.assert_allclose(o["scores"], ref["scores"], atol=1e-3)
+        np.testing.assert_allclose(o["run_losses"], ref["run_losses"], rtol=1e-6)
+        assert o["best_epochs"] == ref["best_epochs"]
+        # AP of a few hundred test pairs: scores ~1e-4 apart swap a few ranks (as a mere row reversal
+        # does on one device, test_incremental_run_on_four_devices_equals_one_device)
+        np.testing.assert_allclose(o["ap_all"], ref["ap_all"], atol=5e-2)
+    assert outs[0]["params"] == outs[1]["params"] and outs[0]["scores"] == outs[1]["scores"]
+
+
+def test_distributed_command_writes_from_process_zero_only(tmp_path):
+    """``examples/train_two_tower.py --distributed`` under 2 processes: both train, only process 0
+    writes (each is given its own --out here, so a write by process 1 would show)."""
+    base = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}", JAX_NUM_PROCESSES="2")
+    base.pop("XLA_FLAGS", None)
+    argv = [sys.executable, "examples/train_two_tower.py", "--dataset", "synthetic", "--seed", "0", "--n-users", "1000",
+            "--epochs", "1", "--inc-epochs", "0", "--width", "8", "--batch-size", "512", "--no-progress", "--distributed"]
+    procs = [subprocess.Popen(argv + ["--out", str(tmp_path / f"p{i}")], cwd=REPO, env=dict(base, JAX_PROCESS_ID=str(i)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        for proc in procs:
+            _, stderr = proc.communicate(timeout=600)
+            assert proc.returncode == 0, stderr[-3000:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    assert (tmp_path / "p0" / "two_tower_results.json").is_file()
+    assert not (tmp_path / "p1").exists()
+
+
+def test_distributed_command_without_its_environment_is_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") or k == "JAX_PLATFORMS"}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "examples/train_two_tower.py", "--dataset", "synthetic", "--distributed",
+                           "--out", str(tmp_path / "out")], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --distributed needs the environment variables")
+    assert not (tmp_path / "out").exists()
