@@ -4,19 +4,23 @@
     python -m tall_jax.two_tower.study --dataset ml-1m --data-dir DIR --seed 0 1 2 3 4
 
 Each finished seed is stored as ``<runs>/seed<k>.json``; a rerun with the same settings skips it
-(resumable), one with other settings refuses unless ``--fresh``. The page (default
-``docs/results/two_tower_<dataset>.md``) holds, over the seeds: AP per territory and group (mean ±
+(resumable), one with other settings refuses unless ``--fresh``. Within a seed, the state and results
+so far are saved after every fit in ``<runs>/seed<k>.days/`` (one process only), so a killed run
+continues at its next day with the results of an uninterrupted one; ``--fresh`` discards them.
+The page (default ``docs/results/two_tower_<dataset>.md``) holds, over the seeds: AP per territory and group (mean ±
 std), relative gains with a paired t-test over seeds, the case-study titles and their score histograms,
 and one paragraph per claim of the paper, each saying whether it holds on this data.
 """
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from tall_jax.files import atomic_write_text
@@ -70,16 +74,21 @@ def run_study(args, dp=None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
                 continue
             if not args.fresh:
                 raise ValueError(f"{path} was made with other settings; pass --fresh to replace it or --runs DIR")
+        days_dir = runs_dir / f"seed{seed}.days"  # day checkpoints of an unfinished seed (one process only)
+        if args.fresh and writer:
+            shutil.rmtree(days_dir, ignore_errors=True)
         build = build or make_builder(args)
         started = time.perf_counter()
         data = build(seed)
-        run = run_seed(data, train_config(args), seed, models=models_of(args), progress=not args.no_progress, dp=dp)
+        run = run_seed(data, train_config(args), seed, models=models_of(args), progress=not args.no_progress, dp=dp,
+                       checkpoints=days_dir if jax.process_count() == 1 else None)
         meta = {"seed": seed, "seconds": time.perf_counter() - started, "territories": data.territory_names,
                 "groups": data.group_names, "territory_group": data.territory_group.tolist(),
                 "case_titles": data.case_titles, "info": data.info}
         text = json.dumps(to_jsonable({"settings": settings, "run": run, "meta": meta}))
         if writer:
             atomic_write_text(path, text)
+            shutil.rmtree(days_dir, ignore_errors=True)
         print(f"seed {seed}: {meta['seconds']:.0f} s", file=sys.stderr)
         runs.append(_arrays(json.loads(text)["run"]))
         metas.append(meta)
