@@ -176,6 +176,27 @@ def test_mesh_flag_parses():
     assert check_args(p, p.parse_args(["--dataset", "synthetic"])).n_data is None
 
 
+def test_a_mesh_larger_than_the_machine_is_one_line(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    import jax
+
+    from tall_jax.two_tower.cli import run_main
+    spec = importlib.util.spec_from_file_location("examples_train_two_tower_mesh", REPO / "examples" / "train_two_tower.py")
+    ex = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ex)
+    monkeypatch.chdir(tmp_path)
+    n = jax.device_count() * 2
+    with pytest.raises(SystemExit) as e:
+        run_main(lambda: ex.main(["--dataset", "synthetic", "--mesh", f"data={n}", "--batch-size", str(64 * n),
+                                  "--out", str(tmp_path / "out")]), "train_two_tower.py")
+    assert e.value.code == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert lines == [f"error: --mesh data={n}: only {jax.device_count()} device{'s' * (jax.device_count() > 1)} "
+                     "available"]
+    assert not (tmp_path / "out").exists()
+
+
 def test_distributed_needs_its_environment():
     from tall_jax.two_tower.parallel import start_distributed
     with pytest.raises(ValueError, match="JAX_NUM_PROCESSES"):

@@ -78,6 +78,8 @@ def make_data_parallel(n_data: int | None = None) -> DataParallel:
     Under several processes the mesh must hold every device, or some process would hold none."""
     total = jax.device_count()
     n_data = total if n_data is None else n_data
+    if n_data > total:
+        raise ValueError(f"--mesh data={n_data}: only {total} device{'s' * (total > 1)} available")
     if jax.process_count() > 1 and n_data != total:
         raise ValueError(f"--mesh data={n_data}: with {jax.process_count()} processes the mesh must span all "
                          f"{total} devices (data={total})")
