@@ -76,6 +76,12 @@ out["steps"] = dict(loss_ref=loss_ref, loss_par=loss_par, diff=diffs(ref, par),
                     batch_spec=list(batch.user_x.sharding.spec), batch_devices=len(batch.user_x.sharding.device_set),
                     moved=float(jnp.max(jnp.abs(ref.params["head_kernel"]
                                                 - steps.init(jax.random.PRNGKey(0), cfg, U, I).params["head_kernel"]))))
+# data parallel, not a gathered batch: the compiled step all-reduces (BatchNorm moments, gradients)
+# and gathers nothing
+hlo = step.lower(par, batch, cfg).compile().as_text()
+out["collectives"] = {op: sum(f" {op}(" in ln or f" {op}-start(" in ln for ln in hlo.splitlines())
+                      for op in ("all-reduce", "all-gather", "reduce-scatter", "all-to-all")}
+out["head_kernel_reduced"] = any(" all-reduce" in ln and "f32[3,16,16]" in ln for ln in hlo.splitlines())
 # the scorer on one and the same state (batch 30 -> 32 on the mesh)
 one = steps.predict_two_tower(cfg.model, ref, gather, N, batch_size=30)
 four = steps.predict_two_tower(cfg.model, ref, gather, N, batch_size=30, dp=dp)
@@ -130,6 +136,14 @@ def test_steps_on_four_devices_equal_one_device(four):
     tight, loose = r["diff"]
     assert tight < 1e-6, r["diff"]
     assert loose < 12 * 1e-3 + 1e-6, r["diff"]  # 12 Adam steps of at most lr each (see the module docstring)
+
+
+def test_the_step_is_data_parallel(four):
+    """The batch stays split: the step sums over devices (all-reduce of the BatchNorm moments and the
+    gradients, the head kernel's among them) and never gathers the batch."""
+    c = four["collectives"]
+    assert c["all-reduce"] >= 2 and c["all-gather"] == c["all-to-all"] == 0, c
+    assert four["head_kernel_reduced"]
 
 
 def test_scorer_on_four_devices_equals_one_device(four):
