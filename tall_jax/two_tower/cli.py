@@ -236,5 +236,4 @@ def run_main(main: Callable[[], int], prog: str) -> None:
 
 
 __all__ = ["PRESETS", "ALL_MODELS", "make_parser", "check_args", "models_of", "data_parallel_of", "train_config",
-           "make_builder",
-           "data_settings", "settings_of", "variant_of", "run_main"]
+           "make_builder", "data_settings", "settings_of", "variant_of", "run_main"]
