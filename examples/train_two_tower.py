@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from tall_jax import identity, results
-from tall_jax.two_tower.cli import (check_args, make_builder, make_parser, models_of, run_main, settings_of,
-                                    train_config, variant_of)
+from tall_jax.two_tower.cli import (check_args, data_parallel_of, make_builder, make_parser, models_of, run_main,
+                                    settings_of, train_config, variant_of)
 
 
 def parse_args(argv=None):
@@ -30,7 +30,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    dp = data_parallel_of(args)  # before anything else touches jax: it may start jax.distributed
     from tall_jax.two_tower.experiment import run_seed
+    from tall_jax.two_tower.parallel import is_main_process
     from tall_jax.two_tower.plots import plot_gains, plot_title_histograms
     from tall_jax.two_tower.report import summarise, text_report
 
@@ -43,8 +45,10 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         data = build(seed)
         infos.append(data.info)
-        runs.append(run_seed(data, cfg, seed, models=models_of(args), progress=not args.no_progress))
+        runs.append(run_seed(data, cfg, seed, models=models_of(args), progress=not args.no_progress, dp=dp))
         print(f"seed {seed} done ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+    if not is_main_process():  # every process trained the same models; process 0 writes them
+        return 0
     # the folder only once every seed trained: a failed run leaves nothing behind
     out.mkdir(parents=True, exist_ok=True)
     results.write_json(out / identity.SETTINGS_FILE, {**settings, "seeds": args.seeds})

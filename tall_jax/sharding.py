@@ -77,14 +77,22 @@ def replicate(tree, mesh: Mesh):
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
-def parse_mesh(spec: str) -> tuple[int, int]:
-    """``"expert=N[,data=M]"`` -> (N, M); ``data`` defaults to 1. A bad spec raises ValueError."""
-    sizes = {EXPERT: None, DATA: 1}
+def parse_axes(spec: str, sizes: dict, expected: str) -> dict:
+    """``"name=N,..."`` -> ``sizes`` updated with each named axis (only the names ``sizes`` holds);
+    an axis left None is required. A bad spec raises ValueError naming the ``expected`` form."""
+    sizes = dict(sizes)
     for part in spec.split(","):
         name, eq, value = part.strip().partition("=")
         if name not in sizes or not eq or not value.isdigit() or int(value) < 1:
-            raise ValueError(f"--mesh {spec!r}: expected expert=N[,data=M] with positive integers")
+            raise ValueError(f"--mesh {spec!r}: expected {expected} with positive integers")
         sizes[name] = int(value)
-    if sizes[EXPERT] is None:
-        raise ValueError(f"--mesh {spec!r}: the expert=N part is required")
+    for name, size in sizes.items():
+        if size is None:
+            raise ValueError(f"--mesh {spec!r}: the {name}=N part is required")
+    return sizes
+
+
+def parse_mesh(spec: str) -> tuple[int, int]:
+    """``"expert=N[,data=M]"`` -> (N, M); ``data`` defaults to 1. A bad spec raises ValueError."""
+    sizes = parse_axes(spec, {EXPERT: None, DATA: 1}, "expert=N[,data=M]")
     return sizes[EXPERT], sizes[DATA]

@@ -16,6 +16,9 @@ from tall_jax.datasets import load_dataset
 from tall_jax.results import variant
 from tall_jax.two_tower.experiment import ALL_MODELS, MODELS, PROTOCOLS, TrainConfig
 from tall_jax.two_tower.ml1m import make_ml1m_days, make_ml1m_two_tower, svd_user_embedding
+from tall_jax.two_tower.parallel import (
+    DataParallel, check_batch_size, make_data_parallel, parse_data_mesh, start_distributed,
+)
 from tall_jax.two_tower.synthetic import SyntheticConfig, make_synthetic_two_tower
 
 # preset -> (width d, batch size); every explicit flag wins over its preset value
@@ -69,6 +72,12 @@ def make_parser(description: str, *, default_seeds: list[int]) -> argparse.Argum
                    help="option: decoupled weight decay on the shared towers' kernels (AdamW); paper: none")
     p.add_argument("--head-dropout", type=float, default=0.0, help="option: dropout rate on the task-block outputs")
     p.add_argument("--head-rank", type=int, default=0, help="option: low-rank task blocks of rank r (0 = full d x d)")
+    p.add_argument("--mesh", default=None, metavar="data=N",
+                   help="data parallel: split each batch over N devices (--batch-size must divide by N); "
+                        "parameters, optimiser state and BatchNorm statistics replicated")
+    p.add_argument("--distributed", action="store_true",
+                   help="one process of several (jax.distributed), from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES "
+                        "and JAX_PROCESS_ID; the mesh spans every process's devices; only process 0 writes files")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -103,10 +112,31 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse
         p.error("--n-users must be >= 1000")
     if args.dataset == "synthetic" and args.data_dir is not None:
         p.error("--data-dir applies to --dataset ml-1m only")
+    args.n_data = None
+    if args.mesh is not None:
+        try:
+            args.n_data = parse_data_mesh(args.mesh)
+        except ValueError as e:
+            p.error(str(e))
+        if args.batch_size % args.n_data:
+            p.error(f"--batch-size {args.batch_size} must be divisible by the {args.n_data} devices of --mesh {args.mesh}")
     if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
         what = "is a file, not a folder" if Path(args.data_dir).expanduser().exists() else "no such folder"
         p.error(f"--data-dir {args.data_dir}: {what}")
     return args
+
+
+def data_parallel_of(args) -> DataParallel | None:
+    """The devices of a run: ``--distributed`` starts ``jax.distributed`` (before any other jax call),
+    then ``--mesh data=N`` (or, under ``--distributed``, every device) is the data-parallel mesh; None
+    for one device. Too few devices, or a batch that does not split over all of them, raise ValueError."""
+    if args.distributed:
+        start_distributed()
+    if args.n_data is None and not args.distributed:
+        return None
+    dp = make_data_parallel(args.n_data)
+    check_batch_size(args.batch_size, dp.n_data)
+    return dp
 
 
 def models_of(args) -> tuple[str, ...]:
@@ -205,5 +235,5 @@ def run_main(main: Callable[[], int], prog: str) -> None:
         sys.exit(2)
 
 
-__all__ = ["PRESETS", "ALL_MODELS", "make_parser", "check_args", "models_of", "train_config", "make_builder",
-           "data_settings", "settings_of", "variant_of", "run_main"]
+__all__ = ["PRESETS", "ALL_MODELS", "make_parser", "check_args", "models_of", "data_parallel_of", "train_config",
+           "make_builder", "data_settings", "settings_of", "variant_of", "run_main"]

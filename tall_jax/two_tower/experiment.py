@@ -14,6 +14,7 @@ Protocols (``TrainConfig.protocol``):
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -24,6 +25,8 @@ from tall_jax.two_tower import steps
 from tall_jax.two_tower.data import PairSet, TwoTowerData, concat_pairs
 from tall_jax.two_tower.metrics import average_precision, average_precision_by_key
 from tall_jax.two_tower.model import TwoTower
+from tall_jax.two_tower.parallel import DataParallel
+from tall_jax.two_tower.resume import DayCheckpoints, digest
 from tall_jax.two_tower.steps import TwoTowerState, predict_two_tower, train_two_tower
 
 MODELS = ("baseline", "baseline_up", "mtl")  # + optional "mtl_1head": one shared head (depth control)
@@ -91,16 +94,18 @@ def _copy(state: TwoTowerState) -> TwoTowerState:
 
 
 def fit_early_stopping(model, state, data, train: PairSet, valid: PairSet, head_of_user, cfg: TrainConfig, *,
-                       max_epochs: int, seed: int, start_is_candidate: bool, desc: str, progress: bool):
+                       max_epochs: int, seed: int, start_is_candidate: bool, desc: str, progress: bool,
+                       dp: DataParallel | None = None):
     """Train epoch by epoch on ``train``; after each epoch score ``valid`` (overall AP); keep the best
     state; stop after ``cfg.patience`` epochs without improvement. With ``start_is_candidate`` the
     incoming state competes too (an update that makes validation worse is not kept). Without validation
-    positives it trains ``max_epochs`` epochs. Returns ``(state, history)``."""
+    positives it trains ``max_epochs`` epochs. With ``dp`` training and scoring are split over its
+    mesh. Returns ``(state, history)``."""
     def val_ap(s):
         if valid.n_pos == 0:
             return float("nan")
         return average_precision(valid.label, predict_two_tower(model, s, _gather(data, valid, head_of_user),
-                                                                len(valid), batch_size=cfg.eval_batch_size))
+                                                                len(valid), batch_size=cfg.eval_batch_size, dp=dp))
 
     step_config = step_config_of(model, cfg)
     history: list[dict[str, Any]] = []
@@ -112,7 +117,8 @@ def fit_early_stopping(model, state, data, train: PairSet, valid: PairSet, head_
         history.append({"epoch": 0, "loss": None, "valid_ap": best})
     for ep in range(1, max_epochs + 1):
         state, losses = train_two_tower(step_config, state, _gather(data, train, head_of_user), len(train), epochs=1,
-                                        batch_size=cfg.batch_size, seed=seed * 7919 + ep, desc=desc, progress=progress)
+                                        batch_size=cfg.batch_size, seed=seed * 7919 + ep, desc=desc, progress=progress,
+                                        dp=dp)
         ap = val_ap(state)
         history.append({"epoch": ep, "loss": losses[0], "valid_ap": ap})
         if not np.isfinite(ap):
@@ -138,13 +144,17 @@ def train_schedule(data: TwoTowerData, protocol: str) -> list[tuple[list[int], i
 
 
 def run_seed(data: TwoTowerData, cfg: TrainConfig, seed: int, *, models=MODELS, progress: bool = True,
-             keep_scores: bool = False) -> dict[str, Any]:
+             keep_scores: bool = False, dp: DataParallel | None = None,
+             checkpoints: str | Path | None = None) -> dict[str, Any]:
     """Train each model with ``seed`` under ``cfg.protocol`` and evaluate it; returns plain-Python / NumPy
     results: ``ap_territory[model] [D, T]``, ``ap_group[model] [D, G]``, ``ap_all[model] [D]``,
     ``title_ap[model] [C]``, ``title_hist[model] [C, bins]``, ``title_mean[model] [C]`` (mean score), ``losses[model]`` (first fit's epoch losses),
     ``history[model]`` (every fit's days and epochs), ``trained_days[model] [D]`` (the days whose labels the
     model scored on each test day had seen), and the evaluation counts. Title-level scores come from the
-    model of each title pair's own test day. ``keep_scores`` adds ``scores[model] [D]`` (test-day scores)."""
+    model of each title pair's own test day. ``keep_scores`` adds ``scores[model] [D]`` (test-day scores).
+    ``dp`` (``--mesh data=N``, ``--distributed``) splits every batch over its mesh. ``checkpoints``: a
+    folder where the state and the results so far are saved after every fit, and from whose newest
+    save a rerun continues (:mod:`tall_jax.two_tower.resume`; the same results as one uninterrupted run)."""
     out: dict[str, Any] = {k: {} for k in ("ap_territory", "ap_group", "ap_all", "title_ap", "title_hist", "title_mean",
                                            "losses", "history", "trained_days", "best_epochs")}
     if keep_scores:
@@ -162,19 +172,37 @@ def run_seed(data: TwoTowerData, cfg: TrainConfig, seed: int, *, models=MODELS, 
             day_of[us] = j
         case_parts.append((pairs, day_of[pairs.user]))
     schedule = train_schedule(data, cfg.protocol)
-    for m_i, name in enumerate(models):
-        model, which, head_of_user = model_spec(name, data, cfg)
+    saves = DayCheckpoints(checkpoints, {"train": dataclasses.asdict(cfg), "seed": seed, "models": list(models),
+                                         "keep_scores": keep_scores, "data": digest(data) if checkpoints else None})
+
+    def init_state(m_i: int) -> TwoTowerState:
+        model = model_spec(models[m_i], data, cfg)[0]
         rng = jax.random.fold_in(jax.random.PRNGKey(seed), m_i)
-        state = steps.init(rng, step_config_of(model, cfg), data.user_x.shape[1], data.item_x.shape[1])
+        return steps.init(rng, step_config_of(model, cfg), data.user_x.shape[1], data.item_x.shape[1])
+
+    resumed = saves.latest(init_state)
+    if resumed is not None:
+        out = resumed.progress["out"]
+    for m_i, name in enumerate(models):
+        if resumed is not None and m_i < resumed.model:
+            continue  # finished before the interruption: its results are in ``out``
+        model, which, head_of_user = model_spec(name, data, cfg)
+        state = init_state(m_i)
         ap_t, ap_g, ap_a, seen, hist, best_ep, scores = {}, {}, {}, {}, [], [], {}
         seen_days: list[int] = []
         case_scores = [np.zeros(len(p), np.float32) for p, _ in case_parts]
+        first_fit = 0
+        if resumed is not None and m_i == resumed.model:
+            state, first_fit = resumed.state, resumed.fit + 1
+            ap_t, ap_g, ap_a, seen, hist, best_ep, scores, seen_days, case_scores = resumed.progress["model"]
         for k, (train_days, valid_day, test_days) in enumerate(schedule):
+            if k < first_fit:
+                continue
             train = concat_pairs([getattr(data.days[d], f"train_{which}") for d in train_days])
             state, h = fit_early_stopping(
                 model, state, data, train, data.days[valid_day].valid, head_of_user, cfg,
                 max_epochs=cfg.epochs if k == 0 else cfg.inc_epochs, seed=seed * 1000 + m_i * 10 + k,
-                start_is_candidate=k > 0, desc=f"seed {seed} {name} fit {k + 1}", progress=progress)
+                start_is_candidate=k > 0, desc=f"seed {seed} {name} fit {k + 1}", progress=progress, dp=dp)
             if len(train):
                 seen_days = sorted(set(seen_days) | set(train_days) | {valid_day})
             valid_aps = [e["valid_ap"] for e in h]
@@ -185,7 +213,7 @@ def run_seed(data: TwoTowerData, cfg: TrainConfig, seed: int, *, models=MODELS, 
 
             def score(pairs: PairSet, state=state) -> np.ndarray:
                 return predict_two_tower(model, state, _gather(data, pairs, head_of_user), len(pairs),
-                                         batch_size=cfg.eval_batch_size)
+                                         batch_size=cfg.eval_batch_size, dp=dp)
 
             for d in test_days:
                 day = data.days[d]
@@ -200,6 +228,8 @@ def run_seed(data: TwoTowerData, cfg: TrainConfig, seed: int, *, models=MODELS, 
                         cs[sel] = score(PairSet(pairs.user[sel], pairs.item[sel], pairs.label[sel]))
                 if keep_scores:
                     scores[d] = s
+            saves.save(m_i, k, state, {"out": out, "model": (ap_t, ap_g, ap_a, seen, hist, best_ep, scores,
+                                                             seen_days, case_scores)})
         days = sorted(ap_t)
         out["ap_territory"][name] = np.asarray([ap_t[d] for d in days])
         out["ap_group"][name] = np.asarray([ap_g[d] for d in days])

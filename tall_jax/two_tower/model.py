@@ -9,6 +9,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+# full float32 products also on GPUs, where the default would be TF32 (tall_jax/precision.py, "float32")
+FULL = jax.lax.Precision.HIGHEST
+
 
 class Tower(nn.Module):
     """Tower encoder of docs/fidelity.md#two-tower-model: ``n_layers`` x (Dense -> BatchNorm -> ReLU), width ``width``.
@@ -27,7 +30,7 @@ class Tower(nn.Module):
         mask_Bx1 = None if valid_B is None else valid_B.astype(bool)[:, None]
         h_BxD = x_BxF
         for i in range(self.n_layers):
-            h_BxD = nn.Dense(self.width, name=f"dense_{i}")(h_BxD)
+            h_BxD = nn.Dense(self.width, precision=FULL, name=f"dense_{i}")(h_BxD)
             h_BxD = nn.BatchNorm(
                 use_running_average=not train, momentum=self.momentum, name=f"bn_{i}"
             )(h_BxD, mask=mask_Bx1 if train else None)
@@ -82,14 +85,15 @@ class TwoTower(nn.Module):
         if self.head_rank > 0:
             a_GxDxR = self.param("head_a", init, (self.n_groups, self.width, self.head_rank))
             b_GxRxD = self.param("head_b", init, (self.n_groups, self.head_rank, self.width))
-            pre_BxGxD = jnp.einsum("bgr,gre->bge", jnp.einsum("bd,gdr->bgr", u_BxD, a_GxDxR), b_GxRxD)
+            pre_BxGxD = jnp.einsum("bgr,gre->bge", jnp.einsum("bd,gdr->bgr", u_BxD, a_GxDxR, precision=FULL), b_GxRxD,
+                                   precision=FULL)
         else:
             kernel_GxDxD = self.param("head_kernel", init, (self.n_groups, self.width, self.width))
-            pre_BxGxD = jnp.einsum("bd,gde->bge", u_BxD, kernel_GxDxD)
+            pre_BxGxD = jnp.einsum("bd,gde->bge", u_BxD, kernel_GxDxD, precision=FULL)
         h_BxGxD = nn.relu(pre_BxGxD + bias_GxD[None])
         if self.head_dropout > 0:
             h_BxGxD = nn.Dropout(self.head_dropout, deterministic=not train)(h_BxGxD)
-        return scale * jnp.einsum("bge,be->bg", h_BxGxD, t_BxD) + bias
+        return scale * jnp.einsum("bge,be->bg", h_BxGxD, t_BxD, precision=FULL) + bias
 
     def group_mask(self, group_B: jax.Array) -> jax.Array:
         """One-hot mask ``m[b, g] = 1`` iff example b belongs to group g (all ones for the baseline)."""

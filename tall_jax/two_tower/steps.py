@@ -5,11 +5,12 @@ RNG, step, then batch-norm statistics); the model and the optimiser's settings a
 :class:`TwoTowerConfig`; steps are pure functions ``state, batch, config -> state, metrics`` jitted
 once per config (static shapes: the last batch is padded and
 carries a validity mask that zeroes its loss and its batch-statistics contribution).
+The epoch loop and the scorer take an optional :class:`~tall_jax.two_tower.parallel.DataParallel`
+placement (``--mesh data=N``, ``--distributed``): the same steps, batches split over devices.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable
 
 import flax.struct as struct
@@ -20,6 +21,7 @@ import optax
 from tqdm.auto import tqdm
 
 from tall_jax.two_tower.model import TwoTower, masked_bce_loss, own_group_scores
+from tall_jax.two_tower.parallel import DataParallel, jit_replicated, local_rows, put_rows, replicate
 
 
 @struct.dataclass
@@ -112,8 +114,7 @@ def two_tower_loss(params, batch_stats, batch: TwoTowerBatch, *, model: TwoTower
     return loss, updates["batch_stats"]
 
 
-@functools.partial(jax.jit, static_argnames=("config",), donate_argnames=("state",))
-def two_tower_train_step(state: TwoTowerState, batch: TwoTowerBatch, config: TwoTowerConfig):
+def _train_step(state: TwoTowerState, batch: TwoTowerBatch, config: TwoTowerConfig):
     """One Adam step on the masked BCE; batch statistics updated from the real rows only."""
     grad_fn = jax.value_and_grad(two_tower_loss, has_aux=True)
     (loss, batch_stats), grads = grad_fn(state.params, state.batch_stats, batch, model=config.model,
@@ -128,13 +129,19 @@ def two_tower_train_step(state: TwoTowerState, batch: TwoTowerBatch, config: Two
     return new_state, {"loss": loss, "n_real": jnp.sum(batch.valid.astype(jnp.int32))}
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
-def two_tower_eval_step(state: TwoTowerState, batch: TwoTowerBatch, *, model: TwoTower) -> jax.Array:
+_TRAIN_JIT = dict(static_argnames=("config",), donate_argnames=("state",))
+two_tower_train_step = jax.jit(_train_step, **_TRAIN_JIT)
+
+
+def _eval_step(state: TwoTowerState, batch: TwoTowerBatch, *, model: TwoTower) -> jax.Array:
     """Propensity ``sigmoid(score)`` of each example's own group head, BatchNorm in eval mode."""
     scores_BxG = model.apply(
         {"params": state.params, "batch_stats": state.batch_stats}, batch.user_x, batch.item_x, train=False
     )
     return jax.nn.sigmoid(own_group_scores(scores_BxG, batch.group))
+
+
+two_tower_eval_step = jax.jit(_eval_step, static_argnames=("model",))
 
 
 def make_batch(
@@ -144,7 +151,13 @@ def make_batch(
     n = len(label_N)
     if n == 0 or n > batch_size:
         raise ValueError(f"make_batch: need 1..{batch_size} rows, got {n}")
-    pad = batch_size - n
+    return _padded(user_x_NxU, item_x_NxI, label_N, group_N, batch_size)
+
+
+def _padded(user_x_NxU, item_x_NxI, label_N, group_N, n_rows: int) -> TwoTowerBatch:
+    """``N <= n_rows`` rows (none allowed) padded to ``n_rows``."""
+    n = len(label_N)
+    pad = n_rows - n
 
     def _pad(a: np.ndarray) -> np.ndarray:
         return np.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
@@ -156,6 +169,15 @@ def make_batch(
         group=_pad(np.asarray(group_N, np.int32)),
         valid=_pad(np.ones(n, bool)),
     )
+
+
+def place_batch(gather, idx: np.ndarray, batch_size: int, dp: DataParallel | None) -> TwoTowerBatch:
+    """The padded batch of examples ``idx``: on the default device, or split by rows over ``dp``'s
+    mesh with this process gathering only the block of rows its devices hold."""
+    if dp is None:
+        return make_batch(*gather(idx), batch_size)
+    rows = local_rows(dp, batch_size)
+    return put_rows(dp, _padded(*gather(idx[rows]), rows.stop - rows.start), batch_size)
 
 
 def iterate_batches(n: int, batch_size: int, rng: np.random.Generator | None):
@@ -176,12 +198,17 @@ def train_two_tower(
     seed: int,
     desc: str = "train",
     progress: bool = True,
+    dp: DataParallel | None = None,
 ) -> tuple[TwoTowerState, list[float]]:
     """Run ``epochs`` shuffled passes; ``gather(idx) -> (user_x, item_x, label, group)`` builds a batch.
 
     Returns the final state and the mean training loss per epoch. Per-step metrics are read one step
     late so host-side batch assembly overlaps device compute. Raises if the loss becomes non-finite.
+    With ``dp`` every batch is split over its mesh and the returned state is replicated on it.
     """
+    step = two_tower_train_step
+    if dp is not None:
+        step, state = jit_replicated(_train_step, dp, **_TRAIN_JIT), replicate(dp, state)
     rng = np.random.default_rng(seed)
     epoch_losses: list[float] = []
     n_batches = -(-n_examples // batch_size)
@@ -190,7 +217,7 @@ def train_two_tower(
         bar = tqdm(iterate_batches(n_examples, batch_size, rng), total=n_batches, disable=not progress,
                    desc=f"{desc} ep{epoch + 1}/{epochs}", leave=False)
         for idx in bar:
-            state, metrics = two_tower_train_step(state, make_batch(*gather(idx), batch_size), config)
+            state, metrics = step(state, place_batch(gather, idx, batch_size, dp), config)
             if pending is not None:
                 total, count = total + float(pending["loss"]) * int(pending["n_real"]), count + int(pending["n_real"])
             pending = metrics
@@ -209,10 +236,16 @@ def predict_two_tower(
     n_examples: int,
     *,
     batch_size: int,
+    dp: DataParallel | None = None,
 ) -> np.ndarray:
-    """Eval-mode propensities for examples ``0..n-1`` in order (float32 ``[N]``)."""
+    """Eval-mode propensities for examples ``0..n-1`` in order (float32 ``[N]``). With ``dp`` each
+    batch (``batch_size`` rounded up to a multiple of the data shards) is split over its mesh."""
+    step = two_tower_eval_step
+    if dp is not None:
+        step, state = jit_replicated(_eval_step, dp, static_argnames=("model",)), replicate(dp, state)
+        batch_size = -(-batch_size // dp.n_data) * dp.n_data
     out = []
     for idx in iterate_batches(n_examples, batch_size, None):
-        batch = make_batch(*gather(idx), batch_size)
-        out.append(np.asarray(two_tower_eval_step(state, batch, model=model))[: len(idx)])
+        batch = place_batch(gather, idx, batch_size, dp)
+        out.append(np.asarray(step(state, batch, model=model))[: len(idx)])
     return np.concatenate(out) if out else np.zeros(0, np.float32)
