@@ -23,11 +23,12 @@ from tqdm.auto import tqdm
 from tall_jax.datasets.cache import file_fingerprint, user_cache_root
 from tall_jax.files import atomic_write_text
 from tall_jax.identity import short_hash
-from tall_jax.two_tower.logs import CHUNK, LogReader, day_name, log_files
+from tall_jax.two_tower.logs import LogReader, day_name, log_files
 from tall_jax.two_tower.shards import Column, NpyWriter, remove_tree, replace_dir, write_npy
 
 VERSION = 1
 MANIFEST = "manifest.json"
+CHUNK = 1 << 20  # rows per chunk of the columns (and per sorted positive-key run)
 MAX_IDS = 1 << 24  # ids are exact in float32 up to 2**24
 
 
@@ -106,11 +107,11 @@ def build_log_cache(log: str | Path, folder: str | Path | None = None, *, progre
 
 
 def _build(files: list[Path], tmp: Path, sources, progress: bool, chunk: int) -> dict[str, Any]:
-    reader = LogReader(chunk)
+    reader = LogReader()
     raw = {n: NpyWriter(tmp / f"raw_{n}.npy", dt) for n, dt in
            (("user", np.int64), ("title", np.int32), ("territory", np.int32), ("day", np.int64),
             ("label", np.float32), ("line", np.int64), ("file", np.int32))}
-    user_ids, day_values = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    user_ids, day_values, seen = np.zeros(0, np.int64), np.zeros(0, np.int64), []
     bar = tqdm(total=sum(s["size"] for s in sources), unit="B", unit_scale=True, desc="reading the log",
                disable=not progress, leave=False)
     for f_i, path in enumerate(files):
@@ -118,10 +119,13 @@ def _build(files: list[Path], tmp: Path, sources, progress: bool, chunk: int) ->
             for n in ("user", "title", "territory", "day", "label", "line"):
                 raw[n].append(ch[n])
             raw["file"].append(np.full(len(ch["line"]), f_i, np.int32))
-            user_ids = np.union1d(user_ids, ch["user"])
+            seen.append(np.unique(ch["user"]))
             day_values = np.union1d(day_values, ch["day"])
+            if len(seen) >= 16:  # merged now and then: O(users) memory, not O(rows)
+                user_ids, seen = np.unique(np.concatenate([user_ids, *seen])), []
         bar.update(sources[f_i]["size"])
     bar.close()
+    user_ids = np.unique(np.concatenate([user_ids, *seen]))
     for w in raw.values():
         w.close()
     n_rows, u_n, d_n = raw["line"].n, len(user_ids), len(day_values)

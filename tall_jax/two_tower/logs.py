@@ -27,7 +27,7 @@ from tall_jax.datasets.readers import _bad_text_line, open_text
 REQUIRED = ("user", "title", "territory", "day")
 OPTIONAL = ("label",)
 SUFFIXES = (".csv", ".csv.gz", ".parquet")
-CHUNK = 1 << 20
+CHUNK = 1 << 16  # rows per parsed chunk: a CSV chunk is held as Python objects before it becomes arrays
 _INT = re.compile(r"[+-]?\d+")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 

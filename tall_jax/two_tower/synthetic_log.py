@@ -9,8 +9,8 @@ writes ``DIR/log/day-<date>.csv`` (or ``.parquet``; columns user, title, territo
 ``DIR/titles.npy`` + ``DIR/titles.ids`` (the ``--title-features`` format), ``DIR/groups.csv`` (the
 world's groups, the ``--groups`` format) and ``DIR/info.json`` (the counts).
 
-Each example is an event: a user (drawn with weight ``exp(activity)``, so active users come back
-often) on a day; its title is drawn from the user's propensities that day (``synthetic._propensity``,
+Each example is an event: a user (drawn with weight ``exp(activity / 4)``, so active users come back
+more often) on a day; its title is drawn from the user's propensities that day (``synthetic._propensity``,
 Gumbel-max) with label 1, followed by ``alpha`` titles drawn uniformly from the user's territory's
 titles with label 0. A positive may repeat on a later day.
 """
@@ -33,6 +33,9 @@ from tall_jax.two_tower.synthetic import SyntheticConfig, _project, _propensity,
 
 GROUP_SCALE = (1.0, 0.8, 0.9, 0.7)
 FIRST_DAY = dt.date(2024, 1, 1)
+# users are drawn with weight exp(0.25 * activity logit): an active user comes back about five times as
+# often as another (the raw logits, 6.5 apart, would leave almost only active users in the log)
+ACTIVITY_TEMPERATURE = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +49,7 @@ class LogSpec:
     title_dim: int = 768
     seed: int = 0
     alpha: int = 4  # label-0 examples per positive
-    users_per_event: float = 0.1  # user universe = this x number of events
+    users_per_event: float = 0.2  # user universe = this x number of events
     chunk: int = 8192  # events per chunk
 
 
@@ -111,7 +114,7 @@ def generate_log(spec: LogSpec, out: str | Path, *, fmt: str = "csv", progress: 
     tmp = out / f"log.tmp{id(spec) % 10_000}"
     remove_tree(tmp)
     tmp.mkdir()
-    weight_U = np.exp(w["act_U"] - w["act_U"].max())
+    weight_U = np.exp(ACTIVITY_TEMPERATURE * (w["act_U"] - w["act_U"].max()))
     cum_U = np.cumsum(weight_U / weight_U.sum())
     avail = [np.nonzero(r)[0] for r in w["available_TxI"]]
     counts_T = np.array([len(a) for a in avail])
