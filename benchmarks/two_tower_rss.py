@@ -7,8 +7,9 @@ should stay flat in the log's size.
 For each size: the synthetic log generator (``python -m tall_jax.two_tower.synthetic``; 200
 territories, 600 titles, 8 days, 768-d title vectors) writes the log once into ``--work``; then a
 fresh process builds the cache, the seed-0 protocol data, reads the training examples once (reading
-rate), and trains ``--steps`` steps of the baseline with the CPU preset (d 128, batch 1024) from the
-on-disk examples. It records VmHWM (peak resident memory, from /proc/self/status) after each phase,
+rate: the first pass and a second one; then from arrays in memory, after the peak was taken), and
+trains ``--steps`` steps of the baseline with the CPU preset (d 128, batch 1024) from the on-disk
+plain training examples (cycled through when there are fewer, so every size trains as many steps). It records VmHWM (peak resident memory, from /proc/self/status) after each phase,
 the times, and the sizes, as JSON.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -76,11 +78,11 @@ def measure(work: Path, steps: int, batch: int, width: int) -> dict:
     model, _, _ = model_spec("baseline", data, cfg)
     sc = step_config_of(model, cfg)
     state = init(jax.random.PRNGKey(0), sc, data.user_x.shape[1], data.item_x.shape[1])
-    n = min(len(train), steps * batch)
+    n = steps * batch  # the same number of steps at every size: a small log is cycled through
     t = time.perf_counter()
-    state, losses = train_two_tower(sc, state, gather, n, epochs=1, batch_size=batch, seed=0, progress=False,
-                                    order=block_order, prefetch_depth=2)
-    out.update(train_steps=-(-n // batch), train_s=time.perf_counter() - t, loss=losses[0], rss_peak_mb=vm_hwm_mb())
+    state, losses = train_two_tower(sc, state, lambda idx: gather(idx % len(train)), n, epochs=1, batch_size=batch,
+                                    seed=0, progress=False, order=block_order, prefetch_depth=2)
+    out.update(train_steps=steps, train_s=time.perf_counter() - t, loss=losses[0], rss_peak_mb=vm_hwm_mb())
     # the same reading from arrays in memory (after the peak was taken: this loads the training set)
     mem = type(train)(*(np.asarray(c) for c in (train.user, train.item, train.label)))
     gather = _gather(data, mem, None)
@@ -110,6 +112,7 @@ def main(argv=None) -> int:
             subprocess.run([sys.executable, "-m", "tall_jax.two_tower.synthetic", "--out", str(work), "--examples",
                             str(n), "--no-progress"], check=True, env=env)
         gen_s = time.perf_counter() - t
+        shutil.rmtree(work / "cache", ignore_errors=True)  # the child measures the cache build too
         child = subprocess.run([sys.executable, __file__, "--one", str(work), "--steps", str(a.steps),
                                 "--batch-size", str(a.batch_size), "--width", str(a.width)],
                                check=True, env=env, capture_output=True, text=True)

@@ -261,3 +261,26 @@ def test_the_generator_reads_back_through_data(ex, tmp_path):
     n = sum(len(d.train_plain) + len(d.train_upsampled) - len(d.train_plain) + len(d.valid) + len(d.test)
             for d in data.days)
     assert 0 < n <= 5000  # every example used at most once (a test user's other days are dropped)
+
+
+def test_sampled_negatives_are_never_positives_and_pools_are_disjoint(tmp_path):
+    log = tiny_log(tmp_path / "log.csv")
+    cache = build_log_cache(log, progress=False)
+    data = make_log_two_tower(cache, LogProtocol(alpha=2.0), 1, group_T=np.array([0, 1]), group_names=["a", "b"],
+                              in_memory=True)
+    i_n = len(cache.manifest["titles"])
+    pos = set((np.asarray(cache.column("user")).astype(np.int64) * i_n + np.asarray(cache.column("title"))).tolist())
+    terr_U = data.user_territory
+    avail = cache.array("avail_TxI")
+    for day in data.days:
+        for p in (day.train_upsampled, day.valid, day.test):
+            neg = p.label == 0
+            assert not set((p.user[neg].astype(np.int64) * i_n + p.item[neg]).tolist()) & pos
+            assert avail[terr_U[p.user[neg]], p.item[neg]].all()  # titles of the user's territory
+            assert neg.sum() <= 2 * p.n_pos  # alpha per positive, minus the draws that were positives
+    assert sum(int((d.train_upsampled.label == 0).sum()) for d in data.days) > 0
+    users = lambda part: set(np.concatenate([getattr(d, part).user for d in data.days]).tolist())  # noqa: E731
+    train, valid, test = users("train_upsampled"), users("valid"), users("test")
+    assert train and valid and test and not (train & valid) and not (train & test) and not (valid & test)
+    tests = [set(d.test_users.tolist()) for d in data.days[data.first_test_day:]]
+    assert all(not (a & b) for i, a in enumerate(tests) for b in tests[i + 1:])

@@ -40,6 +40,7 @@ from tall_jax.two_tower.logs import read_feature_file
 from tall_jax.two_tower.shards import Chain, Column, NpyWriter, remove_tree, replace_dir
 
 ROLES = ("plain", "added", "valid", "test")
+EXAMPLES_VERSION = 2  # part of the examples folder's key: bump when the rules change
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +117,7 @@ def _roles(cache: LogCache, proto: LogProtocol, rng: np.random.Generator) -> tup
         role_DxU[d, random_users], role_DxU[d, added] = 1, 2
         role_DxU[d, present[d] & (pool_U == 1)] = 3
         if d >= f:
-            role_DxU[d, first_test_U == d] = 4
+            role_DxU[d, (first_test_U == d) & (pool_U == 2)] = 4
         history_U += pos_DxU[d]
         days.append({"day": cache.manifest["days"][d], "is_test": d >= f, "n_users_plain": len(random_users),
                      "n_users_added_active": len(added), "active_users": int(active_U.sum())})
@@ -154,20 +155,27 @@ def write_examples(cache: LogCache, proto: LogProtocol, seed: int, folder: Path)
         key = ch["day"].astype(np.int64) * 5 + role
         order = np.argsort(key, kind="stable")
         bounds = np.r_[0, np.nonzero(np.diff(key[order]))[0] + 1, len(order)]
+        groups = []
         for a, b in zip(bounds[:-1], bounds[1:]):
             sel = order[a:b]
             d, r = int(ch["day"][sel[0]]), int(role[sel[0]])
             if r == 0:
                 continue
-            u, t, y = ch["user"][sel], ch["title"][sel], ch["label"][sel]
+            u, t = ch["user"][sel], ch["title"][sel]
+            neg = (np.zeros(0, np.int32), np.zeros(0, np.int32))
             if sample:
                 n_neg = int(round(proto.alpha * len(u)))
                 nu = u[rng.integers(0, len(u), n_neg)]
                 terr = terr_U[nu]
-                nt = items_TxA[terr, (rng.random(n_neg) * counts_T[terr]).astype(np.int64)]
-                keep = ~_is_positive(cache, nu.astype(np.int64) * i_n + nt)
-                u, t = np.r_[u, nu[keep]], np.r_[t, nt[keep]]
-                y = np.r_[y, np.zeros(int(keep.sum()), np.float32)]
+                neg = (nu, items_TxA[terr, (rng.random(n_neg) * counts_T[terr]).astype(np.int64)])
+            groups.append((d, r, u, t, ch["label"][sel], neg))
+        if sample and groups:  # one look-up of the chunk's negatives in the positive runs
+            keys = np.concatenate([g[5][0].astype(np.int64) * i_n + g[5][1] for g in groups])
+            keep = np.split(~_is_positive(cache, keys), np.cumsum([len(g[5][0]) for g in groups])[:-1])
+        for k, (d, r, u, t, y, (nu, nt)) in enumerate(groups):
+            if sample:
+                u, t = np.r_[u, nu[keep[k]]], np.r_[t, nt[keep[k]]]
+                y = np.r_[y, np.zeros(int(keep[k].sum()), np.float32)]
             for c, v in (("user", u), ("item", t), ("label", y)):
                 writers[(d, r, c)].append(v)
     for w in writers.values():
@@ -187,7 +195,8 @@ def make_log_two_tower(cache: LogCache, proto: LogProtocol, seed: int, *, group_
     ``user_x`` / ``item_x`` the users / titles are ids for learned embeddings. ``in_memory`` reads the
     training examples into memory too (the simple path the streamed one is tested against)."""
     m = cache.manifest
-    settings = {"protocol": dataclasses.asdict(proto), "seed": seed, "cache": m["sources"]}
+    settings = {"protocol": dataclasses.asdict(proto), "seed": seed, "cache": m["sources"],
+                "version": EXAMPLES_VERSION}
     folder = cache.folder / f"examples-{short_hash(settings)}"
     done = folder / "done.json"
     if not done.is_file():
