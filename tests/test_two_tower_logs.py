@@ -284,3 +284,25 @@ def test_sampled_negatives_are_never_positives_and_pools_are_disjoint(tmp_path):
     assert train and valid and test and not (train & valid) and not (train & test) and not (valid & test)
     tests = [set(d.test_users.tolist()) for d in data.days[data.first_test_day:]]
     assert all(not (a & b) for i, a in enumerate(tests) for b in tests[i + 1:])
+
+
+def test_user_features_replace_the_user_id_embedding(ex, tmp_path):
+    from tall_jax.two_tower.cli import make_builder
+
+    log = tiny_log(tmp_path / "log.csv", n_users=30, days=4)
+    np.save(tmp_path / "u.npy", np.arange(31 * 3, dtype=np.float32).reshape(31, 3))
+    (tmp_path / "u.ids").write_text("".join(f"{u}\n" for u in range(31, 0, -1)))  # any order, one extra
+    args = ex.parse_args(["--data", str(log), "--user-features", str(tmp_path / "u.npy"), "--seed", "0", *TRAIN])
+    data = make_builder(args)(0)
+    ids = build_log_cache(log).array("user_ids")
+    assert data.user_vocab == 0 and data.item_vocab > 0 and data.user_x.shape == (30, 3)
+    np.testing.assert_array_equal(data.user_x[:, 0], (31 - ids) * 3)  # the row of each user's id
+
+
+def test_the_study_runs_on_a_log_and_its_page_names_no_local_path(tmp_path):
+    from tall_jax.two_tower import study
+
+    log = tiny_log(tmp_path / "log.csv", n_users=60, days=4)
+    assert study.main(["--data", str(log), "--seed", "0", "--doc", "page.md", *TRAIN]) == 0
+    page = (tmp_path / "page.md").read_text()
+    assert "--data PATH" in page and str(tmp_path) not in page and "log.csv@" in page

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import hashlib
 import math
 import re
 import sys
@@ -15,11 +16,12 @@ import numpy as np
 
 from tall_jax.cli import Parser
 from tall_jax.datasets import load_dataset
+from tall_jax.datasets.cache import file_fingerprint
 from tall_jax.results import variant
 from tall_jax.two_tower.experiment import ALL_MODELS, MODELS, PROTOCOLS, TrainConfig
 from tall_jax.two_tower.log_cache import build_log_cache
 from tall_jax.two_tower.log_days import LogProtocol, aligned_features, groups_by_size, groups_from_map, make_log_two_tower
-from tall_jax.two_tower.logs import read_groups
+from tall_jax.two_tower.logs import log_files, read_groups
 from tall_jax.two_tower.ml1m import make_ml1m_days, make_ml1m_two_tower, svd_user_embedding
 from tall_jax.two_tower.synthetic import SyntheticConfig, make_synthetic_two_tower
 
@@ -159,11 +161,19 @@ def data_settings(args) -> dict:
     """Everything that determines the data of a seed (for the study's resume check)."""
     keys = ("dataset", "alpha", "n_users", "ml1m_days", "user_embedding", "vae_epochs")
     out = {k: getattr(args, k) for k in keys}
-    if args.dataset == "log":
+    if args.dataset == "log":  # by name and content (no local path: settings reach pages)
         for k in ("data", "user_features", "title_features", "groups"):
-            out[k] = str(Path(getattr(args, k)).expanduser().resolve()) if getattr(args, k) else None
+            out[k] = _content_id(getattr(args, k), k) if getattr(args, k) else None
         out.update(n_groups=args.n_groups, active_threshold=args.active_threshold, test_days=args.test_days)
     return out
+
+
+def _content_id(path: str, what: str) -> str:
+    """``name@<sha256 prefix>`` of a log (all its files) or of a feature / groups file (with its .ids)."""
+    p = Path(path).expanduser()
+    files = log_files(p) if what == "data" else [p, p.with_suffix(".ids")] if what.endswith("features") else [p]
+    digest = hashlib.sha256("".join(file_fingerprint(f)["sha256"] for f in files if f.is_file()).encode())
+    return f"{p.name}@{digest.hexdigest()[:12]}"
 
 
 def settings_of(args) -> dict:
