@@ -210,10 +210,15 @@ def test_prefetch_keeps_order_and_raises_the_producers_error():
         list(prefetch(broken(), 2))
 
 
-def test_streamed_examples_and_training_equal_the_in_memory_path(tmp_path):
-    from tall_jax.two_tower.experiment import TrainConfig, model_spec, step_config_of, _gather
+@pytest.mark.parametrize("window", [None, 16])
+def test_streamed_examples_and_training_equal_the_in_memory_path(tmp_path, monkeypatch, window):
+    from tall_jax.two_tower import shards
+    from tall_jax.two_tower.data import concat_pairs
+    from tall_jax.two_tower.experiment import TrainConfig, _gather, model_spec, step_config_of
     from tall_jax.two_tower.steps import init, iterate_batches, train_two_tower
 
+    if window:  # many windows: reads and shuffles cross window and file boundaries
+        monkeypatch.setattr(shards, "WINDOW", window)
     cache = build_log_cache(tiny_log(tmp_path / "log.csv"), progress=False)
     kw = dict(group_T=np.array([0, 1]), group_names=["G1", "G2"])
     disk = make_log_two_tower(cache, LogProtocol(), 0, **kw)
@@ -224,23 +229,21 @@ def test_streamed_examples_and_training_equal_the_in_memory_path(tmp_path):
             for c in ("user", "item", "label"):
                 np.testing.assert_array_equal(np.asarray(getattr(getattr(a, part), c)), getattr(getattr(b, part), c))
     cfg = TrainConfig(width=8, batch_size=64)
-    model, which, _ = model_spec("mtl", disk, cfg)
-    from tall_jax.two_tower.data import concat_pairs
-
-    states = []
+    model, _, _ = model_spec("mtl", disk, cfg)
+    runs = []
     for data, stream in ((disk, dict(order=block_order, prefetch_depth=2)), (mem, dict(order=block_order)),
                          (mem, dict(order=iterate_batches))):
         train = concat_pairs([d.train_upsampled for d in data.days[:2]])
+        assert window is None or len(train) > 8 * window
         state = init(jax.random.PRNGKey(0), step_config_of(model, cfg), 1, 1)
         state, losses = train_two_tower(step_config_of(model, cfg), state, _gather(data, train, None), len(train),
                                         epochs=2, batch_size=64, seed=3, progress=False, **stream)
-        states.append((jax.tree.leaves(state.params), losses))
-    # on disk + prefetched == in memory; and below one window block_order is the full permutation
-    (p0, l0), (p1, l1), (p2, l2) = states
-    assert l0 == l1 == l2
-    for a, b, c in zip(p0, p1, p2):
+        runs.append((jax.tree.leaves(state.params), losses))
+    # on disk + prefetched == in memory, batch for batch; below one window block_order is the full permutation
+    (p0, l0), (p1, l1), (p2, l2) = runs
+    assert l0 == l1 and (l0 == l2) == (window is None)
+    for a, b in zip(p0, p1):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(c))
 
 
 def test_the_generator_reads_back_through_data(ex, tmp_path):

@@ -61,8 +61,8 @@ class Column:
     """A 1-d ``.npy`` column read by windows (module docstring); indexable like an array with an int
     array or a slice, ``len()``, ``sum()`` and ``np.asarray`` (which reads it whole)."""
 
-    def __init__(self, path: str | Path, window: int = WINDOW):
-        self.path, self.window = Path(path), window
+    def __init__(self, path: str | Path, window: int | None = None):
+        self.path, self.window = Path(path), window or WINDOW
         with open(self.path, "rb") as f:
             version = np.lib.format.read_magic(f)
             read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
@@ -155,10 +155,13 @@ class Chain:
         return float(sum(float(p.sum()) for p in self.parts))
 
 
-def block_order(n: int, batch_size: int, rng: np.random.Generator | None, window: int = WINDOW) -> Iterator[np.ndarray]:
-    """Index batches over ``0..n-1``: windows of ``window`` elements in a random order, each shuffled
-    (consecutive order when ``rng`` is None); every index once, batches of ``batch_size`` (the last
-    one shorter), never more than one window's order in memory."""
+def block_order(n: int, batch_size: int, rng: np.random.Generator | None,
+                window: int | None = None) -> Iterator[np.ndarray]:
+    """Index batches over ``0..n-1``: windows of ``window`` (default ``WINDOW``) elements in a random
+    order, each shuffled (consecutive order when ``rng`` is None); every index once, batches of
+    ``batch_size`` (the last one shorter), never more than one window's order in memory. Below one
+    window it is the full permutation ``rng.permutation(n)``."""
+    window = window or WINDOW
     n_win = -(-n // window)
     wins = np.arange(n_win) if rng is None else rng.permutation(n_win)
     carry = np.zeros(0, np.int64)
