@@ -264,6 +264,12 @@ def test_the_generator_reads_back_through_data(ex, tmp_path):
     n = sum(len(d.train_plain) + len(d.train_upsampled) - len(d.train_plain) + len(d.valid) + len(d.test)
             for d in data.days)
     assert 0 < n <= 5000  # every example used at most once (a test user's other days are dropped)
+    if importlib.util.find_spec("pyarrow"):  # the same log as Parquet reads back to the same columns
+        assert generate(["--out", "p", "--examples", "5000", "--territories", "8", "--titles", "40", "--days", "5",
+                         "--title-dim", "8", "--no-progress", "--format", "parquet"]) == 0
+        a, b = build_log_cache("g/log", progress=False), build_log_cache("p/log", progress=False)
+        for name in ("user", "title", "day", "label"):
+            np.testing.assert_array_equal(np.asarray(a.column(name)), np.asarray(b.column(name)))
 
 
 def test_sampled_negatives_are_never_positives_and_pools_are_disjoint(tmp_path):

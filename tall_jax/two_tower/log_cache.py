@@ -112,8 +112,7 @@ def _build(files: list[Path], tmp: Path, sources, progress: bool, chunk: int) ->
            (("user", np.int64), ("title", np.int32), ("territory", np.int32), ("day", np.int64),
             ("label", np.float32), ("line", np.int64), ("file", np.int32))}
     user_ids, day_values, seen = np.zeros(0, np.int64), np.zeros(0, np.int64), []
-    bar = tqdm(total=sum(s["size"] for s in sources), unit="B", unit_scale=True, desc="reading the log",
-               disable=not progress, leave=False)
+    bar = tqdm(unit=" rows", unit_scale=True, desc="reading the log", disable=not progress, leave=False)
     for f_i, path in enumerate(files):
         for ch in reader.chunks(path):
             for n in ("user", "title", "territory", "day", "label", "line"):
@@ -123,7 +122,7 @@ def _build(files: list[Path], tmp: Path, sources, progress: bool, chunk: int) ->
             day_values = np.union1d(day_values, ch["day"])
             if len(seen) >= 16:  # merged now and then: O(users) memory, not O(rows)
                 user_ids, seen = np.unique(np.concatenate([user_ids, *seen])), []
-        bar.update(sources[f_i]["size"])
+            bar.update(len(ch["line"]))
     bar.close()
     user_ids = np.unique(np.concatenate([user_ids, *seen]))
     for w in raw.values():

@@ -80,31 +80,42 @@ def _names(w, cfg: SyntheticConfig) -> tuple[list[str], list[str]]:
     return terr, titles
 
 
-def _write_day(path: Path, fmt: str, cols: dict[str, list[np.ndarray]], terr: list[str], titles: list[str], day: str):
-    user = np.concatenate(cols["user"])
-    title = np.asarray(titles, dtype=object)[np.concatenate(cols["title"])]
-    territory = np.asarray(terr, dtype=object)[np.concatenate(cols["territory"])]
-    label = np.concatenate(cols["label"])
-    if fmt == "parquet":
-        # why: pyarrow is the optional extra "parquet"; only --format parquet needs it
-        import pyarrow as pa
-        import pyarrow.parquet as pq  # why: as above
+class _DayFile:
+    """One day's file of the log, written chunk by chunk (CSV text or Parquet row groups)."""
 
-        pq.write_table(pa.table({"user": user, "title": title.astype(str), "territory": territory.astype(str),
-                                 "day": [day] * len(user), "label": label}), path)
-        return
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        f.write("user,title,territory,day,label\n")
-        for lo in range(0, len(user), 1 << 18):
-            sl = slice(lo, lo + (1 << 18))
-            f.write("".join(f"{u},{t},{r},{day},{y}\n" for u, t, r, y in
-                            zip(user[sl].tolist(), title[sl], territory[sl], label[sl].tolist())))
+    def __init__(self, path: Path, fmt: str, terr: list[str], titles: list[str], day: str):
+        self.fmt, self.day = fmt, day
+        self.terr, self.titles = np.asarray(terr, dtype=object), np.asarray(titles, dtype=object)
+        if fmt == "parquet":
+            # why: pyarrow is the optional extra "parquet"; only --format parquet needs it
+            import pyarrow as pa
+            import pyarrow.parquet as pq  # why: as above
+
+            self.pa = pa
+            self.schema = pa.schema([("user", pa.int64()), ("title", pa.string()), ("territory", pa.string()),
+                                     ("day", pa.string()), ("label", pa.int64())])
+            self.f = pq.ParquetWriter(path, self.schema)
+        else:
+            self.f = open(path, "w", encoding="utf-8", newline="")
+            self.f.write("user,title,territory,day,label\n")
+
+    def write(self, user: np.ndarray, title: np.ndarray, territory: np.ndarray, label: np.ndarray) -> None:
+        t, r = self.titles[title], self.terr[territory]
+        if self.fmt == "parquet":
+            self.f.write_table(self.pa.table({"user": user, "title": t.astype(str), "territory": r.astype(str),
+                                              "day": [self.day] * len(user), "label": label}, schema=self.schema))
+        else:
+            self.f.write("".join(f"{u},{a},{b},{self.day},{y}\n"
+                                 for u, a, b, y in zip(user.tolist(), t, r, label.tolist())))
+
+    def close(self) -> None:
+        self.f.close()
 
 
 def generate_log(spec: LogSpec, out: str | Path, *, fmt: str = "csv", progress: bool = True) -> dict:
     """Write the log of ``spec`` into ``out`` (module docstring); returns the counts (``info.json``).
 
-    Memory: one day's columns at a time (``examples / days`` rows) plus the world."""
+    Memory: one chunk of ``spec.chunk`` events at a time plus the world."""
     cfg = world_config(spec)
     rng = np.random.default_rng(spec.seed)
     w = _synthetic_world(cfg, rng)
@@ -127,7 +138,7 @@ def generate_log(spec: LogSpec, out: str | Path, *, fmt: str = "csv", progress: 
     try:
         for d, n_events in enumerate(events_D):
             day = (FIRST_DAY + dt.timedelta(days=d)).isoformat()
-            cols: dict[str, list[np.ndarray]] = {k: [] for k in ("user", "title", "territory", "label")}
+            out_day = _DayFile(tmp / f"day-{day}.{fmt}", fmt, terr, titles, day)
             for lo in range(0, int(n_events), spec.chunk):
                 m = min(spec.chunk, int(n_events) - lo)
                 users = np.minimum(np.searchsorted(cum_U, rng.random(m)), cfg.n_users - 1)
@@ -135,12 +146,10 @@ def generate_log(spec: LogSpec, out: str | Path, *, fmt: str = "csv", progress: 
                 pos = np.argmax(logp + rng.gumbel(size=logp.shape), axis=1)
                 t_u = w["user_territory"][users]
                 neg = items_TxA[t_u[:, None], (rng.random((m, spec.alpha)) * counts_T[t_u][:, None]).astype(np.int64)]
-                cols["user"].append(np.repeat(users + 1, per))
-                cols["title"].append(np.c_[pos, neg].ravel())
-                cols["territory"].append(np.repeat(t_u, per))
-                cols["label"].append(np.tile(np.r_[1, np.zeros(spec.alpha, np.int64)], m))
+                out_day.write(np.repeat(users + 1, per), np.c_[pos, neg].ravel(), np.repeat(t_u, per),
+                              np.tile(np.r_[1, np.zeros(spec.alpha, np.int64)], m))
                 bar.update(m * per)
-            _write_day(tmp / f"day-{day}.{fmt}", fmt, cols, terr, titles, day)
+            out_day.close()
         bar.close()
         replace_dir(tmp, out / "log")
     except BaseException:
