@@ -10,7 +10,10 @@ fresh process builds the cache, the seed-0 protocol data, reads the training exa
 rate: the first pass and a second one; then from arrays in memory, after the peak was taken), and
 trains ``--steps`` steps of the baseline with the CPU preset (d 128, batch 1024) from the on-disk
 plain training examples (cycled through when there are fewer, so every size trains as many steps). It records VmHWM (peak resident memory, from /proc/self/status) after each phase,
-the times, and the sizes, as JSON.
+the times, the sizes and the model's parameter and optimiser-state bytes, as JSON. With learned user
+ids (the default, as ``--data`` without ``--user-features``) the model holds a ``[users, d]`` table,
+which grows with the log's users; ``--user-input features`` gives the users random 16-d vectors
+instead, so only the data pipeline is left to grow.
 """
 from __future__ import annotations
 
@@ -37,7 +40,16 @@ def vm_hwm_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(work: Path, steps: int, batch: int, width: int) -> dict:
+def vm_rss_mb() -> float:
+    """Resident memory of this process now (MB; 0 where /proc is missing)."""
+    status = Path("/proc/self/status")
+    for line in (status.read_text().splitlines() if status.exists() else []):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def measure(work: Path, steps: int, batch: int, width: int, user_input: str) -> dict:
     """One size, in this (fresh) process."""
     import dataclasses
 
@@ -61,8 +73,14 @@ def measure(work: Path, steps: int, batch: int, width: int) -> dict:
     group_T, group_names = groups_from_map(read_groups(work / "groups.csv"), m["territories"], "groups.csv")
     item_x = aligned_features(work / "titles.npy", "title", m["titles"])
     t = time.perf_counter()
-    data = make_log_two_tower(cache, LogProtocol(), 0, group_T=group_T, group_names=group_names, item_x=item_x)
-    out.update(protocol_s=time.perf_counter() - t, rss_after_protocol_mb=vm_hwm_mb())
+    # learned user ids put a [users, d] table (and its Adam moments and gradient) in the model, which
+    # grows with the log's users; random 16-d user vectors leave only the data pipeline to grow
+    user_x = (np.random.default_rng(0).normal(size=(cache.n_users, 16)).astype(np.float32)
+              if user_input == "features" else None)
+    data = make_log_two_tower(cache, LogProtocol(), 0, group_T=group_T, group_names=group_names, item_x=item_x,
+                              user_x=user_x)
+    out.update(protocol_s=time.perf_counter() - t, rss_after_protocol_mb=vm_hwm_mb(), rss_now_mb=vm_rss_mb(),
+               user_input=user_input)
     train = concat_pairs([d.train_plain for d in data.days[: data.first_test_day]])
     gather = _gather(data, train, None)
 
@@ -78,6 +96,8 @@ def measure(work: Path, steps: int, batch: int, width: int) -> dict:
     model, _, _ = model_spec("baseline", data, cfg)
     sc = step_config_of(model, cfg)
     state = init(jax.random.PRNGKey(0), sc, data.user_x.shape[1], data.item_x.shape[1])
+    size_mb = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)) / 2**20  # noqa: E731
+    out.update(params_mb=size_mb(state.params), opt_state_mb=size_mb(state.opt_state))
     n = steps * batch  # the same number of steps at every size: a small log is cycled through
     t = time.perf_counter()
     state, losses = train_two_tower(sc, state, lambda idx: gather(idx % len(train)), n, epochs=1, batch_size=batch,
@@ -96,12 +116,15 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--width", type=int, default=128)
+    p.add_argument("--user-input", choices=("ids", "features"), default="ids",
+                   help="learned user id embeddings (the default of --data without --user-features) or random "
+                        "16-d user vectors (then the model does not grow with the users)")
     p.add_argument("--work", default="/tmp/two_tower_rss", help="where the logs and caches go (GBs at 10M)")
     p.add_argument("--out", default="benchmarks/results/cpu_two_tower_rss.json")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a child: measure this work folder
     a = p.parse_args(argv)
     if a.one:
-        print(json.dumps(measure(Path(a.one), a.steps, a.batch_size, a.width)))
+        print(json.dumps(measure(Path(a.one), a.steps, a.batch_size, a.width, a.user_input)))
         return 0
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     runs = []
@@ -114,7 +137,8 @@ def main(argv=None) -> int:
         gen_s = time.perf_counter() - t
         shutil.rmtree(work / "cache", ignore_errors=True)  # the child measures the cache build too
         child = subprocess.run([sys.executable, __file__, "--one", str(work), "--steps", str(a.steps),
-                                "--batch-size", str(a.batch_size), "--width", str(a.width)],
+                                "--batch-size", str(a.batch_size), "--width", str(a.width),
+                                "--user-input", a.user_input],
                                check=True, env=env, capture_output=True, text=True)
         rec = {"examples": n, "generate_s": gen_s, "log_bytes": sum(f.stat().st_size for f in (work / "log").iterdir()),
                **json.loads(child.stdout.strip().splitlines()[-1])}
@@ -122,6 +146,7 @@ def main(argv=None) -> int:
         runs.append(rec)
     record = {"benchmark": "two_tower_rss", "machine": platform.node(), "cpus": os.cpu_count(),
               "loadavg": os.getloadavg(), "steps": a.steps, "batch_size": a.batch_size, "width": a.width,
+              "user_input": a.user_input,
               "runs": runs}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(record, indent=1))

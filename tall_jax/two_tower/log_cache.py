@@ -162,6 +162,7 @@ def _build(files: list[Path], tmp: Path, sources, progress: bool, chunk: int) ->
         keys = np.unique(u[pos].astype(np.int64) * i_n + c["title"][pos])
         write_npy(tmp / f"poskeys_{n_runs}.npy", keys)
         n_runs += 1
+        del c, u, d, pos, keys  # before the next chunk is read: one chunk in memory, not two
     for w in out.values():
         w.close()
     for n in raw:
