@@ -108,6 +108,17 @@ def test_a_bad_log_is_one_line_with_file_and_line(ex, tmp_path, capsys, content,
     assert not (tmp_path / "o").exists() and not (tmp_path / "cache").exists() and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("argv, expected", [
+    ([], "give one of --dataset"),
+    (["--dataset", "synthetic", "--data", "x.csv"], "give one of --dataset"),
+    (["--dataset", "synthetic", "--groups", "g.csv"], "--groups applies to --data only"),
+    (["--data", "x.csv", "--data-dir", "."], "--data-dir applies to --dataset ml-1m only"),
+    (["--data", "x.csv", "--test-days", "0"], "--test-days must be >= 1"),
+])
+def test_log_flag_errors(ex, capsys, argv, expected):
+    assert expected in _fails(ex, argv, capsys)
+
+
 def test_errors_in_a_folder_name_the_file(ex, tmp_path, capsys):
     (tmp_path / "log").mkdir()
     (tmp_path / "log" / "a.csv").write_text(f"{HEADER}\n1,a,X,0\n")

@@ -139,7 +139,7 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse
         p.error("--n-users applies to --dataset synthetic only")
     if args.n_users is not None and args.n_users < 1000:
         p.error("--n-users must be >= 1000")
-    if args.dataset == "synthetic" and args.data_dir is not None:
+    if args.dataset != "ml-1m" and args.data_dir is not None:
         p.error("--data-dir applies to --dataset ml-1m only")
     if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
         what = "is a file, not a folder" if Path(args.data_dir).expanduser().exists() else "no such folder"

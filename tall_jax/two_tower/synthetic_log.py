@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -122,7 +123,7 @@ def generate_log(spec: LogSpec, out: str | Path, *, fmt: str = "csv", progress: 
     terr, titles = _names(w, cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f"log.tmp{id(spec) % 10_000}"
+    tmp = out / f"log.tmp{os.getpid()}"
     remove_tree(tmp)
     tmp.mkdir()
     weight_U = np.exp(ACTIVITY_TEMPERATURE * (w["act_U"] - w["act_U"].max()))
