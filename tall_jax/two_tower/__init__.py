@@ -1,6 +1,8 @@
 """Multi-task two-tower model with hard parameter sharing and masked per-group BCE
 (docs/fidelity.md#two-tower; Gampa et al. 2023)."""
 from tall_jax.two_tower.data import Day, PairSet, TwoTowerData, sample_negatives, upsample_active_users
+from tall_jax.two_tower.log_cache import LogCache, build_log_cache
+from tall_jax.two_tower.log_days import LogProtocol, groups_by_size, make_log_two_tower
 from tall_jax.two_tower.synthetic import SyntheticConfig, make_synthetic_two_tower
 from tall_jax.two_tower.metrics import average_precision, average_precision_by_key, gain_table, relative_gain
 from tall_jax.two_tower.model import TwoTower, Tower, masked_bce_loss, own_group_scores
@@ -14,5 +16,6 @@ __all__ = [
     "upsample_active_users", "average_precision", "average_precision_by_key", "gain_table", "relative_gain",
     "TwoTower", "Tower", "masked_bce_loss", "own_group_scores", "TwoTowerBatch", "TwoTowerConfig",
     "TwoTowerState", "init", "make_batch", "make_optimizer", "predict_two_tower", "train_two_tower",
-    "two_tower_eval_step", "two_tower_train_step",
+    "two_tower_eval_step", "two_tower_train_step", "LogCache", "build_log_cache", "LogProtocol", "groups_by_size",
+    "make_log_two_tower",
 ]
