@@ -40,7 +40,7 @@ from tall_jax.two_tower.logs import read_feature_file
 from tall_jax.two_tower.shards import Chain, Column, NpyWriter, remove_tree, replace_dir
 
 ROLES = ("plain", "added", "valid", "test")
-EXAMPLES_VERSION = 2  # part of the examples folder's key: bump when the rules change
+EXAMPLES_VERSION = 3  # part of the examples folder's key: bump when the rules change
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +102,7 @@ def _roles(cache: LogCache, proto: LogProtocol, rng: np.random.Generator) -> tup
     cands = np.nonzero(on_test)[0]
     test_pool = np.sort(rng.choice(cands, size=int(round(proto.test_frac * len(cands))), replace=False))
     rest = rng.permutation(np.setdiff1d(np.arange(u_n), test_pool))
-    n_valid = int(round(proto.valid_frac * u_n))
+    n_valid = int(round(proto.valid_frac * len(rest)))
     pool_U = np.zeros(u_n, np.int8)  # 0 train, 1 valid, 2 test
     pool_U[rest[:n_valid]], pool_U[test_pool] = 1, 2
     role_DxU = np.zeros((d_n, u_n), np.int8)
