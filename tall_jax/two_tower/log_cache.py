@@ -72,6 +72,15 @@ def default_cache_folder(log: str | Path) -> Path:
     return user_cache_root() / "two_tower_logs" / f"{path.name}-{short_hash(str(path))}"
 
 
+def _manifest(folder: Path) -> dict[str, Any] | None:
+    """The manifest of a complete cache of this version in ``folder``, else None."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        return None
+    m = json.loads(path.read_text())
+    return m if m.get("version") == VERSION else None
+
+
 def _sources(files: list[Path]) -> list[dict[str, Any]]:
     return [{"name": f.name, "size": (fp := file_fingerprint(f))["size"], "sha256": fp["sha256"]} for f in files]
 
@@ -83,11 +92,9 @@ def build_log_cache(log: str | Path, folder: str | Path | None = None, *, progre
     files = log_files(log)
     folder = Path(folder) if folder is not None else default_cache_folder(log)
     sources = _sources(files)
-    manifest_path = folder / MANIFEST
-    if manifest_path.is_file():
-        old = json.loads(manifest_path.read_text())
-        if old.get("version") == VERSION and old.get("sources") == sources:
-            return LogCache(folder, old)
+    old = _manifest(folder)
+    if old is not None and old.get("sources") == sources:
+        return LogCache(folder, old)
     made = [p for p in reversed(folder.parents) if not p.exists()]
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
@@ -96,7 +103,14 @@ def build_log_cache(log: str | Path, folder: str | Path | None = None, *, progre
     try:
         manifest = _build(files, tmp, sources, progress, chunk)
         atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1))
-        replace_dir(tmp, folder)
+        try:
+            replace_dir(tmp, folder)
+        except OSError:  # another process put the same cache in place meanwhile: use that one
+            other = _manifest(folder)
+            if other is None or other.get("sources") != sources:
+                raise
+            remove_tree(tmp)
+            return LogCache(folder, other)
     except BaseException:
         remove_tree(tmp)
         for p in reversed(made):  # a failed build leaves nothing behind, not even empty folders

@@ -206,7 +206,12 @@ def make_log_two_tower(cache: LogCache, proto: LogProtocol, seed: int, *, group_
         try:
             info = write_examples(cache, proto, seed, tmp)
             atomic_write_text(tmp / "done.json", json.dumps({"settings": settings, "info": info}))
-            replace_dir(tmp, folder)
+            try:
+                replace_dir(tmp, folder)
+            except OSError:  # another process wrote the same examples meanwhile: use those
+                if not done.is_file():
+                    raise
+                remove_tree(tmp)
         except BaseException:
             remove_tree(tmp)
             raise
