@@ -126,6 +126,8 @@ def _roles(cache: LogCache, proto: LogProtocol, rng: np.random.Generator) -> tup
 
 
 def _is_positive(cache: LogCache, keys: np.ndarray) -> np.ndarray:
+    """``hit[N]``: whether each key ``user * I + title`` is a positive anywhere in the log (binary
+    search in each sorted run of the cache, one run in memory at a time)."""
     hit = np.zeros(len(keys), bool)
     for run in cache.positive_runs():
         at = np.minimum(np.searchsorted(run, keys), max(len(run) - 1, 0))
