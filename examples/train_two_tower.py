@@ -8,6 +8,7 @@ share a folder).
     python examples/train_two_tower.py --dataset synthetic --seed 0 1 2 --out runs/two_tower/synthetic
     python examples/train_two_tower.py --dataset ml-1m --data-dir /path/to/data --seed 0 1 2
     python examples/train_two_tower.py --dataset synthetic --preset paper --seed 0   # d = 512, batch 8192
+    python examples/train_two_tower.py --data LOG --title-features T.npy --groups G.csv --seed 0   # your own log
 """
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def main(argv=None) -> int:
     results.write_json(out / identity.SETTINGS_FILE, {**settings, "seeds": args.seeds})
     summary = summarise(runs, data.territory_names, data.group_names, data.case_titles)
     print(text_report(summary))
-    plot_title_histograms(summary["title_hist"], [c["name"] for c in data.case_titles], out / "title_histograms.png")
+    if data.case_titles:  # your own logs have no case-study titles
+        plot_title_histograms(summary["title_hist"], [c["name"] for c in data.case_titles], out / "title_histograms.png")
     plot_gains(data.territory_names, summary["gain"]["territory"], out / "territory_gains.png")
     record = {"dataset": args.dataset, "seeds": args.seeds, "variant": settings["variant"],
               "settings": settings_of(args), "train_config": settings["train"], "args": vars(args),

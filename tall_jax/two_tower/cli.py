@@ -5,16 +5,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import hashlib
 import math
 import re
 import sys
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from tall_jax.cli import Parser
 from tall_jax.datasets import load_dataset
+from tall_jax.datasets.cache import file_fingerprint
 from tall_jax.results import variant
 from tall_jax.two_tower.experiment import ALL_MODELS, MODELS, PROTOCOLS, TrainConfig
+from tall_jax.two_tower.log_cache import build_log_cache
+from tall_jax.two_tower.log_days import LogProtocol, aligned_features, groups_by_size, groups_from_map, make_log_two_tower
+from tall_jax.two_tower.logs import log_files, read_groups
 from tall_jax.two_tower.ml1m import make_ml1m_days, make_ml1m_two_tower, svd_user_embedding
 from tall_jax.two_tower.parallel import (
     DataParallel, check_batch_size, make_data_parallel, parse_data_mesh, start_distributed,
@@ -26,7 +33,8 @@ PRESETS = {
     "cpu": {"width": 128, "batch_size": 1024},  # fits 2 CPU cores: a 5-seed synthetic study in minutes
     "paper": {"width": 512, "batch_size": 8192},  # paper §4.2: d = 512, batch 8192 (Adam, lr 1e-3)
 }
-DEFAULT_EPOCHS = {"synthetic": 8, "ml-1m": 4}
+DEFAULT_EPOCHS = {"synthetic": 8, "ml-1m": 4, "log": 3}
+LOG_PATH_FLAGS = ("--data", "--cache", "--groups", "--user-features", "--title-features")
 
 
 class _DeprecatedSeeds(argparse.Action):
@@ -38,7 +46,27 @@ class _DeprecatedSeeds(argparse.Action):
 def make_parser(description: str, *, default_seeds: list[int]) -> argparse.ArgumentParser:
     p = Parser(description=description, allow_abbrev=False,
                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", choices=("synthetic", "ml-1m"), required=True, help="which data")
+    p.add_argument("--dataset", choices=("synthetic", "ml-1m"), default=None,
+                   help="which built-in data (or --data for your own log)")
+    g = p.add_argument_group("your own log (docs/two_tower.md#your-own-logs)")
+    g.add_argument("--data", default=None, metavar="PATH",
+                   help="a log: a .csv / .csv.gz / .parquet file or a folder of them, columns user, title, "
+                        "territory, day and optionally label")
+    g.add_argument("--cache", default=None, metavar="DIR",
+                   help="the log's cache folder (default: <user cache>/two_tower_logs/<name>-<hash of the path>)")
+    g.add_argument("--user-features", default=None, metavar="FILE",
+                   help="user vectors: FILE.npy [users, F] with FILE.ids beside it, one user id per line "
+                        "(default: a learned id embedding)")
+    g.add_argument("--title-features", default=None, metavar="FILE",
+                   help="title vectors, the same format (default: a learned id embedding)")
+    g.add_argument("--groups", default=None, metavar="FILE",
+                   help="a CSV file territory,group (default: groups by territory size, --n-groups)")
+    g.add_argument("--n-groups", type=int, default=None,
+                   help="without --groups: territories by number of users cut into this many groups "
+                        "(default: 4, or the number of territories if fewer)")
+    g.add_argument("--active-threshold", type=int, default=1,
+                   help="a user is active on a day with at least this many positives on earlier days")
+    g.add_argument("--test-days", type=int, default=3, help="the log's last days that are test days")
     p.add_argument("--seed", dest="seeds", type=int, nargs="+", default=default_seeds, metavar="SEED",
                    help="one or several seeds (data and training); the spelling train_tall.py uses")
     p.add_argument("--seeds", dest="seeds", type=int, nargs="+", action=_DeprecatedSeeds, metavar="SEED",
@@ -84,6 +112,16 @@ def make_parser(description: str, *, default_seeds: list[int]) -> argparse.Argum
 
 def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
     """Fill preset values and reject user mistakes with ``p.error`` (exit code 2)."""
+    if (args.dataset is None) == (args.data is None):
+        p.error("give one of --dataset (synthetic, ml-1m) or --data PATH (your own log)")
+    if args.data is not None:
+        args.dataset = "log"
+    log_only = ("cache", "user_features", "title_features", "groups")
+    used = [f"--{k.replace('_', '-')}" for k in log_only if getattr(args, k) is not None]
+    if used and args.dataset != "log":
+        p.error(f"{used[0]} applies to --data only")
+    if (args.n_groups is not None and args.n_groups < 1) or args.active_threshold < 0 or args.test_days < 1:
+        p.error("--n-groups and --test-days must be >= 1, --active-threshold >= 0")
     for k, v in PRESETS[args.preset].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -110,7 +148,7 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse
         p.error("--n-users applies to --dataset synthetic only")
     if args.n_users is not None and args.n_users < 1000:
         p.error("--n-users must be >= 1000")
-    if args.dataset == "synthetic" and args.data_dir is not None:
+    if args.dataset != "ml-1m" and args.data_dir is not None:
         p.error("--data-dir applies to --dataset ml-1m only")
     args.n_data = None
     if args.mesh is not None:
@@ -152,7 +190,20 @@ def train_config(args) -> TrainConfig:
 def data_settings(args) -> dict:
     """Everything that determines the data of a seed (for the study's resume check)."""
     keys = ("dataset", "alpha", "n_users", "ml1m_days", "user_embedding", "vae_epochs")
-    return {k: getattr(args, k) for k in keys}
+    out = {k: getattr(args, k) for k in keys}
+    if args.dataset == "log":  # by name and content (no local path: settings reach pages)
+        for k in ("data", "user_features", "title_features", "groups"):
+            out[k] = _content_id(getattr(args, k), k) if getattr(args, k) else None
+        out.update(n_groups=args.n_groups, active_threshold=args.active_threshold, test_days=args.test_days)
+    return out
+
+
+def _content_id(path: str, what: str) -> str:
+    """``name@<sha256 prefix>`` of a log (all its files) or of a feature / groups file (with its .ids)."""
+    p = Path(path).expanduser()
+    files = log_files(p) if what == "data" else [p, p.with_suffix(".ids")] if what.endswith("features") else [p]
+    digest = hashlib.sha256("".join(file_fingerprint(f)["sha256"] for f in files if f.is_file()).encode())
+    return f"{p.name}@{digest.hexdigest()[:12]}"
 
 
 def settings_of(args) -> dict:
@@ -178,7 +229,31 @@ def make_builder(args, first_seed: int | None = None) -> Callable[[int], object]
     return lambda seed: ready.pop(seed) if seed in ready else build(seed)
 
 
+def _log_builder(args) -> Callable[[int], object]:
+    """``seed -> TwoTowerData`` of ``--data``: the cache built (or reused) once, groups and features
+    read once."""
+    cache = build_log_cache(args.data, args.cache, progress=not args.no_progress)
+    m = cache.manifest
+    names = m["territories"]
+    if args.groups:
+        group_T, group_names = groups_from_map(read_groups(args.groups), names, args.groups)
+    else:
+        users_T = np.bincount(cache.array("user_territory"), minlength=len(names))
+        group_T = groups_by_size(users_T, names, args.n_groups or min(4, len(names)))
+        group_names = [f"G{g + 1}" for g in range(int(group_T.max()) + 1)]
+    user_x = item_x = None
+    if args.user_features:
+        user_x = aligned_features(args.user_features, "user", [str(u) for u in cache.array("user_ids")])
+    if args.title_features:
+        item_x = aligned_features(args.title_features, "title", m["titles"])
+    proto = LogProtocol(n_test_days=args.test_days, active_threshold=args.active_threshold, alpha=args.alpha)
+    return lambda seed: make_log_two_tower(cache, proto, seed, group_T=group_T, group_names=group_names,
+                                           user_x=user_x, item_x=item_x)
+
+
 def _builder(args) -> Callable[[int], object]:
+    if args.dataset == "log":
+        return _log_builder(args)
     if args.dataset == "synthetic":
         syn = dataclasses.replace(SyntheticConfig(), alpha=args.alpha,
                                   **({"n_users": args.n_users} if args.n_users else {}))

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from tall_jax.two_tower.shards import Chain
+
 
 @dataclasses.dataclass(frozen=True)
 class PairSet:
@@ -65,10 +67,15 @@ def empty_pairs() -> PairSet:
 
 
 def concat_pairs(sets: list[PairSet]) -> PairSet:
+    """The sets one after the other; sets kept on disk (:mod:`tall_jax.two_tower.shards` columns) are
+    chained, not read."""
     sets = [s for s in sets if len(s)]
     if not sets:
         return empty_pairs()
-    return PairSet(*(np.concatenate(a) for a in zip(*((s.user, s.item, s.label) for s in sets))))
+    cols = list(zip(*((s.user, s.item, s.label) for s in sets)))
+    if all(isinstance(a, np.ndarray) for c in cols for a in c):
+        return PairSet(*(np.concatenate(a) for a in cols))
+    return PairSet(*(Chain(a) for a in cols))
 
 
 @dataclasses.dataclass
@@ -92,6 +99,9 @@ class TwoTowerData:
     exclude: sp.csr_matrix | None  # [U, I] pairs never scored at title level (already seen)
     case_titles: list[dict[str, Any]]  # [{"title", "territory", "kind": "local"|"global", "name"}]
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # > 0: user_x / item_x hold ids (one column) that index a learned embedding table of this many rows
+    user_vocab: int = 0
+    item_vocab: int = 0
 
     @property
     def user_group(self) -> np.ndarray:

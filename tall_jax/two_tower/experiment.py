@@ -27,6 +27,7 @@ from tall_jax.two_tower.metrics import average_precision, average_precision_by_k
 from tall_jax.two_tower.model import TwoTower
 from tall_jax.two_tower.parallel import DataParallel
 from tall_jax.two_tower.resume import DayCheckpoints, digest
+from tall_jax.two_tower.shards import block_order
 from tall_jax.two_tower.steps import TwoTowerState, predict_two_tower, train_two_tower
 
 MODELS = ("baseline", "baseline_up", "mtl")  # + optional "mtl_1head": one shared head (depth control)
@@ -59,11 +60,12 @@ class TrainConfig:
 
 def model_spec(name: str, data: TwoTowerData, cfg: TrainConfig) -> tuple[TwoTower, str, np.ndarray | None]:
     """``(model, training set "plain" | "upsampled", head-of-user override or None)`` of a model name."""
-    mtl = dict(width=cfg.width, head_rank=cfg.head_rank, head_dropout=cfg.head_dropout)
+    ids = dict(user_vocab=data.user_vocab, item_vocab=data.item_vocab)
+    mtl = dict(width=cfg.width, head_rank=cfg.head_rank, head_dropout=cfg.head_dropout, **ids)
     if name == "baseline":
-        return TwoTower(n_groups=0, width=cfg.width), "plain", None
+        return TwoTower(n_groups=0, width=cfg.width, **ids), "plain", None
     if name == "baseline_up":
-        return TwoTower(n_groups=0, width=cfg.width), "upsampled", None
+        return TwoTower(n_groups=0, width=cfg.width, **ids), "upsampled", None
     if name == "mtl":
         return TwoTower(n_groups=data.n_groups, **mtl), "upsampled", None
     if name == "mtl_1head":  # the same depth as MTL, one task block shared by every group
@@ -115,10 +117,12 @@ def fit_early_stopping(model, state, data, train: PairSet, valid: PairSet, head_
     if start_is_candidate and valid.n_pos > 0:
         best_state, best = _copy(state), val_ap(state)
         history.append({"epoch": 0, "loss": None, "valid_ap": best})
+    # examples kept on disk are shuffled window by window and read ahead by a thread (shards.block_order)
+    stream = {} if isinstance(train.label, np.ndarray) else {"order": block_order, "prefetch_depth": 2}
     for ep in range(1, max_epochs + 1):
         state, losses = train_two_tower(step_config, state, _gather(data, train, head_of_user), len(train), epochs=1,
                                         batch_size=cfg.batch_size, seed=seed * 7919 + ep, desc=desc, progress=progress,
-                                        dp=dp)
+                                        dp=dp, **stream)
         ap = val_ap(state)
         history.append({"epoch": ep, "loss": losses[0], "valid_ap": ap})
         if not np.isfinite(ap):

@@ -24,11 +24,14 @@ class Tower(nn.Module):
     width: int = 512
     n_layers: int = 2
     momentum: float = 0.99
+    n_ids: int = 0  # > 0: the input is one column of ids in 0..n_ids-1, looked up in a learned table
 
     @nn.compact
     def __call__(self, x_BxF: jax.Array, *, train: bool, valid_B: jax.Array | None = None) -> jax.Array:
         mask_Bx1 = None if valid_B is None else valid_B.astype(bool)[:, None]
         h_BxD = x_BxF
+        if self.n_ids > 0:
+            h_BxD = nn.Embed(self.n_ids, self.width, name="embed")(x_BxF[:, 0].astype(jnp.int32))
         for i in range(self.n_layers):
             h_BxD = nn.Dense(self.width, precision=FULL, name=f"dense_{i}")(h_BxD)
             h_BxD = nn.BatchNorm(
@@ -56,6 +59,10 @@ class TwoTower(nn.Module):
     low-rank, ``W_g = A_g B_g`` with ``A_g [D, r]``, ``B_g [r, D]`` (fewer parameters per group);
     ``head_dropout = p > 0`` applies dropout to the task-block output in train mode (needs a ``dropout``
     RNG).
+
+    Id inputs (for logs without feature vectors): ``user_vocab = n > 0`` makes the user input one
+    column of ids, looked up in a learned ``[n, D]`` table before the user tower's layers
+    (``item_vocab`` likewise for titles).
     """
 
     n_groups: int = 0
@@ -64,6 +71,8 @@ class TwoTower(nn.Module):
     momentum: float = 0.99
     head_rank: int = 0
     head_dropout: float = 0.0
+    user_vocab: int = 0  # > 0: user inputs are ids of a learned embedding table (Tower.n_ids)
+    item_vocab: int = 0
 
     @property
     def n_heads(self) -> int:
@@ -74,8 +83,8 @@ class TwoTower(nn.Module):
         self, user_x_BxU: jax.Array, item_x_BxI: jax.Array, *, train: bool, valid_B: jax.Array | None = None
     ) -> jax.Array:
         tower = dict(width=self.width, n_layers=self.n_layers, momentum=self.momentum)
-        u_BxD = Tower(**tower, name="user_tower")(user_x_BxU, train=train, valid_B=valid_B)
-        t_BxD = Tower(**tower, name="item_tower")(item_x_BxI, train=train, valid_B=valid_B)
+        u_BxD = Tower(**tower, n_ids=self.user_vocab, name="user_tower")(user_x_BxU, train=train, valid_B=valid_B)
+        t_BxD = Tower(**tower, n_ids=self.item_vocab, name="item_tower")(item_x_BxI, train=train, valid_B=valid_B)
         scale = self.param("logit_scale", nn.initializers.constant(self.width ** -0.5), ())
         bias = self.param("logit_bias", nn.initializers.zeros, ())
         if self.n_groups == 0:

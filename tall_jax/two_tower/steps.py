@@ -11,7 +11,9 @@ placement (``--mesh data=N``, ``--distributed``): the same steps, batches split 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+import queue
+import threading
+from typing import Any, Callable, Iterable, Iterator
 
 import flax.struct as struct
 import jax
@@ -187,6 +189,49 @@ def iterate_batches(n: int, batch_size: int, rng: np.random.Generator | None):
         yield order[start : start + batch_size]
 
 
+def prefetch(items: Iterable, depth: int) -> Iterator:
+    """``items`` produced ``depth`` ahead by a background thread (the same items, in order); an error
+    of the producer is raised here. ``depth == 0``: ``items`` itself."""
+    if depth <= 0:
+        yield from items
+        return
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((end, None))
+        except BaseException as e:  # handed to the consumer
+            put((end, e))
+
+    worker = threading.Thread(target=produce, daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, err = q.get()
+            if item is end:
+                if err is not None:
+                    raise err
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
 def train_two_tower(
     config: TwoTowerConfig,
     state: TwoTowerState,
@@ -199,12 +244,16 @@ def train_two_tower(
     desc: str = "train",
     progress: bool = True,
     dp: DataParallel | None = None,
+    order: Callable[[int, int, np.random.Generator], Iterable[np.ndarray]] = iterate_batches,
+    prefetch_depth: int = 0,
 ) -> tuple[TwoTowerState, list[float]]:
     """Run ``epochs`` shuffled passes; ``gather(idx) -> (user_x, item_x, label, group)`` builds a batch.
 
-    Returns the final state and the mean training loss per epoch. Per-step metrics are read one step
-    late so host-side batch assembly overlaps device compute. Raises if the loss becomes non-finite.
-    With ``dp`` every batch is split over its mesh and the returned state is replicated on it.
+    ``order(n, batch_size, rng)`` gives each epoch's index batches (default: a full permutation);
+    ``prefetch_depth > 0`` assembles that many batches ahead in a thread. Returns the final state and
+    the mean training loss per epoch. Per-step metrics are read one step late so host-side batch
+    assembly overlaps device compute. Raises if the loss becomes non-finite. With ``dp`` every batch
+    is split over its mesh and the returned state is replicated on it.
     """
     step = two_tower_train_step
     if dp is not None:
@@ -214,10 +263,11 @@ def train_two_tower(
     n_batches = -(-n_examples // batch_size)
     for epoch in range(epochs):
         total, count, pending = 0.0, 0, None
-        bar = tqdm(iterate_batches(n_examples, batch_size, rng), total=n_batches, disable=not progress,
-                   desc=f"{desc} ep{epoch + 1}/{epochs}", leave=False)
-        for idx in bar:
-            state, metrics = step(state, place_batch(gather, idx, batch_size, dp), config)
+        batches = prefetch((place_batch(gather, idx, batch_size, dp) for idx in order(n_examples, batch_size, rng)),
+                           prefetch_depth)
+        bar = tqdm(batches, total=n_batches, disable=not progress, desc=f"{desc} ep{epoch + 1}/{epochs}", leave=False)
+        for batch in bar:
+            state, metrics = step(state, batch, config)
             if pending is not None:
                 total, count = total + float(pending["loss"]) * int(pending["n_real"]), count + int(pending["n_real"])
             pending = metrics

@@ -27,7 +27,8 @@ from tall_jax.files import atomic_write_text
 from tall_jax.pages import write_markdown
 from tall_jax.results import to_jsonable
 from tall_jax.two_tower.cli import (
-    check_args, data_parallel_of, make_builder, make_parser, models_of, run_main, settings_of, train_config,
+    LOG_PATH_FLAGS, check_args, data_parallel_of, make_builder, make_parser, models_of, run_main, settings_of,
+    train_config,
 )
 from tall_jax.two_tower.experiment import run_seed
 from tall_jax.two_tower.parallel import is_main_process
@@ -102,11 +103,13 @@ def main(argv=None) -> int:
         return 0
     given = list(argv if argv is not None else sys.argv[1:])
     shown = []
+    path_flags = ("--data-dir",) + LOG_PATH_FLAGS
     for i, a in enumerate(given):  # the page names no local paths
         if a == "--no-progress":
             continue
-        shown.append("DIR" if i > 0 and given[i - 1] == "--data-dir" else a.split("=")[0] + "=DIR"
-                     if a.startswith("--data-dir=") else a)
+        flag = given[i - 1] if i > 0 and given[i - 1] in path_flags else a.split("=")[0] if "=" in a else None
+        hide = "DIR" if flag == "--data-dir" else "PATH"
+        shown.append(a if flag not in path_flags else hide if "=" not in a else f"{flag}={hide}")
     command = "python -m tall_jax.two_tower.study " + " ".join(shown)
     page = build_page(runs, metas, args, command)
     doc = Path(args.doc) if args.doc else Path("docs") / "results" / f"two_tower_{args.dataset.replace('-', '')}.md"

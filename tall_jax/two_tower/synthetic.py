@@ -193,3 +193,11 @@ def _synthetic_case_titles(w, test_days: list[Day], territory_names) -> list[dic
             out.append({"title": title, "territory": terr, "kind": kind, "n_test_pos": int(cnt_I[title]),
                         "name": f"{kind} title in {territory_names[terr]}"})
     return out
+
+
+if __name__ == "__main__":
+    # why: `python -m tall_jax.two_tower.synthetic --out DIR` writes a large log (synthetic_log, which
+    # imports this module); running it by name keeps the import graph free of a cycle
+    import runpy
+
+    runpy.run_module("tall_jax.two_tower.synthetic_log", run_name="__main__")
