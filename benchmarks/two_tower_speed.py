@@ -39,6 +39,7 @@ import copy
 import json
 import math
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -126,6 +127,16 @@ def jax_matmul_precision() -> str | None:
     default, full float32 on a CPU, TF32 for float32 on recent NVIDIA GPUs)."""
     import jax
     return jax.config.jax_default_matmul_precision
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def cores() -> int:
@@ -331,7 +342,8 @@ def child_torch(args) -> dict:
         weights = nested(dict(f))
     tmodel = tt.TorchTwoTower(args.user_dim, title_dim, 0 if model == "baseline" else args.groups, width)
     tt.load_from_flax(tmodel, weights["params"], weights["batch_stats"]).to(device)
-    trainer = tt.TorchTwoTowerTrainer(tmodel, lr=1e-3)
+    adam = {} if args.torch_adam == "default" else {args.torch_adam: True}
+    trainer = tt.TorchTwoTowerTrainer(tmodel, lr=1e-3, **adam)
     batch = make_numpy_batch(B, args.user_dim, title_dim, args.groups)
     tb = [torch.from_numpy(np.asarray(a)).to(device) for a in (batch.user_x, batch.item_x, batch.label, batch.group,
                                                                batch.valid)]
@@ -341,7 +353,7 @@ def child_torch(args) -> dict:
     out["first_step_s"] = out["compile_s"] = time.perf_counter() - t0
     out["compile_note"] = "first step (no compilation)"
     out.update(time_steps(lambda: trainer.step(*tb), sync, args.repeat_seconds, args.repeats))
-    out.update(torch_threads=torch.get_num_threads(), torch_device=device,
+    out.update(torch_threads=torch.get_num_threads(), torch_device=device, torch_adam=args.torch_adam,
                omp_num_threads=os.environ.get("OMP_NUM_THREADS", ""))
     try:  # no JAX backend (and its thread pool) in this process
         from jax._src import xla_bridge
@@ -427,6 +439,9 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per row (default 10; --quick 3)")
     p.add_argument("--repeat-seconds", type=float, default=None,
                    help="a repeat runs enough steps to last about this long (default 1.0; --quick 0.2)")
+    p.add_argument("--torch-adam", default="default", choices=("default", "foreach", "fused"),
+                   help="torch.optim.Adam's implementation on the PyTorch side (default: torch's own choice, a "
+                        "per-tensor loop on a CPU)")
     p.add_argument("--quick", action="store_true",
                    help="the cpu preset, synthetic widths, 3 short repeats, a smaller reference GEMM")
     p.add_argument("--timeout", type=float, default=900, help="seconds per subprocess")
@@ -454,11 +469,13 @@ def main(argv=None) -> None:
             p.error(f"--variants {name}: unknown options {sorted(bad)} "
                     f"(known: {', '.join(MODEL_FIELDS + CONFIG_FIELDS)})")
     common = ["--user-dim", str(args.user_dim), "--groups", str(args.groups), "--repeats", str(args.repeats),
+              "--torch-adam", args.torch_adam,
               "--repeat-seconds", str(args.repeat_seconds), "--presets", *args.presets]
     if args.quick:
         common.append("--quick")
     result = dict(versions=versions(), loadavg_start=os.getloadavg(), started=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                  quick=args.quick, cores=cores(), user_dim=args.user_dim, groups=args.groups,
+                  quick=args.quick, cores=cores(), cpu_model=cpu_model(), torch_adam=args.torch_adam,
+                  user_dim=args.user_dim, groups=args.groups,
                   presets={k: presets()[k] for k in args.presets}, variants=variants,
                   jax_disable_most_optimizations=os.environ.get("JAX_DISABLE_MOST_OPTIMIZATIONS", ""),
                   jax_default_matmul_precision=jax_matmul_precision(),
