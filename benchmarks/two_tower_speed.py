@@ -354,7 +354,8 @@ def child_torch(args) -> dict:
     out["compile_note"] = "first step (no compilation)"
     out.update(time_steps(lambda: trainer.step(*tb), sync, args.repeat_seconds, args.repeats))
     out.update(torch_threads=torch.get_num_threads(), torch_device=device, torch_adam=args.torch_adam,
-               omp_num_threads=os.environ.get("OMP_NUM_THREADS", ""))
+               omp_num_threads=os.environ.get("OMP_NUM_THREADS", ""),
+               omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", ""))
     try:  # no JAX backend (and its thread pool) in this process
         from jax._src import xla_bridge
         out["jax_backend_started"] = bool(xla_bridge._backends)
@@ -479,12 +480,14 @@ def main(argv=None) -> None:
                   presets={k: presets()[k] for k in args.presets}, variants=variants,
                   jax_disable_most_optimizations=os.environ.get("JAX_DISABLE_MOST_OPTIMIZATIONS", ""),
                   jax_default_matmul_precision=jax_matmul_precision(),
+                  omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", ""),
                   target_x_vs_torch=TARGET_X_VS_TORCH, runs=[])
     load = os.getloadavg()[0]
     result["busy_at_start"] = bool(load > 0.5 * cores())
     if result["busy_at_start"]:
         print(f"warning: 1-min load average {load:.1f} on {cores()} cores: a busy machine inflates the times, "
-              f"PyTorch's OpenMP threads most (process CPU time is the steadier comparison)", flush=True)
+              f"PyTorch's most: its OpenMP threads spin-wait on each other (OMP_WAIT_POLICY=PASSIVE avoids that)",
+              flush=True)
     mm = spawn(["--impl", "matmul_jax", *common], args.timeout)
     if "torch" in args.impls:
         mm_torch = spawn(["--impl", "matmul_torch", *common], args.timeout)
