@@ -10,7 +10,10 @@
 #   bash benchmarks/gpu_suite.sh --closed     # another call: the closed forms (EASE at the ML-1M and
 #                                             # CDs item counts, weighted EASE, LOCA-EASE) with the
 #                                             # batched device solver, ~3 minutes
-#   bash benchmarks/gpu_suite.sh --dry-run    # anywhere, about a minute
+#   bash benchmarks/gpu_suite.sh --two-tower  # another call: the two-tower train step at the paper preset
+#                                             # (width 512, batch 8192), baseline and MTL, beside PyTorch
+#                                             # (benchmarks/two_tower_speed.py), ~5 minutes
+#   bash benchmarks/gpu_suite.sh --dry-run    # anywhere, about two minutes
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-benchmarks/results}"
@@ -26,12 +29,22 @@ if [[ "${1:-}" == "--dry-run" ]]; then
       --name gpu_suite_dry_run.json --timeout 300
   python benchmarks/bench_closed.py --quick --solver jax --out-dir "$out" --name gpu_suite_closed_dry_run.json \
       --timeout 300
+  python benchmarks/two_tower_speed.py --quick --out-dir "$out" --name gpu_suite_two_tower_dry_run.json --timeout 300
   exit 0
 fi
 python -c "import jax; d = jax.devices()[0]; print(d, d.device_kind); assert d.platform == 'gpu', d"
 if [[ "${1:-}" == "--closed" ]]; then  # host Grams and scores, device solves (docs/closed_forms.md)
   python benchmarks/bench_closed.py --solver jax --repeats 1 --out-dir "$out" --name gpu_closed.json \
       --cases ease:ml-1m ease:cds ease_weighted:cds loca_ease:ml-1m --timeout 240
+  exit 0
+fi
+if [[ "${1:-}" == "--two-tower" ]]; then  # training examples/s of the two-tower step against PyTorch on the GPU
+  # float32 against float32: torch's matmuls are full float32 (allow_tf32 off), so JAX's are made so too
+  JAX_DEFAULT_MATMUL_PRECISION=highest python benchmarks/two_tower_speed.py --presets paper --repeats 5 \
+      --out-dir "$out" --name gpu_two_tower.json --timeout 240
+  # JAX's own default for float32 matmuls on the GPU (TF32 on Hopper), the JAX rows only
+  python benchmarks/two_tower_speed.py --presets paper --impls jax --repeats 5 --out-dir "$out" \
+      --name gpu_two_tower_default_precision.json --timeout 240
   exit 0
 fi
 if [[ "${1:-}" == "--study" ]]; then  # a second device call of at most ~8 minutes

@@ -31,3 +31,13 @@ def test_gpu_suite_dry_run_writes_every_row(tmp_path):
     except ImportError:
         pass
     assert any("x_vs_f32" in r for r in result["speedups"])
+    two_tower = json.loads((tmp_path / "gpu_suite_two_tower_dry_run.json").read_text())
+    rows = {(r["case"], r["impl"]) for r in two_tower["runs"] if "wall" in r}
+    assert {("cpu:32:baseline", "jax"), ("cpu:32:mtl", "jax")} <= rows, proc.stdout[-2000:]
+    try:
+        import torch  # noqa: F401, F811
+        assert {("cpu:32:baseline", "torch"), ("cpu:32:mtl", "torch")} <= rows, proc.stdout[-2000:]
+        assert all(r["check"]["agrees"] for r in two_tower["runs"] if r["impl"] == "torch")
+        assert len(two_tower["speedups"]) == 2
+    except ImportError:
+        pass
