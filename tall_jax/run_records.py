@@ -17,12 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from tall_jax.blend import BLENDS as BLEND_PARTS
 from tall_jax.configs import MODEL_PRESETS, TALLConfig
 from tall_jax.metrics import RankingResult, RankingSummary
 from tall_jax.paper import COLUMNS
 
 # blends of a MultVAE-family model and the EASE family (tall_jax.blend): model -> its neural part
-BLENDS = {"tall_ease": "tall", "lmoe_ease": "lmoe", "multvae_ease": "multvae"}
+BLENDS = {model: neural for model, (neural, _closed) in BLEND_PARTS.items()}
 
 
 def is_mixture(model: str) -> bool:
