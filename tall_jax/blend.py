@@ -276,7 +276,9 @@ def run_blend(config: BlendConfig, ds: Dataset, *, dataset: str, out_dir: Path, 
                                ", chosen for each mainstream group on that group's validation users; "
                                "chosen_hp names each group's choice")),
         "neural": {"config": ncfg.to_dict(), "best_epoch": trained.best_epoch,
-                   "epochs_run": trained.epochs_run, "test": trained.test.to_json()},
+                   "epochs_run": trained.epochs_run, "test": trained.test.to_json(),
+                   # every epoch of the neural part, also those a resumed run trained before it
+                   "epoch_seconds": float(sum(h["seconds"] for h in trained.history))},
         "closed": {c: {"grid": found.records, "chosen_hp": chosen}
                    for c, (found, chosen, _) in candidates.items()},
         "grid": records, "chosen_hp": chosen_hp,

@@ -130,11 +130,16 @@ def run_seconds(d: dict[str, Any]) -> float | None:
     """A run's training time from its results: the sum of its epochs' seconds (training and
     evaluation; a resumed or forked run counts every epoch of its history, start-up and compilation
     not), else its wall time (runs without an epoch history: the local baselines); None without
-    either."""
+    either. A blend counts its neural part by its epochs too (``neural.epoch_seconds``, so one that
+    reused a finished neural checkpoint still counts that training) and the rest by wall time."""
     history = d.get("history")
     if isinstance(history, list) and history and all(isinstance(h, dict) and "seconds" in h for h in history):
         return float(sum(float(h["seconds"]) for h in history))
     wall = d.get("wall_time_s")
+    neural = d.get("neural")
+    if isinstance(neural, dict) and isinstance(neural.get("epoch_seconds"), (int, float)) \
+            and isinstance(wall, (int, float)) and isinstance(d.get("neural_seconds"), (int, float)):
+        return float(wall) - float(d["neural_seconds"]) + float(neural["epoch_seconds"])
     return float(wall) if isinstance(wall, (int, float)) else None
 
 

@@ -55,6 +55,7 @@ def test_blend_ends_are_its_parts_and_the_choice_is_the_validation_argmax(tmp_pa
     best_score = trained.history[trained.best_epoch - 1]["valid_score"]
     assert {round(r["valid_score"], 5) for r in neural} == {round(best_score, 5)}
     assert res["neural"]["best_epoch"] == trained.best_epoch
+    assert res["neural"]["epoch_seconds"] > 0  # the neural part's training time, by its epochs
     # the chosen point is the argmax of the grid (the first on ties)
     scores = [r["valid_score"] for r in res["grid"]]
     assert res["chosen_hp"] == res["grid"][int(np.argmax(scores))]["hp"]

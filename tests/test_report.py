@@ -312,6 +312,10 @@ def test_run_seconds_sums_the_epochs_else_takes_the_wall_time():
     assert run_records.run_seconds({"wall_time_s": 7}) == 7.0  # a local baseline: no epoch history
     assert run_records.run_seconds({"history": [{"epoch": 1}], "wall_time_s": 4.0}) == 4.0
     assert run_records.run_seconds({}) is None
+    # a blend: its neural part by its epochs (also when a finished checkpoint was reused), the rest by wall
+    blend = {"wall_time_s": 50.0, "neural_seconds": 2.0, "neural": {"epoch_seconds": 600.0}}
+    assert run_records.run_seconds(blend) == 648.0
+    assert run_records.run_seconds({"wall_time_s": 50.0, "neural_seconds": 2.0}) == 50.0  # recorded before
 
 
 def test_report_reads_several_folders(tmp_path):
