@@ -29,7 +29,10 @@ if [[ "${1:-}" == "--dry-run" ]]; then
       --name gpu_suite_dry_run.json --timeout 300
   python benchmarks/bench_closed.py --quick --solver jax --out-dir "$out" --name gpu_suite_closed_dry_run.json \
       --timeout 300
-  python benchmarks/two_tower_speed.py --quick --out-dir "$out" --name gpu_suite_two_tower_dry_run.json --timeout 300
+  impls=(jax)  # the PyTorch rows only where torch is installed (the tests' machines may lack it)
+  if python -c "import torch" 2>/dev/null; then impls=(jax torch); fi
+  python benchmarks/two_tower_speed.py --quick --impls "${impls[@]}" --repeats 2 --out-dir "$out" \
+      --name gpu_suite_two_tower_dry_run.json --timeout 300
   exit 0
 fi
 python -c "import jax; d = jax.devices()[0]; print(d, d.device_kind); assert d.platform == 'gpu', d"
