@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's tall_jax and benchmarks/, as the children get them
 
 from benchmarks.bench_train_step import SHAPES, load, peak_rss_mb, stats, versions  # noqa: E402
+from benchmarks.bench_train_step import spawn as spawn_child  # noqa: E402
 
 CASES = ("ease:ml-1m", "ease:yelp", "ease:cds", "ease_weighted:ml-1m", "ease_weighted:cds",
          "loca_ease:ml-1m")
@@ -40,18 +41,8 @@ TARGETS = {"ease:cds": dict(wall_s=120.0, peak_rss_mb=8192.0), "loca_ease:ml-1m"
 
 
 def spawn(argv: list[str], timeout: float) -> dict:
-    """Run this script's child with ``argv``; its RESULT line as a dict, or {"error": ...}."""
-    import subprocess
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", *argv]
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return dict(error=f"timed out after {timeout:.0f} s")
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
-    if proc.returncode != 0 or not lines:
-        return dict(error=f"exit {proc.returncode}: {proc.stderr[-1500:]}")
-    return json.loads(lines[-1][len("RESULT"):])
+    """This script's child with ``argv`` in its own process (bench_train_step.spawn)."""
+    return spawn_child(argv, timeout, script=__file__)
 
 
 def _timed(fn) -> tuple[float, dict]:

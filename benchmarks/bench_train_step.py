@@ -332,8 +332,10 @@ def versions() -> dict:
     return out
 
 
-def spawn(argv: list[str], timeout: float) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", *argv]
+def spawn(argv: list[str], timeout: float, script: str | Path = __file__) -> dict:
+    """Run ``script``'s child (``script --child argv``; default: this script) in its own process; its
+    RESULT line as a dict, or {"error": ...}."""
+    cmd = [sys.executable, str(Path(script).resolve()), "--child", *argv]
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)

@@ -41,7 +41,6 @@ import math
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,6 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's tall_jax and benchmarks/, as the children get them
 
 from benchmarks.bench_train_step import peak_rss_mb, stats, versions  # noqa: E402
+from benchmarks.bench_train_step import spawn as spawn_child  # noqa: E402
 
 MODELS = ("baseline", "mtl")
 IMPLS = ("jax", "torch")
@@ -383,17 +383,8 @@ def run_child(args) -> None:
 
 # ------------------------------------------------------------------------------------------- parent
 def spawn(argv: list[str], timeout: float) -> dict:
-    """Run this script's child with ``argv``; its RESULT line as a dict, or {"error": ...}."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", *argv]
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return dict(error=f"timed out after {timeout:.0f} s")
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
-    if proc.returncode != 0 or not lines:
-        return dict(error=f"exit {proc.returncode}: {proc.stderr[-1500:]}")
-    return json.loads(lines[-1][len("RESULT"):])
+    """This script's child with ``argv`` in its own process (bench_train_step.spawn)."""
+    return spawn_child(argv, timeout, script=__file__)
 
 
 def parse_variants(items: list[str]) -> dict[str, dict]:
