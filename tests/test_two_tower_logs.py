@@ -265,12 +265,16 @@ def test_the_generator_reads_back_through_data(ex, tmp_path):
                      "--title-dim", "8", "--no-progress"]) == 0
     info = json.loads((tmp_path / "g" / "info.json").read_text())
     assert info["examples"] == 5000 and info["positives"] == 1000 and len(list((tmp_path / "g" / "log").iterdir())) == 5
-    args = ex.parse_args(["--data", "g/log", "--title-features", "g/titles.npy", "--groups", "g/groups.csv",
-                          "--seed", "0", *TRAIN])
-    data = make_builder(args)(0)
+    argv = ["--data", "g/log", "--title-features", "g/titles.npy", "--groups", "g/groups.csv", "--seed", "0", *TRAIN]
+    data = make_builder(ex.parse_args(argv))(0)
     m = build_log_cache("g/log").manifest
     assert m["rows"] == 5000 and m["positives"] == 1000 and m["has_label"] and len(m["days"]) == 5
     assert data.item_x.shape == (len(m["titles"]), 8) and data.item_vocab == 0 and data.user_vocab == m["users"]
+    # the generated user vectors cover every user of the log (the universe, written as id + 1)
+    ids = (tmp_path / "g" / "users.ids").read_text().split()
+    assert np.load(tmp_path / "g" / "users.npy").shape == (len(ids), 32) and ids[0] == "1"
+    data = make_builder(ex.parse_args([*argv, "--user-features", "g/users.npy"]))(0)
+    assert data.user_x.shape == (m["users"], 32) and data.user_vocab == 0
     assert set(data.group_names) <= {"G1", "G2", "G3", "G4"}
     n = sum(len(d.train_plain) + len(d.train_upsampled) - len(d.train_plain) + len(d.valid) + len(d.test)
             for d in data.days)

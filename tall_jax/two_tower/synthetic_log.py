@@ -6,8 +6,10 @@ sizes in groups, global and local titles, group and territory taste shifts, dail
                                                       --days 8 --title-dim 768 --seed 0 --format csv]
 
 writes ``DIR/log/day-<date>.csv`` (or ``.parquet``; columns user, title, territory, day, label),
-``DIR/titles.npy`` + ``DIR/titles.ids`` (the ``--title-features`` format), ``DIR/groups.csv`` (the
-world's groups, the ``--groups`` format) and ``DIR/info.json`` (the counts).
+``DIR/titles.npy`` + ``DIR/titles.ids`` (the ``--title-features`` format), ``DIR/users.npy`` +
+``DIR/users.ids`` (the ``--user-features`` format: the world's user taste, activity and territory,
+projected to ``user_dim`` with noise, as the built-in synthetic data's user features), ``DIR/groups.csv``
+(the world's groups, the ``--groups`` format) and ``DIR/info.json`` (the counts).
 
 Each example is an event: a user (drawn with weight ``exp(activity / 4)``, so active users come back
 more often) on a day; its title is drawn from the user's propensities that day (``synthetic._propensity``,
@@ -48,6 +50,7 @@ class LogSpec:
     titles: int = 600
     days: int = 8
     title_dim: int = 768
+    user_dim: int = 32
     seed: int = 0
     alpha: int = 4  # label-0 examples per positive
     users_per_event: float = 0.2  # user universe = this x number of events
@@ -160,6 +163,12 @@ def generate_log(spec: LogSpec, out: str | Path, *, fmt: str = "csv", progress: 
     item_x = _project(np.c_[w["v_IxK"], w["b_I"], w["home_I"] >= 0, home_emb], spec.title_dim, cfg.feature_noise, rng)
     np.save(out / "titles.npy", item_x)
     atomic_write_text(out / "titles.ids", "".join(f"{t}\n" for t in titles))
+    # the paper's user tower reads features of the user's history, not an id: the world's taste, activity
+    # and territory, observed with noise (users are written as their id + 1, as in the log)
+    user_x = _project(np.c_[w["z_UxK"], w["act_U"], w["terr_emb_TxK"][w["user_territory"]]], spec.user_dim,
+                      cfg.feature_noise, rng)
+    np.save(out / "users.npy", user_x)
+    atomic_write_text(out / "users.ids", "".join(f"{u}\n" for u in range(1, cfg.n_users + 1)))
     atomic_write_text(out / "groups.csv", "territory,group\n" + "".join(
         f"{t},G{g + 1}\n" for t, g in zip(terr, w["territory_group"])))
     info = {"spec": dataclasses.asdict(spec), "format": fmt, "examples": int(events_D.sum()) * per,
@@ -173,17 +182,18 @@ def generate_log(spec: LogSpec, out: str | Path, *, fmt: str = "csv", progress: 
 
 def main(argv=None) -> int:
     p = Parser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    p.add_argument("--out", required=True, help="output folder (log/, titles.npy, titles.ids, groups.csv, info.json)")
+    p.add_argument("--out", required=True,
+                   help="output folder (log/, titles.npy, titles.ids, users.npy, users.ids, groups.csv, info.json)")
     for name, default in (("examples", 10_000_000), ("territories", 200), ("titles", 600), ("days", 8),
-                          ("title-dim", 768), ("seed", 0)):
+                          ("title-dim", 768), ("user-dim", 32), ("seed", 0)):
         p.add_argument(f"--{name}", type=int, default=default, help=f"(default: {default})")
     p.add_argument("--format", choices=("csv", "parquet"), default="csv", help="file type of the log (default: csv)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
-    if min(a.examples, a.titles, a.title_dim) < 1 or a.seed < 0:
-        p.error("--examples, --titles and --title-dim must be >= 1, --seed >= 0")
+    if min(a.examples, a.titles, a.title_dim, a.user_dim) < 1 or a.seed < 0:
+        p.error("--examples, --titles, --title-dim and --user-dim must be >= 1, --seed >= 0")
     spec = LogSpec(examples=a.examples, territories=a.territories, titles=a.titles, days=a.days,
-                   title_dim=a.title_dim, seed=a.seed)
+                   title_dim=a.title_dim, user_dim=a.user_dim, seed=a.seed)
     try:
         info = generate_log(spec, a.out, fmt=a.format, progress=not a.no_progress)
     except (ValueError, ImportError) as e:
