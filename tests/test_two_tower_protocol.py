@@ -244,7 +244,8 @@ def test_study_is_resumable_and_writes_the_page(tmp_path, monkeypatch):
     assert study.main(argv) == 0
     page = (tmp_path / "page.md").read_text()
     for needle in ("Relative AP gain % per territory", "MTL, one shared head", "Score histogram", "p ",
-                   "MTL beats the single global model", "Minor territories gain more", "local titles"):
+                   "MTL beats the single global model", "Minor territories gain more", "local titles",
+                   "Relative AP gain % by territory size"):
         assert needle in page, needle
     rec = json.loads((tmp_path / "runs" / "seed1.json").read_text())
     assert rec["settings"]["models"] == ["baseline", "baseline_up", "mtl", "mtl_1head"]
@@ -268,6 +269,24 @@ def test_paired_test_matches_scipy():
     for k in range(2):
         assert r["p"][k] == pytest.approx(stats.ttest_rel(new[:, :, k].mean(1), ref[:, :, k].mean(1)).pvalue)
     assert np.all(r["mean"] > 5) and r["per_seed"].shape == (5, 2)
+
+
+def test_gain_by_size_against_a_hand_worked_example():
+    from scipy import stats
+
+    from tall_jax.two_tower.study_page import gain_by_size
+
+    # 2 seeds, 5 territories of sizes 50, 10, 30, 20, 40 -> runs {10, 20, 30} and {40, 50}; one NaN cell
+    gain_SxT = np.array([[1.0, 2.0, 4.0, 6.0, 8.0], [3.0, 0.0, np.nan, -2.0, 2.0]])
+    r = gain_by_size(gain_SxT, np.array([50.0, 10.0, 30.0, 20.0, 40.0]), 2)
+    assert [list(b["territories"]) for b in r] == [[1, 3, 2], [4, 0]]
+    assert (r[0]["size_lo"], r[0]["size_hi"], r[1]["size_lo"], r[1]["size_hi"]) == (10, 30, 40, 50)
+    small_S, large_S = np.array([(2 + 6 + 4) / 3, (0 - 2) / 2]), np.array([(8 + 1) / 2, (2 + 3) / 2])
+    assert r[0]["mean"] == pytest.approx(small_S.mean()) and r[1]["mean"] == pytest.approx(large_S.mean())
+    assert r[0]["std"] == pytest.approx(small_S.std(ddof=1))
+    assert r[0]["p"] == pytest.approx(stats.ttest_1samp(small_S, 0.0).pvalue)
+    # territory means over seeds: 1 -> 1.0, 3 -> 2.0, 2 -> 4.0 (one seed), 4 -> 5.0, 0 -> 2.0
+    assert (r[0]["up"], r[0]["n"], r[1]["up"], r[1]["n"]) == (3, 3, 2, 2)
 
 
 # ------------------------------------------------------------------------------------ ML-1M, real data

@@ -15,6 +15,7 @@ from tall_jax.two_tower.cli import settings_of
 from tall_jax.two_tower.metrics import relative_gain
 
 ALPHA = 0.05  # significance level of the paired t-tests
+SIZE_BINS = 5  # runs of territories by size on the page (fewer where there are fewer than 10 territories)
 NAMES = {"baseline": "baseline", "baseline_up": "baseline + upsampling", "mtl": "MTL",
          "mtl_1head": "MTL, one shared head"}
 
@@ -73,6 +74,27 @@ def _pm_finite(v, spread: bool) -> str:
     if v.size == 0:
         return "–"
     return _pm(float(v.mean()), (float(v.std(ddof=1)) if v.size > 1 else float("nan")) if spread else 0.0)
+
+
+def gain_by_size(gain_SxT: np.ndarray, size_T: np.ndarray, n_bins: int) -> list[dict[str, Any]]:
+    """Territories sorted by ``size_T`` (smallest first, ties by index) and cut into ``n_bins`` runs of
+    nearly equal numbers of territories; per run: its territories, size range, the per-seed mean over its
+    territories of the relative gain ``gain_SxT`` (NaN territories left out), mean ± std over seeds, a
+    one-sample t-test over seeds against 0, and how many territories gain on average over seeds."""
+    order = np.argsort(size_T, kind="stable")
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for idx in np.array_split(order, n_bins):
+            g_S = np.nanmean(gain_SxT[:, idx], axis=1)
+            ok = g_S[np.isfinite(g_S)]
+            p = float(stats.ttest_1samp(ok, 0.0).pvalue) if len(ok) > 1 and np.std(ok) > 0 else float("nan")
+            t_mean = np.nanmean(gain_SxT[:, idx], axis=0)
+            out.append({"territories": idx, "size_lo": float(size_T[idx].min()), "size_hi": float(size_T[idx].max()),
+                        "mean": float(np.mean(ok)) if ok.size else float("nan"),
+                        "std": float(np.std(ok, ddof=1)) if ok.size > 1 else 0.0, "p": p,
+                        "up": int(np.sum(t_mean > 0)), "n": int(np.sum(np.isfinite(t_mean)))})
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- the page
@@ -147,6 +169,26 @@ def build_page(runs: list[dict[str, Any]], metas: list[dict[str, Any]], args, co
                    ap_rows("territory", terr, lambda k: [groups[tg[k]], f"{pos_T[k] / 3:.0f}",
                                                          "major" if major[k] else "minor"])), ""]
     cheads = [f"{NAMES[a]} vs {NAMES[b]}" for a, b in comps]
+    size_comps = [c for c in comps if c[0] == "mtl" and c[1] != "mtl_1head"]
+    n_bins = min(SIZE_BINS, len(terr) // 2)
+    if n_bins >= 2 and size_comps:  # many territories: the gain as a function of territory size
+        bins = {c: gain_by_size(res["territory"][c]["per_seed"], pos_T / 3, n_bins) for c in size_comps}
+        rows = []
+        for b, first in enumerate(bins[size_comps[0]]):
+            cells = [f"{b + 1}", f"{len(first['territories'])}", f"{first['size_lo']:.0f}–{first['size_hi']:.0f}"]
+            for c in size_comps:
+                r = bins[c][b]
+                cells.append(f"{_pm(r['mean'], r['std'], '{:+.2f}')} (p {_fmt_p(r['p'])}; up in {r['up']}/{r['n']})")
+            rows.append(cells)
+        size_section = ["### Relative AP gain % by territory size", "",
+                        f"Territories sorted by size (mean test positives per test day) and cut into {n_bins} runs "
+                        "of nearly equal numbers of territories, smallest first; per run, the per-seed mean of the "
+                        "territories' relative gains, then mean ± std over seeds, a one-sample t-test over seeds "
+                        "against 0, and in how many territories the gain (mean over seeds) is positive.", "",
+                        table_text(["size run", "territories", "test positives / day",
+                                    *[cheads[comps.index(c)] for c in size_comps]], rows), ""]
+    else:
+        size_section = []
     for level, names in (("overall", ["all"]), ("group", groups), ("territory", terr)):
         rows = []
         for k, n in enumerate(names):
@@ -158,6 +200,8 @@ def build_page(runs: list[dict[str, Any]], metas: list[dict[str, Any]], args, co
         title = {"overall": "Relative AP gain %, overall", "group": "Relative AP gain % per group",
                  "territory": "Relative AP gain % per territory (paper Table 2)"}[level]
         out += [f"## {title}" if level == "overall" else f"### {title}", "", table_text(["", *cheads], rows), ""]
+        if level == "group":
+            out += size_section
 
     # case study
     cases = metas[0]["case_titles"]
