@@ -12,8 +12,8 @@ trains ``--steps`` steps of the baseline with the CPU preset (d 128, batch 1024)
 plain training examples (cycled through when there are fewer, so every size trains as many steps). It records VmHWM (peak resident memory, from /proc/self/status) after each phase,
 the times, the sizes and the model's parameter and optimiser-state bytes, as JSON. With learned user
 ids (the default, as ``--data`` without ``--user-features``) the model holds a ``[users, d]`` table,
-which grows with the log's users; ``--user-input features`` gives the users random 16-d vectors
-instead, so only the data pipeline is left to grow.
+which grows with the log's users; ``--user-input features`` reads the generator's 32-d user vectors
+(``users.npy``, as ``--user-features``) instead, so only the data pipeline is left to grow.
 """
 from __future__ import annotations
 
@@ -59,7 +59,9 @@ def measure(work: Path, steps: int, batch: int, width: int, user_input: str) -> 
     from tall_jax.two_tower.data import concat_pairs
     from tall_jax.two_tower.experiment import TrainConfig, _gather, model_spec, step_config_of
     from tall_jax.two_tower.log_cache import build_log_cache
-    from tall_jax.two_tower.log_days import LogProtocol, aligned_features, groups_from_map, make_log_two_tower
+    from tall_jax.two_tower.log_days import (
+        LogProtocol, aligned_features, groups_from_map, make_log_two_tower, user_feature_rows,
+    )
     from tall_jax.two_tower.logs import read_groups
     from tall_jax.two_tower.shards import block_order
     from tall_jax.two_tower.steps import init, make_batch, train_two_tower
@@ -74,8 +76,8 @@ def measure(work: Path, steps: int, batch: int, width: int, user_input: str) -> 
     item_x = aligned_features(work / "titles.npy", "title", m["titles"])
     t = time.perf_counter()
     # learned user ids put a [users, d] table (and its Adam moments and gradient) in the model, which
-    # grows with the log's users; random 16-d user vectors leave only the data pipeline to grow
-    user_x = (np.random.default_rng(0).normal(size=(cache.n_users, 16)).astype(np.float32)
+    # grows with the log's users; the generator's user vectors leave only the data pipeline to grow
+    user_x = (user_feature_rows(work / "users.npy", cache.array("user_ids").astype(str))
               if user_input == "features" else None)
     data = make_log_two_tower(cache, LogProtocol(), 0, group_T=group_T, group_names=group_names, item_x=item_x,
                               user_x=user_x)
@@ -117,8 +119,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--user-input", choices=("ids", "features"), default="ids",
-                   help="learned user id embeddings (the default of --data without --user-features) or random "
-                        "16-d user vectors (then the model does not grow with the users)")
+                   help="learned user id embeddings (the default of --data without --user-features) or the "
+                        "generator's 32-d user vectors (then the model does not grow with the users)")
     p.add_argument("--work", default="/tmp/two_tower_rss", help="where the logs and caches go (GBs at 10M)")
     p.add_argument("--out", default="benchmarks/results/cpu_two_tower_rss.json")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a child: measure this work folder
@@ -131,7 +133,7 @@ def main(argv=None) -> int:
     for n in a.examples:
         work = Path(a.work) / f"n{n}"
         t = time.perf_counter()
-        if not (work / "info.json").is_file():
+        if not (work / "users.npy").is_file():  # (a log from before the generator wrote user vectors too)
             subprocess.run([sys.executable, "-m", "tall_jax.two_tower.synthetic", "--out", str(work), "--examples",
                             str(n), "--no-progress"], check=True, env=env)
         gen_s = time.perf_counter() - t

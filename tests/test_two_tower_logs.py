@@ -15,7 +15,7 @@ import pytest
 
 from tall_jax.two_tower.log_cache import build_log_cache
 from tall_jax.two_tower.log_days import LogProtocol, groups_by_size, groups_from_map, make_log_two_tower
-from tall_jax.two_tower.shards import Chain, Column, NpyWriter, block_order
+from tall_jax.two_tower.shards import Chain, Column, NpyWriter, Rows, block_order
 from tall_jax.two_tower.steps import prefetch
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_two_tower.py"
@@ -140,6 +140,14 @@ def test_feature_and_group_file_errors(ex, tmp_path, capsys):
     (tmp_path / "t.ids").write_text("n0\n")
     line = _fails(ex, ["--data", str(log), "--title-features", str(tmp_path / "t.npy"), *TRAIN], capsys)
     assert f"{tmp_path / 't.ids'}:1: 1 ids for 2 rows" in line
+    np.save(tmp_path / "u.npy", np.ones((4, 2), np.float32))
+    for ids, expected in (("1\n2\n7\n2\n", ":4: id '2' appears twice"), ("1\n2\n3\n4\n", ": user '5' of the log has no vector")):
+        (tmp_path / "u.ids").write_text(ids)
+        line = _fails(ex, ["--data", str(log), "--user-features", str(tmp_path / "u.npy"), *TRAIN], capsys)
+        assert f"{tmp_path / 'u.ids'}{expected}" in line, line
+    np.save(tmp_path / "u.npy", np.array([[1.0, 2.0], [1.0, 2.0], [3.0, np.inf], [4.0, 5.0]], np.float32))
+    line = _fails(ex, ["--data", str(log), "--user-features", str(tmp_path / "u.npy"), *TRAIN], capsys)
+    assert f"{tmp_path / 'u.npy'}:3: row of id '3' is not finite" in line, line
     (tmp_path / "g.csv").write_text("territory,group\nnorth,A\n")
     line = _fails(ex, ["--data", str(log), "--groups", str(tmp_path / "g.csv"), *TRAIN], capsys)
     assert "territory 'south' of the log has no group" in line
@@ -320,7 +328,11 @@ def test_user_features_replace_the_user_id_embedding(ex, tmp_path):
     data = make_builder(args)(0)
     ids = build_log_cache(log).array("user_ids")
     assert data.user_vocab == 0 and data.item_vocab > 0 and data.user_x.shape == (30, 3)
-    np.testing.assert_array_equal(data.user_x[:, 0], (31 - ids) * 3)  # the row of each user's id
+    np.testing.assert_array_equal(np.asarray(data.user_x)[:, 0], (31 - ids) * 3)  # the row of each user's id
+    # left on disk, read by row: rows in any order and shape, as the in-memory table would give them
+    idx = np.array([[5, 0], [29, 5]])
+    np.testing.assert_array_equal(data.user_x[idx], np.asarray(data.user_x)[idx])
+    assert isinstance(data.user_x, Rows) and data.user_x[7].shape == (3,)
 
 
 def test_the_study_runs_on_a_log_and_its_page_names_no_local_path(tmp_path):
@@ -330,3 +342,37 @@ def test_the_study_runs_on_a_log_and_its_page_names_no_local_path(tmp_path):
     assert study.main(["--data", str(log), "--seed", "0", "--doc", "page.md", *TRAIN]) == 0
     page = (tmp_path / "page.md").read_text()
     assert "--data PATH" in page and str(tmp_path) not in page and "log.csv@" in page
+
+
+def test_validation_and_test_examples_scored_from_disk_equal_them_in_memory(tmp_path):
+    """A log's validation and test examples stay on disk and are read when scored: the whole protocol
+    (early stopping on validation AP, test AP per territory and group) equals it with them in memory."""
+    from tall_jax.two_tower.experiment import TrainConfig, run_seed
+
+    cache = build_log_cache(tiny_log(tmp_path / "log.csv"), progress=False)
+    disk = make_log_two_tower(cache, LogProtocol(), 0, group_T=np.array([0, 1]), group_names=["G1", "G2"])
+    assert isinstance(disk.days[0].valid.label, Column) and isinstance(disk.days[-1].test.user, Column)
+    mem = dataclasses.replace(disk, days=[dataclasses.replace(d, valid=d.valid.in_memory(), test=d.test.in_memory())
+                                          for d in disk.days])
+    cfg = TrainConfig(width=8, batch_size=64, epochs=2, inc_epochs=1, eval_batch_size=96)
+    a, b = (run_seed(data, cfg, 0, models=("baseline", "mtl"), progress=False) for data in (disk, mem))
+    for key in ("ap_territory", "ap_group", "ap_all"):
+        for m in ("baseline", "mtl"):
+            np.testing.assert_array_equal(a[key][m], b[key][m])
+    assert a["history"] == b["history"] and np.isfinite(a["ap_all"]["mtl"]).any()  # (later test days: no users)
+
+
+def test_the_data_digest_of_a_log_is_the_same_in_every_build(ex, tmp_path):
+    """Day checkpoints are refused for other data (resume.digest): on-disk columns and feature rows must
+    hash as their files, not as the objects' addresses, or a killed study on a log never resumes."""
+    from tall_jax.two_tower.cli import make_builder
+    from tall_jax.two_tower.resume import digest
+
+    log = tiny_log(tmp_path / "log.csv", n_users=30, days=4)
+    np.save(tmp_path / "u.npy", np.arange(30 * 3, dtype=np.float32).reshape(30, 3))
+    (tmp_path / "u.ids").write_text("".join(f"{u}\n" for u in range(1, 31)))
+    argv = ["--data", str(log), "--user-features", str(tmp_path / "u.npy"), "--seed", "0", *TRAIN]
+    a, b = (make_builder(ex.parse_args(argv))(0) for _ in range(2))
+    assert isinstance(a.days[0].train_plain.user, Column) and isinstance(a.days[0].train_upsampled.user, Chain)
+    assert digest(a) == digest(b)
+    assert digest(a) != digest(make_builder(ex.parse_args(argv))(1))  # another seed: other examples

@@ -20,7 +20,9 @@ from tall_jax.datasets.cache import file_fingerprint
 from tall_jax.results import variant
 from tall_jax.two_tower.experiment import ALL_MODELS, MODELS, PROTOCOLS, TrainConfig
 from tall_jax.two_tower.log_cache import build_log_cache
-from tall_jax.two_tower.log_days import LogProtocol, aligned_features, groups_by_size, groups_from_map, make_log_two_tower
+from tall_jax.two_tower.log_days import (
+    LogProtocol, aligned_features, groups_by_size, groups_from_map, make_log_two_tower, user_feature_rows,
+)
 from tall_jax.two_tower.logs import log_files, read_groups
 from tall_jax.two_tower.ml1m import make_ml1m_days, make_ml1m_two_tower, svd_user_embedding
 from tall_jax.two_tower.parallel import (
@@ -243,7 +245,7 @@ def _log_builder(args) -> Callable[[int], object]:
         group_names = [f"G{g + 1}" for g in range(int(group_T.max()) + 1)]
     user_x = item_x = None
     if args.user_features:
-        user_x = aligned_features(args.user_features, "user", [str(u) for u in cache.array("user_ids")])
+        user_x = user_feature_rows(args.user_features, cache.array("user_ids").astype(str))
     if args.title_features:
         item_x = aligned_features(args.title_features, "title", m["titles"])
     proto = LogProtocol(n_test_days=args.test_days, active_threshold=args.active_threshold, alpha=args.alpha)

@@ -32,6 +32,10 @@ class PairSet:
     def n_pos(self) -> int:
         return int(self.label.sum())
 
+    def in_memory(self) -> "PairSet":
+        """The same examples as arrays (columns left on disk are read whole)."""
+        return PairSet(*(np.asarray(c) for c in (self.user, self.item, self.label)))
+
     def concat(self, other: "PairSet") -> "PairSet":
         return PairSet(*(np.concatenate([a, b]) for a, b in zip(
             (self.user, self.item, self.label), (other.user, other.item, other.label))))
@@ -88,7 +92,7 @@ class TwoTowerData:
     """
 
     name: str
-    user_x: np.ndarray  # [U, F_u] float32 user features
+    user_x: np.ndarray  # [U, F_u] float32 user features (or shards.Rows: read from disk by row)
     item_x: np.ndarray  # [I, F_i] float32 title features
     user_territory: np.ndarray  # [U] int territory id
     territory_group: np.ndarray  # [T] int group id

@@ -106,8 +106,9 @@ def fit_early_stopping(model, state, data, train: PairSet, valid: PairSet, head_
     def val_ap(s):
         if valid.n_pos == 0:
             return float("nan")
-        return average_precision(valid.label, predict_two_tower(model, s, _gather(data, valid, head_of_user),
-                                                                len(valid), batch_size=cfg.eval_batch_size, dp=dp))
+        scores = predict_two_tower(model, s, _gather(data, valid, head_of_user), len(valid),
+                                   batch_size=cfg.eval_batch_size, dp=dp)
+        return average_precision(np.asarray(valid.label), scores)
 
     step_config = step_config_of(model, cfg)
     history: list[dict[str, Any]] = []
@@ -220,11 +221,11 @@ def run_seed(data: TwoTowerData, cfg: TrainConfig, seed: int, *, models=MODELS, 
                                          batch_size=cfg.eval_batch_size, dp=dp)
 
             for d in test_days:
-                day = data.days[d]
-                s = score(day.test)
-                ap_t[d] = average_precision_by_key(day.test.label, s, terr_U[day.test.user], t_n)["ap"]
-                ap_g[d] = average_precision_by_key(day.test.label, s, group_U[day.test.user], g_n)["ap"]
-                ap_a[d] = average_precision(day.test.label, s)
+                test = data.days[d].test.in_memory()  # a log's test examples stay on disk until scored
+                s = score(test)
+                ap_t[d] = average_precision_by_key(test.label, s, terr_U[test.user], t_n)["ap"]
+                ap_g[d] = average_precision_by_key(test.label, s, group_U[test.user], g_n)["ap"]
+                ap_a[d] = average_precision(test.label, s)
                 seen[d] = list(seen_days)
                 for (pairs, day_of), cs in zip(case_parts, case_scores):  # this day's part of each case title
                     sel = np.nonzero(day_of == d - f)[0]
@@ -250,7 +251,8 @@ def run_seed(data: TwoTowerData, cfg: TrainConfig, seed: int, *, models=MODELS, 
         out["title_ap"][name], out["title_hist"][name] = np.asarray(t_ap), np.asarray(t_hist)
         out["title_mean"][name] = np.asarray(t_mean)
     out["eval_counts"] = {
-        "territory_pos_per_day": [np.bincount(terr_U[d.user[d.label > 0]], minlength=t_n).tolist() for d in data.test_days],
+        "territory_pos_per_day": [np.bincount(terr_U[d.user[d.label > 0]], minlength=t_n).tolist()
+                                  for d in (t.in_memory() for t in data.test_days)],
         "territory_undefined_ap": int(sum(np.isnan(v).sum() for v in out["ap_territory"].values())),
         "title_n_pos": [p.n_pos for p, _ in case_parts], "title_n": [len(p) for p, _ in case_parts],
     }

@@ -18,9 +18,9 @@ Rules (one seed):
   (largest first, ties by name) and cut into ``n_groups`` groups of (nearly) equal numbers of
   territories, ``G1`` holding the largest.
 
-The examples are written once per seed and settings beside the cache (``examples-<hash>/``); the
-training examples stay on disk (:class:`~tall_jax.two_tower.shards.Column`), validation and test
-examples are read into memory.
+The examples are written once per seed and settings beside the cache (``examples-<hash>/``) and stay
+on disk (:class:`~tall_jax.two_tower.shards.Column`): training examples are read window by window,
+validation and test examples whole when they are scored.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from tall_jax.identity import short_hash
 from tall_jax.two_tower.data import Day, PairSet, TwoTowerData, empty_pairs, upsample_active_users
 from tall_jax.two_tower.log_cache import LogCache
 from tall_jax.two_tower.logs import read_feature_file
-from tall_jax.two_tower.shards import Chain, Column, NpyWriter, remove_tree, replace_dir
+from tall_jax.two_tower.shards import Chain, Column, NpyWriter, Rows, remove_tree, replace_dir
 
 ROLES = ("plain", "added", "valid", "test")
 EXAMPLES_VERSION = 3  # part of the examples folder's key: bump when the rules change
@@ -77,16 +77,30 @@ def groups_from_map(mapping: dict[str, str], names: list[str], source: str) -> t
     return np.asarray([group_names.index(mapping[t]) for t in names], np.int64), group_names
 
 
-def aligned_features(path: str | Path, what: str, ids: list[str]) -> np.ndarray:
-    """The rows of a feature file (:func:`~tall_jax.two_tower.logs.read_feature_file`) in the order of
-    ``ids`` (the log's users or titles); every id needs a row."""
-    x, file_ids = read_feature_file(path, what)
-    row = {s: k for k, s in enumerate(file_ids)}
-    missing = [s for s in ids if s not in row]
-    if missing:
-        raise ValueError(f"{Path(path).with_suffix('.ids')}: {what} {missing[0]!r} of the log has no vector "
-                         f"({len(missing)} of {len(ids)} missing)")
-    return x[np.asarray([row[s] for s in ids], np.int64)]
+def feature_rows(path: str | Path, what: str, ids) -> np.ndarray:
+    """The row of each of ``ids`` (the log's users or titles) in a feature file
+    (:func:`~tall_jax.two_tower.logs.read_feature_file`); every id needs a row, extra rows are ignored."""
+    _, file_ids = read_feature_file(path, what)
+    ids = np.asarray(ids, dtype=str)
+    order = np.argsort(file_ids)
+    at = np.minimum(np.searchsorted(file_ids[order], ids), max(len(order) - 1, 0))
+    missing = np.nonzero(file_ids[order[at]] != ids)[0] if len(order) else np.arange(len(ids))
+    if len(missing):
+        raise ValueError(f"{Path(path).expanduser().with_suffix('.ids')}: {what} {str(ids[missing[0]])!r} of the log "
+                         f"has no vector ({len(missing)} of {len(ids)} missing)")
+    return order[at]
+
+
+def aligned_features(path: str | Path, what: str, ids) -> np.ndarray:
+    """The rows of a feature file in the order of ``ids`` (:func:`feature_rows`), in memory, float32."""
+    rows = feature_rows(path, what, ids)
+    return np.asarray(np.load(Path(path).expanduser(), mmap_mode="r")[rows], np.float32)
+
+
+def user_feature_rows(path: str | Path, ids) -> Rows:
+    """The user vectors of a feature file in the order of ``ids``, left on disk (:class:`Rows`): a log's
+    users can outgrow memory, its titles (:func:`aligned_features`) do not."""
+    return Rows(Path(path).expanduser(), feature_rows(path, "user", ids))
 
 
 def _roles(cache: LogCache, proto: LogProtocol, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
@@ -186,16 +200,17 @@ def write_examples(cache: LogCache, proto: LogProtocol, seed: int, folder: Path)
 
 
 def _pairs(folder: Path, d: int, role: str, *, memory: bool) -> PairSet:
-    cols = [Column(folder / f"d{d}_{role}_{c}.npy") for c in ("user", "item", "label")]
-    return PairSet(*(np.asarray(c) for c in cols)) if memory else PairSet(*cols)
+    pairs = PairSet(*(Column(folder / f"d{d}_{role}_{c}.npy") for c in ("user", "item", "label")))
+    return pairs.in_memory() if memory else pairs
 
 
 def make_log_two_tower(cache: LogCache, proto: LogProtocol, seed: int, *, group_T: np.ndarray,
-                       group_names: list[str], user_x: np.ndarray | None = None, item_x: np.ndarray | None = None,
+                       group_names: list[str], user_x: np.ndarray | Rows | None = None,
+                       item_x: np.ndarray | None = None,
                        in_memory: bool = False) -> TwoTowerData:
     """The :class:`TwoTowerData` of ``cache`` under ``proto`` and ``seed`` (module docstring). Without
     ``user_x`` / ``item_x`` the users / titles are ids for learned embeddings. ``in_memory`` reads the
-    training examples into memory too (the simple path the streamed one is tested against)."""
+    examples into memory (the simple path the on-disk one is tested against)."""
     m = cache.manifest
     settings = {"protocol": dataclasses.asdict(proto), "seed": seed, "cache": m["sources"],
                 "version": EXAMPLES_VERSION}
@@ -225,8 +240,8 @@ def make_log_two_tower(cache: LogCache, proto: LogProtocol, seed: int, *, group_
         plain, added = (_pairs(folder, d, r, memory=in_memory) for r in ("plain", "added"))
         up = PairSet(*(Chain([a, b]) if not in_memory else np.concatenate([a, b])
                        for a, b in zip((plain.user, plain.item, plain.label), (added.user, added.item, added.label))))
-        valid = _pairs(folder, d, "valid", memory=True)
-        test = _pairs(folder, d, "test", memory=True) if d >= f else empty_pairs()
+        valid = _pairs(folder, d, "valid", memory=in_memory)  # read at each scoring, not held
+        test = _pairs(folder, d, "test", memory=in_memory) if d >= f else empty_pairs()
         days.append(Day(plain, up, valid, test, np.unique(test.user).astype(np.int64), None, label=m["days"][d]))
         info["days"][d].update({k: {"n": len(p), "n_pos": p.n_pos} for k, p in
                                 (("train_plain", plain), ("train_upsampled", up), ("valid", valid), ("test", test))})
@@ -243,4 +258,4 @@ def make_log_two_tower(cache: LogCache, proto: LogProtocol, seed: int, *, group_
         info, user_vocab=u_n if user_x is None else 0, item_vocab=i_n if item_x is None else 0)
 
 
-__all__ = ["LogProtocol", "aligned_features", "groups_by_size", "groups_from_map", "make_log_two_tower", "write_examples"]
+__all__ = ["LogProtocol", "aligned_features", "feature_rows", "user_feature_rows", "groups_by_size", "groups_from_map", "make_log_two_tower", "write_examples"]

@@ -275,9 +275,11 @@ def _arrays(buf: dict[str, list]) -> dict[str, np.ndarray]:
     return out
 
 
-def read_feature_file(path: str | Path, what: str) -> tuple[np.ndarray, list[str]]:
-    """``(vectors[N, F] float32, ids[N])`` of a feature file: a ``.npy`` matrix with a sidecar text file
-    ``<name>.ids`` beside it (``vectors.npy`` -> ``vectors.ids``), one id per line, row order."""
+def read_feature_file(path: str | Path, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(vectors[N, F], ids[N])`` of a feature file: a ``.npy`` matrix with a sidecar text file
+    ``<name>.ids`` beside it (``vectors.npy`` -> ``vectors.ids``), one id per line, row order. The
+    vectors come back memory-mapped (read as needed); they are checked finite chunk by chunk, each chunk
+    through its own mapping, so checking a table larger than memory holds only a chunk."""
     path = Path(path).expanduser()
     ids_path = path.with_suffix(".ids")
     for p in (path, ids_path):
@@ -290,21 +292,26 @@ def read_feature_file(path: str | Path, what: str) -> tuple[np.ndarray, list[str
     if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
         raise ValueError(f"{path}:1: need a 2-d numeric matrix [ids, features], got {x.dtype} {x.shape}")
     try:
-        ids = [s.strip() for s in ids_path.read_text(encoding="utf-8").splitlines()]
+        lines = [s.strip() for s in ids_path.read_text(encoding="utf-8").splitlines()]
     except UnicodeDecodeError as e:
         raise ValueError(f"{ids_path}:1: not UTF-8 text ({e.reason})") from None
-    while ids and not ids[-1]:
-        ids.pop()
+    while lines and not lines[-1]:
+        lines.pop()
+    ids = np.asarray(lines, dtype=str)
+    del lines
     if len(ids) != x.shape[0]:
         raise ValueError(f"{ids_path}:{len(ids)}: {len(ids)} ids for {x.shape[0]} rows of {path.name}")
-    if len(set(ids)) != len(ids):
-        seen: set[str] = set()
-        dup = next(i for i, s in enumerate(ids) if s in seen or seen.add(s))
-        raise ValueError(f"{ids_path}:{dup + 1}: id {ids[dup]!r} appears twice")
-    bad = np.nonzero(~np.isfinite(np.asarray(x)).all(1))[0]
-    if len(bad):
-        raise ValueError(f"{path}:{bad[0] + 1}: row of id {ids[bad[0]]!r} is not finite")
-    return np.asarray(x, np.float32), ids
+    order = np.argsort(ids, kind="stable")  # a repeat sorts after its first line
+    again = order[1:][ids[order[1:]] == ids[order[:-1]]]
+    if len(again):
+        dup = int(again.min())
+        raise ValueError(f"{ids_path}:{dup + 1}: id {str(ids[dup])!r} appears twice")
+    for lo in range(0, x.shape[0], CHUNK):
+        chunk = np.load(path, mmap_mode="r", allow_pickle=False)[lo: lo + CHUNK]
+        bad = np.nonzero(~np.isfinite(chunk).all(1))[0]
+        if len(bad):
+            raise ValueError(f"{path}:{lo + bad[0] + 1}: row of id {str(ids[lo + bad[0]])!r} is not finite")
+    return x, ids
 
 
 def read_groups(path: str | Path) -> dict[str, str]:

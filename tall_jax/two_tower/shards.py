@@ -6,13 +6,16 @@
   ``column[idx]`` reads the fixed windows of ``WINDOW`` elements that ``idx`` falls in and keeps the
   last two, so batches drawn inside one window (:func:`block_order`) cost one read per window.
 - :class:`Chain` is the concatenation of columns (and arrays) without copying them.
+- :class:`Rows` is a 2-d ``.npy`` matrix (a feature table) read row by row through a row map.
 - :func:`block_order` shuffles ``0..n-1`` window by window: a random order of windows, a random order
   inside each; the batches it yields touch one or two windows each.
 
-Each of these keeps O(``WINDOW``) elements in memory, whatever the length of the column.
+Each of these keeps O(``WINDOW``) elements in memory, whatever the length of the column (:class:`Rows`
+keeps its row map, 8 bytes a row).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -21,6 +24,10 @@ import numpy as np
 
 WINDOW = 1 << 16  # elements per read of a Column; also the shuffle block of block_order
 _HEADER = 128  # bytes reserved for the .npy header (magic, version, length, dict, padding)
+
+
+def _sha(a: np.ndarray) -> str:
+    return hashlib.sha256(f"{a.dtype.str}{a.shape}".encode() + np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
 
 
 class NpyWriter:
@@ -73,6 +80,9 @@ class Column:
         self.n, self.dtype = int(shape[0]), np.dtype(dtype)
         self._cache: dict[int, np.ndarray] = {}
 
+    def __repr__(self) -> str:  # what resume.digest hashes: the file, not this object's address
+        return f"Column({str(self.path)!r}, n={self.n}, dtype={self.dtype.str})"
+
     def __len__(self) -> int:
         return self.n
 
@@ -121,6 +131,43 @@ class Column:
                          for lo in range(0, self.n, self.window * 16)))
 
 
+class Rows:
+    """``rows[idx] = x[row_N[idx]]`` as float32, for a 2-d ``.npy`` matrix ``x`` too large to hold (the
+    feature vectors of every user of a log): each read maps the file, gathers the rows and unmaps it, so
+    the pages read stay in the OS page cache (shared, reclaimable) and not in this process's memory
+    (a mapping kept open would count every page it ever touched, and random rows touch them all)."""
+
+    def __init__(self, path: str | Path, row_N: np.ndarray):
+        self.path, self.row_N = Path(path), np.asarray(row_N, np.int64)
+        x = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        if x.ndim != 2:
+            raise ValueError(f"{self.path}: not a 2-d matrix")
+        if len(self.row_N) and (self.row_N.min() < 0 or self.row_N.max() >= x.shape[0]):
+            raise IndexError(f"{self.path}: row map out of range 0..{x.shape[0] - 1}")
+        self.shape, self.dtype = (len(self.row_N), int(x.shape[1])), np.dtype(np.float32)
+        st = self.path.stat()
+        self._id = f"{str(self.path)!r}, size={st.st_size}, mtime_ns={st.st_mtime_ns}, rows={_sha(self.row_N)}"
+
+    def __repr__(self) -> str:  # what resume.digest hashes
+        return f"Rows({self._id})"
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx) -> np.ndarray:
+        x = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        rows = self.row_N[idx]
+        flat = rows.reshape(-1)
+        order = np.argsort(flat, kind="stable")  # in file order: each page is read once, front to back
+        out = np.empty((len(flat), self.shape[1]), np.float32)
+        out[order] = x[flat[order]]
+        return out.reshape(*np.shape(rows), self.shape[1])
+
+    def __array__(self, dtype=None, copy=None):
+        a = self[np.arange(len(self))]
+        return a if dtype is None else a.astype(dtype)
+
+
 class Chain:
     """Parts (columns or arrays) read as one 1-d array, without copying them."""
 
@@ -128,6 +175,9 @@ class Chain:
         self.parts = [p for p in parts if len(p)]
         self.starts = np.r_[0, np.cumsum([len(p) for p in self.parts])].astype(np.int64)
         self.dtype = np.result_type(*[p.dtype for p in self.parts]) if self.parts else np.dtype(np.float32)
+
+    def __repr__(self) -> str:  # what resume.digest hashes
+        return f"Chain([{', '.join(repr(p) if not isinstance(p, np.ndarray) else _sha(p) for p in self.parts)}])"
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -195,4 +245,4 @@ def replace_dir(tmp: Path, dest: Path) -> None:
         os.replace(tmp, dest)
 
 
-__all__ = ["WINDOW", "NpyWriter", "Column", "Chain", "block_order", "write_npy", "remove_tree", "replace_dir"]
+__all__ = ["Rows", "WINDOW", "NpyWriter", "Column", "Chain", "block_order", "write_npy", "remove_tree", "replace_dir"]
