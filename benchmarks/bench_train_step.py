@@ -107,17 +107,18 @@ def analytic_flops(B: int, M: int, d: int, K: int, nnz: int) -> dict:
 def child_matmul(args) -> dict:
     import jax
     import jax.numpy as jnp
-    a = jax.random.normal(jax.random.PRNGKey(0), (512, 3706))
-    b = jax.random.normal(jax.random.PRNGKey(1), (3706, 20000))
+    m, k, n = args.matmul_shape
+    a = jax.random.normal(jax.random.PRNGKey(0), (m, k))
+    b = jax.random.normal(jax.random.PRNGKey(1), (k, n))
     f = jax.jit(jnp.matmul)
     f(a, b).block_until_ready()
     w, c = timed(lambda: f(a, b), max(args.repeats, 3), jax.block_until_ready)
-    flops = 2 * 512 * 3706 * 20000
-    out = dict(jax_gflops=flops / w["min"] / 1e9, jax_gflops_median=flops / w["median"] / 1e9,
+    flops = 2 * m * k * n
+    out = dict(shape=[m, k, n], jax_gflops=flops / w["min"] / 1e9, jax_gflops_median=flops / w["median"] / 1e9,
                jax_wall=w)
     try:
         import torch
-        ta, tb = torch.randn(512, 3706), torch.randn(3706, 20000)
+        ta, tb = torch.randn(m, k), torch.randn(k, n)
         ta @ tb
         tw, _ = timed(lambda: ta @ tb, max(args.repeats, 3), lambda x: x)
         out.update(torch_gflops=flops / tw["min"] / 1e9, torch_gflops_median=flops / tw["median"] / 1e9)
@@ -414,6 +415,9 @@ def main(argv=None) -> None:
     p.add_argument("--runs", type=int, default=5, help="seeds of the seeds_* modes")
     p.add_argument("--data-dir", default=os.environ.get("TALL_JAX_DATA", ""),
                    help="folder with ml-1m/tall_split (else random data of the ML-1M shape)")
+    p.add_argument("--matmul-shape", type=int, nargs=3, default=[512, 3706, 20000], metavar=("M", "K", "N"),
+                   help="the dense matmul [M,K]x[K,N] whose rate sets the FLOP floor (default: an ML-1M decoder "
+                        "layer at E = 100 flattened)")
     p.add_argument("--timeout", type=float, default=1200, help="seconds per subprocess")
     p.add_argument("--name", default=None, help="results file name, .json added when missing (default: bench_<time>.json)")
     p.add_argument("--out-dir", default=str(REPO / "benchmarks" / "results"), help="results folder")
@@ -432,10 +436,12 @@ def main(argv=None) -> None:
               "--data-dir", args.data_dir]
     result = dict(versions=versions(), loadavg_start=os.getloadavg(), variants=variants,
                   started=time.strftime("%Y-%m-%dT%H:%M:%S"), runs=[])
-    mm = spawn(["--mode", "matmul", "--dataset", "ml-1m", *common], args.timeout)
-    result["matmul_512x3706x20000"] = mm
+    m, k, n = args.matmul_shape
+    mm = spawn(["--mode", "matmul", "--dataset", "ml-1m", "--matmul-shape", str(m), str(k), str(n), *common],
+               args.timeout)
+    result["matmul"] = mm  # (older result files: "matmul_512x3706x20000", the default shape)
     rate = mm.get("jax_gflops", float("nan"))
-    print(f"dense f32 matmul [512,3706]x[3706,20000]: JAX {rate:.0f} GFLOP/s, "
+    print(f"dense f32 matmul [{m},{k}]x[{k},{n}]: JAX {rate:.0f} GFLOP/s, "
           f"torch {mm.get('torch_gflops', float('nan')):.0f} GFLOP/s", flush=True)
     print(f"{'dataset':7} {'K':>4} {'variant':10} {'mode':9} {'compile':>8} {'median':>8} "
           f"{'IQR':>15} {'cpu med':>8} {'peakMB':>7} {'floor x':>7}", flush=True)

@@ -25,7 +25,7 @@ if [[ "${1:-}" == "--dry-run" ]]; then
   # the same harness, modes and variant syntax; tf32 is float32 on a CPU and bf16 and the reference
   # path are covered by the tests, so one variant keeps the check short
   "${bench[@]}" --dataset tiny --experts 2 --modes vmapped fit_epoch seeds_vmapped torch --repeats 1 \
-      --runs 2 --variants "${variants[0]}" --baseline-variant f32 \
+      --runs 2 --variants "${variants[0]}" --baseline-variant f32 --matmul-shape 256 512 1024 \
       --name gpu_suite_dry_run.json --timeout 300
   python benchmarks/bench_closed.py --quick --solver jax --out-dir "$out" --name gpu_suite_closed_dry_run.json \
       --timeout 300
