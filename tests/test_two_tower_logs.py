@@ -342,6 +342,7 @@ def test_the_study_runs_on_a_log_and_its_page_names_no_local_path(tmp_path):
     assert study.main(["--data", str(log), "--seed", "0", "--doc", "page.md", *TRAIN]) == 0
     page = (tmp_path / "page.md").read_text()
     assert "--data PATH" in page and str(tmp_path) not in page and "log.csv@" in page
+    assert "Not testable on this data: every group has one territory" in page  # two territories, two groups
 
 
 def test_validation_and_test_examples_scored_from_disk_equal_them_in_memory(tmp_path):

@@ -282,6 +282,10 @@ def claims(res, major, t_mean, t_ap, cases, models, runs) -> list[str]:
         if (new, ref) not in res["territory"]:
             continue
         g_SxT = res["territory"][(new, ref)]["per_seed"]
+        if major.all():
+            out += [f"**Minor territories gain more than major ones ({NAMES[new]} vs {NAMES[ref]}).** Not testable "
+                    "on this data: every group has one territory, so there is no minor one.", ""]
+            continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             diff_S = np.nanmean(g_SxT[:, ~major], 1) - np.nanmean(g_SxT[:, major], 1)
