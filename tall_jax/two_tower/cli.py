@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from tall_jax.cli import Parser
+from tall_jax.cli import HelpFormatter, Parser
 from tall_jax.datasets import load_dataset
 from tall_jax.datasets.cache import file_fingerprint
 from tall_jax.results import variant
@@ -47,7 +47,7 @@ class _DeprecatedSeeds(argparse.Action):
 
 def make_parser(description: str, *, default_seeds: list[int]) -> argparse.ArgumentParser:
     p = Parser(description=description, allow_abbrev=False,
-               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+               formatter_class=HelpFormatter)
     p.add_argument("--dataset", choices=("synthetic", "ml-1m"), default=None,
                    help="which built-in data (or --data for your own log)")
     g = p.add_argument_group("your own log (docs/two_tower.md#your-own-logs)")
@@ -85,7 +85,8 @@ def make_parser(description: str, *, default_seeds: list[int]) -> argparse.Argum
     p.add_argument("--protocol", choices=PROTOCOLS, default="incremental",
                    help="incremental: the day-i model is trained on days up to i-1 (paper); oneshot: one model "
                         "trained on the days before the first test day scores every test day")
-    p.add_argument("--alpha", type=float, default=4.0, help="negatives per positive")
+    p.add_argument("--alpha", type=float, default=4.0, help="negatives drawn per positive (a log with a label column: not used, its rows are the "
+                        "examples)")
     p.add_argument("--n-users", type=int, default=None, help="synthetic only: user universe (default: SyntheticConfig)")
     p.add_argument("--data-dir", default=None,
                    help="ml-1m only: a folder holding ml-1m/raw/{ratings,users,movies}.dat[.gz] (and ml-1m/tall_split "
