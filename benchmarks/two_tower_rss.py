@@ -13,7 +13,9 @@ plain training examples (cycled through when there are fewer, so every size trai
 the times, the sizes and the model's parameter and optimiser-state bytes, as JSON. With learned user
 ids (the default, as ``--data`` without ``--user-features``) the model holds a ``[users, d]`` table,
 which grows with the log's users; ``--user-input features`` reads the generator's 32-d user vectors
-(``users.npy``, as ``--user-features``) instead, so only the data pipeline is left to grow.
+(``users.npy``, as ``--user-features``: left on disk, read by row) instead, so only the data pipeline
+is left to grow; ``features-in-memory`` holds that table in memory (the path the on-disk rows replace).
+Several inputs are measured one after another, each in a fresh process per size.
 """
 from __future__ import annotations
 
@@ -78,7 +80,9 @@ def measure(work: Path, steps: int, batch: int, width: int, user_input: str) -> 
     # learned user ids put a [users, d] table (and its Adam moments and gradient) in the model, which
     # grows with the log's users; the generator's user vectors leave only the data pipeline to grow
     user_x = (user_feature_rows(work / "users.npy", cache.array("user_ids").astype(str))
-              if user_input == "features" else None)
+              if user_input.startswith("features") else None)
+    if user_input == "features-in-memory":  # the table read whole: what the on-disk rows replace
+        user_x = np.asarray(user_x)
     data = make_log_two_tower(cache, LogProtocol(), 0, group_T=group_T, group_names=group_names, item_x=item_x,
                               user_x=user_x)
     out.update(protocol_s=time.perf_counter() - t, rss_after_protocol_mb=vm_hwm_mb(), rss_now_mb=vm_rss_mb(),
@@ -118,18 +122,19 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--width", type=int, default=128)
-    p.add_argument("--user-input", choices=("ids", "features"), default="ids",
-                   help="learned user id embeddings (the default of --data without --user-features) or the "
-                        "generator's 32-d user vectors (then the model does not grow with the users)")
+    p.add_argument("--user-input", nargs="+", choices=("ids", "features", "features-in-memory"), default=["ids"],
+                   help="one or several of: learned user id embeddings (the default of --data without "
+                        "--user-features), the generator's 32-d user vectors read from disk by row (then the model "
+                        "does not grow with the users), the same held in memory")
     p.add_argument("--work", default="/tmp/two_tower_rss", help="where the logs and caches go (GBs at 10M)")
     p.add_argument("--out", default="benchmarks/results/cpu_two_tower_rss.json")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a child: measure this work folder
     a = p.parse_args(argv)
     if a.one:
-        print(json.dumps(measure(Path(a.one), a.steps, a.batch_size, a.width, a.user_input)))
+        print(json.dumps(measure(Path(a.one), a.steps, a.batch_size, a.width, a.user_input[0])))
         return 0
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    runs = []
+    runs, load_start = [], os.getloadavg()
     for n in a.examples:
         work = Path(a.work) / f"n{n}"
         t = time.perf_counter()
@@ -137,17 +142,20 @@ def main(argv=None) -> int:
             subprocess.run([sys.executable, "-m", "tall_jax.two_tower.synthetic", "--out", str(work), "--examples",
                             str(n), "--no-progress"], check=True, env=env)
         gen_s = time.perf_counter() - t
-        shutil.rmtree(work / "cache", ignore_errors=True)  # the child measures the cache build too
-        child = subprocess.run([sys.executable, __file__, "--one", str(work), "--steps", str(a.steps),
-                                "--batch-size", str(a.batch_size), "--width", str(a.width),
-                                "--user-input", a.user_input],
-                               check=True, env=env, capture_output=True, text=True)
-        rec = {"examples": n, "generate_s": gen_s, "log_bytes": sum(f.stat().st_size for f in (work / "log").iterdir()),
-               **json.loads(child.stdout.strip().splitlines()[-1])}
-        print(json.dumps(rec), file=sys.stderr)
-        runs.append(rec)
+        shutil.rmtree(work / "cache", ignore_errors=True)  # the first child measures the cache build too
+        for user_input in a.user_input:
+            child = subprocess.run([sys.executable, __file__, "--one", str(work), "--steps", str(a.steps),
+                                    "--batch-size", str(a.batch_size), "--width", str(a.width),
+                                    "--user-input", user_input],
+                                   check=True, env=env, capture_output=True, text=True)
+            rec = {"examples": n, "generate_s": gen_s,
+                   "log_bytes": sum(f.stat().st_size for f in (work / "log").iterdir()),
+                   **json.loads(child.stdout.strip().splitlines()[-1])}
+            print(json.dumps(rec), file=sys.stderr)
+            runs.append(rec)
     record = {"benchmark": "two_tower_rss", "machine": platform.node(), "cpus": os.cpu_count(),
-              "loadavg": os.getloadavg(), "steps": a.steps, "batch_size": a.batch_size, "width": a.width,
+              "loadavg_start": load_start, "loadavg": os.getloadavg(), "steps": a.steps, "batch_size": a.batch_size,
+              "width": a.width,
               "user_input": a.user_input,
               "runs": runs}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
