@@ -114,6 +114,7 @@ def test_a_bad_log_is_one_line_with_file_and_line(ex, tmp_path, capsys, content,
     (["--dataset", "synthetic", "--groups", "g.csv"], "--groups applies to --data only"),
     (["--data", "x.csv", "--data-dir", "."], "--data-dir applies to --dataset ml-1m only"),
     (["--data", "x.csv", "--test-days", "0"], "--test-days must be >= 1"),
+    (["--data", "x.csv", "--user-features-on-disk"], "--user-features-on-disk applies to --user-features only"),
 ])
 def test_log_flag_errors(ex, capsys, argv, expected):
     assert expected in _fails(ex, argv, capsys)
@@ -324,15 +325,17 @@ def test_user_features_replace_the_user_id_embedding(ex, tmp_path):
     log = tiny_log(tmp_path / "log.csv", n_users=30, days=4)
     np.save(tmp_path / "u.npy", np.arange(31 * 3, dtype=np.float32).reshape(31, 3))
     (tmp_path / "u.ids").write_text("".join(f"{u}\n" for u in range(31, 0, -1)))  # any order, one extra
-    args = ex.parse_args(["--data", str(log), "--user-features", str(tmp_path / "u.npy"), "--seed", "0", *TRAIN])
-    data = make_builder(args)(0)
+    argv = ["--data", str(log), "--user-features", str(tmp_path / "u.npy"), "--seed", "0", *TRAIN]
+    data = make_builder(ex.parse_args(argv))(0)
     ids = build_log_cache(log).array("user_ids")
     assert data.user_vocab == 0 and data.item_vocab > 0 and data.user_x.shape == (30, 3)
-    np.testing.assert_array_equal(np.asarray(data.user_x)[:, 0], (31 - ids) * 3)  # the row of each user's id
-    # left on disk, read by row: rows in any order and shape, as the in-memory table would give them
+    np.testing.assert_array_equal(data.user_x[:, 0], (31 - ids) * 3)  # the row of each user's id
+    # --user-features-on-disk: read by row, in any order and shape, as the table in memory gives them
+    disk = make_builder(ex.parse_args([*argv, "--user-features-on-disk"]))(0).user_x
+    assert isinstance(disk, Rows) and disk.shape == (30, 3) and disk[7].shape == (3,)
     idx = np.array([[5, 0], [29, 5]])
-    np.testing.assert_array_equal(data.user_x[idx], np.asarray(data.user_x)[idx])
-    assert isinstance(data.user_x, Rows) and data.user_x[7].shape == (3,)
+    np.testing.assert_array_equal(disk[idx], data.user_x[idx])
+    np.testing.assert_array_equal(np.asarray(disk), data.user_x)
 
 
 def test_the_study_runs_on_a_log_and_its_page_names_no_local_path(tmp_path):
@@ -372,7 +375,8 @@ def test_the_data_digest_of_a_log_is_the_same_in_every_build(ex, tmp_path):
     log = tiny_log(tmp_path / "log.csv", n_users=30, days=4)
     np.save(tmp_path / "u.npy", np.arange(30 * 3, dtype=np.float32).reshape(30, 3))
     (tmp_path / "u.ids").write_text("".join(f"{u}\n" for u in range(1, 31)))
-    argv = ["--data", str(log), "--user-features", str(tmp_path / "u.npy"), "--seed", "0", *TRAIN]
+    argv = ["--data", str(log), "--user-features", str(tmp_path / "u.npy"), "--user-features-on-disk", "--seed", "0",
+            *TRAIN]
     a, b = (make_builder(ex.parse_args(argv))(0) for _ in range(2))
     assert isinstance(a.days[0].train_plain.user, Column) and isinstance(a.days[0].train_upsampled.user, Chain)
     assert digest(a) == digest(b)

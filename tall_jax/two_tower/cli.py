@@ -59,6 +59,9 @@ def make_parser(description: str, *, default_seeds: list[int]) -> argparse.Argum
     g.add_argument("--user-features", default=None, metavar="FILE",
                    help="user vectors: FILE.npy [users, F] with FILE.ids beside it, one user id per line "
                         "(default: a learned id embedding)")
+    g.add_argument("--user-features-on-disk", action="store_true",
+                   help="leave the user vectors in FILE.npy and read each batch's rows from it, for a table "
+                        "larger than memory (slower: docs/two_tower.md#your-own-logs); default: held in memory")
     g.add_argument("--title-features", default=None, metavar="FILE",
                    help="title vectors, the same format (default: a learned id embedding)")
     g.add_argument("--groups", default=None, metavar="FILE",
@@ -123,6 +126,8 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse
     used = [f"--{k.replace('_', '-')}" for k in log_only if getattr(args, k) is not None]
     if used and args.dataset != "log":
         p.error(f"{used[0]} applies to --data only")
+    if args.user_features_on_disk and args.user_features is None:
+        p.error("--user-features-on-disk applies to --user-features only")
     if (args.n_groups is not None and args.n_groups < 1) or args.active_threshold < 0 or args.test_days < 1:
         p.error("--n-groups and --test-days must be >= 1, --active-threshold >= 0")
     for k, v in PRESETS[args.preset].items():
@@ -246,7 +251,9 @@ def _log_builder(args) -> Callable[[int], object]:
         group_names = [f"G{g + 1}" for g in range(int(group_T.max()) + 1)]
     user_x = item_x = None
     if args.user_features:
-        user_x = user_feature_rows(args.user_features, cache.array("user_ids").astype(str))
+        ids = cache.array("user_ids").astype(str)
+        user_x = (user_feature_rows(args.user_features, ids) if args.user_features_on_disk
+                  else aligned_features(args.user_features, "user", ids))
     if args.title_features:
         item_x = aligned_features(args.title_features, "title", m["titles"])
     proto = LogProtocol(n_test_days=args.test_days, active_threshold=args.active_threshold, alpha=args.alpha)
