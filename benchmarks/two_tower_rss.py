@@ -1,21 +1,26 @@
 """Peak memory of training the two-tower baseline on a log of growing size (issue 33 item 2): it
 should stay flat in the log's size.
 
-    JAX_PLATFORMS=cpu python benchmarks/two_tower_rss.py --examples 1000000 10000000 --steps 300 \
-        --work /tmp/two_tower_rss --out benchmarks/results/cpu_two_tower_rss.json
+    JAX_PLATFORMS=cpu python benchmarks/two_tower_rss.py --examples 1000000 10000000 \
+        --user-input features-in-memory features --work /tmp/two_tower_rss \
+        --out benchmarks/results/cpu_two_tower_rss_10m_features.json
 
 For each size: the synthetic log generator (``python -m tall_jax.two_tower.synthetic``; 200
-territories, 600 titles, 8 days, 768-d title vectors) writes the log once into ``--work``; then a
-fresh process builds the cache, the seed-0 protocol data, reads the training examples once (reading
-rate: the first pass and a second one; then from arrays in memory, after the peak was taken), and
-trains ``--steps`` steps of the baseline with the CPU preset (d 128, batch 1024) from the on-disk
-plain training examples (cycled through when there are fewer, so every size trains as many steps). It records VmHWM (peak resident memory, from /proc/self/status) after each phase,
-the times, the sizes and the model's parameter and optimiser-state bytes, as JSON. With learned user
-ids (the default, as ``--data`` without ``--user-features``) the model holds a ``[users, d]`` table,
-which grows with the log's users; ``--user-input features`` reads the generator's 32-d user vectors
-(``users.npy``, as ``--user-features``: left on disk, read by row) instead, so only the data pipeline
-is left to grow; ``features-in-memory`` holds that table in memory (the path the on-disk rows replace).
-Several inputs are measured one after another, each in a fresh process per size.
+territories, 600 titles, 8 days, 768-d title vectors, 32-d user vectors) writes the log once into
+``--work``; a fresh process builds its cache (time, peak); then, per user input, ``--repeats`` fresh
+processes each build the seed-0 protocol data, read the training examples once (reading rate: the
+first pass and a second one; then from arrays in memory, after the peak was taken), and train
+``--steps`` steps of the baseline with the CPU preset (d 128, batch 1024) from the on-disk plain
+training examples (cycled through when there are fewer, so every size trains as many steps). Each
+records VmHWM (peak resident memory, from /proc/self/status) after each phase, the times, the sizes
+and the model's parameter and optimiser-state bytes; the JSON has every repeat and the medians, and
+each size's median peak against the smallest size's.
+
+User inputs (``--user-input``, one or several): ``ids``, learned id embeddings (``--data`` without
+``--user-features``: the model holds a ``[users, d]`` table, which grows with the log's users);
+``features-in-memory``, the generator's user vectors held in memory (``--user-features``, the
+default); ``features``, the same left on disk and read by row (``--user-features-on-disk``), so that
+only the data pipeline can grow.
 """
 from __future__ import annotations
 
@@ -28,6 +33,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,6 +60,16 @@ def vm_rss_mb() -> float:
     return 0.0
 
 
+def build_cache(work: Path) -> dict:
+    """Build the log's cache in this (fresh) process: seconds and peak memory."""
+    from tall_jax.two_tower.log_cache import build_log_cache
+
+    t = time.perf_counter()
+    cache = build_log_cache(work / "log", work / "cache", progress=False)
+    return {"cache_s": time.perf_counter() - t, "rows": cache.n_rows, "users": cache.n_users,
+            "cache_peak_mb": vm_hwm_mb()}
+
+
 def measure(work: Path, steps: int, batch: int, width: int, user_input: str) -> dict:
     """One size, in this (fresh) process."""
     import dataclasses
@@ -69,17 +88,16 @@ def measure(work: Path, steps: int, batch: int, width: int, user_input: str) -> 
     from tall_jax.two_tower.steps import init, make_batch, train_two_tower
 
     out = {"rss_start_mb": vm_hwm_mb()}
-    t = time.perf_counter()
     cache = build_log_cache(work / "log", work / "cache", progress=False)
-    out.update(cache_s=time.perf_counter() - t, cache_rebuilt=cache.rebuilt, rows=cache.n_rows, users=cache.n_users,
-               rss_after_cache_mb=vm_hwm_mb())
+    assert not cache.rebuilt, "the cache is built by its own child first"
+    out.update(rows=cache.n_rows, users=cache.n_users)
     m = cache.manifest
     group_T, group_names = groups_from_map(read_groups(work / "groups.csv"), m["territories"], "groups.csv")
     item_x = aligned_features(work / "titles.npy", "title", m["titles"])
     t = time.perf_counter()
     # learned user ids put a [users, d] table (and its Adam moments and gradient) in the model, which
     # grows with the log's users; the generator's user vectors leave only the data pipeline to grow
-    user_x = (user_feature_rows(work / "users.npy", cache.array("user_ids").astype(str))
+    user_x = (user_feature_rows(work / "users.npy", cache.array("user_ids"))
               if user_input.startswith("features") else None)
     if user_input == "features-in-memory":  # the table read whole: what the on-disk rows replace
         user_x = np.asarray(user_x)
@@ -128,13 +146,23 @@ def main(argv=None) -> int:
                         "does not grow with the users), the same held in memory")
     p.add_argument("--work", default="/tmp/two_tower_rss", help="where the logs and caches go (GBs at 10M)")
     p.add_argument("--out", default="benchmarks/results/cpu_two_tower_rss.json")
+    p.add_argument("--repeats", type=int, default=3, help="fresh processes per size and input (median reported)")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a child: measure this work folder
+    p.add_argument("--build-cache", default=None, help=argparse.SUPPRESS)  # a child: build this folder's cache
     a = p.parse_args(argv)
     if a.one:
         print(json.dumps(measure(Path(a.one), a.steps, a.batch_size, a.width, a.user_input[0])))
         return 0
+    if a.build_cache:
+        print(json.dumps(build_cache(Path(a.build_cache))))
+        return 0
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     runs, load_start = [], os.getloadavg()
+
+    def child(*argv: str) -> dict:
+        out = subprocess.run([sys.executable, __file__, *argv], check=True, env=env, capture_output=True, text=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
     for n in a.examples:
         work = Path(a.work) / f"n{n}"
         t = time.perf_counter()
@@ -142,17 +170,20 @@ def main(argv=None) -> int:
             subprocess.run([sys.executable, "-m", "tall_jax.two_tower.synthetic", "--out", str(work), "--examples",
                             str(n), "--no-progress"], check=True, env=env)
         gen_s = time.perf_counter() - t
-        shutil.rmtree(work / "cache", ignore_errors=True)  # the first child measures the cache build too
+        shutil.rmtree(work / "cache", ignore_errors=True)
+        cache = child("--build-cache", str(work))  # its own process: its heap does not inflate the next
         for user_input in a.user_input:
-            child = subprocess.run([sys.executable, __file__, "--one", str(work), "--steps", str(a.steps),
-                                    "--batch-size", str(a.batch_size), "--width", str(a.width),
-                                    "--user-input", user_input],
-                                   check=True, env=env, capture_output=True, text=True)
-            rec = {"examples": n, "generate_s": gen_s,
-                   "log_bytes": sum(f.stat().st_size for f in (work / "log").iterdir()),
-                   **json.loads(child.stdout.strip().splitlines()[-1])}
-            print(json.dumps(rec), file=sys.stderr)
+            reps = [child("--one", str(work), "--steps", str(a.steps), "--batch-size", str(a.batch_size),
+                          "--width", str(a.width), "--user-input", user_input) for _ in range(a.repeats)]
+            rec = {"examples": n, "user_input": user_input, "generate_s": gen_s,
+                   "log_bytes": sum(f.stat().st_size for f in (work / "log").iterdir()), **cache,
+                   "rss_peak_mb": float(np.median([r["rss_peak_mb"] for r in reps])),
+                   "train_s": float(np.median([r["train_s"] for r in reps])), "repeats": reps}
+            print(json.dumps({k: v for k, v in rec.items() if k != "repeats"}), file=sys.stderr)
             runs.append(rec)
+    base = {u: next(r["rss_peak_mb"] for r in runs if r["user_input"] == u) for u in a.user_input}
+    for r in runs:  # the peak against the smallest log's, same input
+        r["rss_peak_x_smallest"] = r["rss_peak_mb"] / base[r["user_input"]]
     record = {"benchmark": "two_tower_rss", "machine": platform.node(), "cpus": os.cpu_count(),
               "loadavg_start": load_start, "loadavg": os.getloadavg(), "steps": a.steps, "batch_size": a.batch_size,
               "width": a.width,

@@ -142,7 +142,8 @@ def test_feature_and_group_file_errors(ex, tmp_path, capsys):
     line = _fails(ex, ["--data", str(log), "--title-features", str(tmp_path / "t.npy"), *TRAIN], capsys)
     assert f"{tmp_path / 't.ids'}:1: 1 ids for 2 rows" in line
     np.save(tmp_path / "u.npy", np.ones((4, 2), np.float32))
-    for ids, expected in (("1\n2\n7\n2\n", ":4: id '2' appears twice"), ("1\n2\n3\n4\n", ": user '5' of the log has no vector")):
+    for ids, expected in (("1\n2\n7\n2\n", ":4: id '2' appears twice"), ("1\n2\n3\n4\n", ": user '5' of the log has no vector"),
+                          ("1\nx\n3\n4\n", ":2: user id 'x' is not an integer")):
         (tmp_path / "u.ids").write_text(ids)
         line = _fails(ex, ["--data", str(log), "--user-features", str(tmp_path / "u.npy"), *TRAIN], capsys)
         assert f"{tmp_path / 'u.ids'}{expected}" in line, line

@@ -251,7 +251,7 @@ def _log_builder(args) -> Callable[[int], object]:
         group_names = [f"G{g + 1}" for g in range(int(group_T.max()) + 1)]
     user_x = item_x = None
     if args.user_features:
-        ids = cache.array("user_ids").astype(str)
+        ids = cache.array("user_ids")
         user_x = (user_feature_rows(args.user_features, ids) if args.user_features_on_disk
                   else aligned_features(args.user_features, "user", ids))
     if args.title_features:
