@@ -80,16 +80,17 @@ def groups_from_map(mapping: dict[str, str], names: list[str], source: str) -> t
 def feature_rows(path: str | Path, what: str, ids) -> np.ndarray:
     """The row of each of ``ids`` (the log's users or titles) in a feature file
     (:func:`~tall_jax.two_tower.logs.read_feature_file`); every id needs a row, extra rows are ignored."""
-    _, file_ids = read_feature_file(path, what)
     ids = np.asarray(ids)
-    if np.issubdtype(ids.dtype, np.integer):  # user ids: matched as integers (no 84-byte strings a user)
+    integer = np.issubdtype(ids.dtype, np.integer)  # user ids: matched as integers
+    _, file_ids = read_feature_file(path, what, integer_ids=integer)
+    if integer and not np.issubdtype(file_ids.dtype, np.integer):
         try:
             file_ids = file_ids.astype(np.int64)
         except ValueError:
             bad = next((k for k, s in enumerate(file_ids) if not str(s).lstrip("+-").isdigit()), 0)
             raise ValueError(f"{Path(path).expanduser().with_suffix('.ids')}:{bad + 1}: {what} id "
                              f"{str(file_ids[bad])!r} is not an integer") from None
-    else:
+    elif not integer:
         ids = ids.astype(str)
     order = np.argsort(file_ids)
     at = np.minimum(np.searchsorted(file_ids[order], ids), max(len(order) - 1, 0))
