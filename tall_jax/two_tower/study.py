@@ -14,6 +14,7 @@ and one paragraph per claim of the paper, each saying whether it holds on this d
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import sys
 import time
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
         flag = given[i - 1] if i > 0 and given[i - 1] in path_flags else a.split("=")[0] if "=" in a else None
         hide = "DIR" if flag == "--data-dir" else "PATH"
         shown.append(a if flag not in path_flags else hide if "=" not in a else f"{flag}={hide}")
-    command = "python -m tall_jax.two_tower.study " + " ".join(shown)
+    command = "python -m tall_jax.two_tower.study " + " ".join(shlex.quote(a) for a in shown)
     page = build_page(runs, metas, args, command)
     doc = Path(args.doc) if args.doc else Path("docs") / "results" / f"two_tower_{args.dataset.replace('-', '')}.md"
     doc.parent.mkdir(parents=True, exist_ok=True)
