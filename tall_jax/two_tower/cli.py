@@ -49,11 +49,11 @@ def make_parser(description: str, *, default_seeds: list[int]) -> argparse.Argum
     p = Parser(description=description, allow_abbrev=False,
                formatter_class=HelpFormatter)
     p.add_argument("--dataset", choices=("synthetic", "ml-1m"), default=None,
-                   help="which built-in data (or --data for your own log)")
+                   help="which built-in data (default: none; give it or --data for your own log)")
     g = p.add_argument_group("your own log (docs/two_tower.md#your-own-logs)")
     g.add_argument("--data", default=None, metavar="PATH",
                    help="a log: a .csv / .csv.gz / .parquet file or a folder of them, columns user, title, "
-                        "territory, day and optionally label")
+                        "territory, day and optionally label (default: none)")
     g.add_argument("--cache", default=None, metavar="DIR",
                    help="the log's cache folder (default: <user cache>/two_tower_logs/<name>-<hash of the path>)")
     g.add_argument("--user-features", default=None, metavar="FILE",
@@ -61,7 +61,7 @@ def make_parser(description: str, *, default_seeds: list[int]) -> argparse.Argum
                         "(default: a learned id embedding)")
     g.add_argument("--user-features-on-disk", action="store_true",
                    help="leave the user vectors in FILE.npy and read each batch's rows from it, for a table "
-                        "larger than memory (slower: docs/two_tower.md#your-own-logs); default: held in memory")
+                        "larger than memory (slower: docs/two_tower.md#your-own-logs) (default: held in memory)")
     g.add_argument("--title-features", default=None, metavar="FILE",
                    help="title vectors, the same format (default: a learned id embedding)")
     g.add_argument("--groups", default=None, metavar="FILE",
@@ -75,7 +75,7 @@ def make_parser(description: str, *, default_seeds: list[int]) -> argparse.Argum
     p.add_argument("--seed", dest="seeds", type=int, nargs="+", default=default_seeds, metavar="SEED",
                    help="one or several seeds (data and training); the spelling train_tall.py uses")
     p.add_argument("--seeds", dest="seeds", type=int, nargs="+", action=_DeprecatedSeeds, metavar="SEED",
-                   help="deprecated spelling of --seed")
+                   help="deprecated spelling of --seed (default: none)")
     p.add_argument("--preset", choices=tuple(PRESETS), default="cpu",
                    help="sizes: cpu = d 128, batch 1024; paper = d 512, batch 8192 (paper §4.2)")
     p.add_argument("--width", type=int, default=None, help="tower / head width d (default: from --preset)")
@@ -88,12 +88,12 @@ def make_parser(description: str, *, default_seeds: list[int]) -> argparse.Argum
     p.add_argument("--protocol", choices=PROTOCOLS, default="incremental",
                    help="incremental: the day-i model is trained on days up to i-1 (paper); oneshot: one model "
                         "trained on the days before the first test day scores every test day")
-    p.add_argument("--alpha", type=float, default=4.0, help="negatives drawn per positive (a log with a label column: not used, its rows are the "
-                        "examples)")
+    p.add_argument("--alpha", type=float, default=4.0,
+                   help="negatives drawn per positive (a log with a label column: not used, its rows are the examples)")
     p.add_argument("--n-users", type=int, default=None, help="synthetic only: user universe (default: SyntheticConfig)")
     p.add_argument("--data-dir", default=None,
                    help="ml-1m only: a folder holding ml-1m/raw/{ratings,users,movies}.dat[.gz] (and ml-1m/tall_split "
-                        "for --ml1m-days split); default: $TALL_JAX_DATA, then the user cache")
+                        "for --ml1m-days split) (default: $TALL_JAX_DATA, then the user cache)")
     p.add_argument("--ml1m-days", choices=("timestamps", "split"), default="timestamps",
                    help="ml-1m days: from the rating timestamps (raw ratings.dat), or the earlier one-shot "
                         "adaptation on the TALL authors' split (one training day, three test user sets)")
@@ -108,7 +108,7 @@ def make_parser(description: str, *, default_seeds: list[int]) -> argparse.Argum
     p.add_argument("--head-rank", type=int, default=0, help="option: low-rank task blocks of rank r (0 = full d x d)")
     p.add_argument("--mesh", default=None, metavar="data=N",
                    help="data parallel: split each batch over N devices (--batch-size must divide by N); "
-                        "parameters, optimiser state and BatchNorm statistics replicated")
+                        "parameters, optimiser state and BatchNorm statistics replicated (default: one device)")
     p.add_argument("--distributed", action="store_true",
                    help="one process of several (jax.distributed), from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES "
                         "and JAX_PROCESS_ID; the mesh spans every process's devices; only process 0 writes files")

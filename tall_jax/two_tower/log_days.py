@@ -268,4 +268,5 @@ def make_log_two_tower(cache: LogCache, proto: LogProtocol, seed: int, *, group_
         info, user_vocab=u_n if user_x is None else 0, item_vocab=i_n if item_x is None else 0)
 
 
-__all__ = ["LogProtocol", "aligned_features", "feature_rows", "user_feature_rows", "groups_by_size", "groups_from_map", "make_log_two_tower", "write_examples"]
+__all__ = ["LogProtocol", "aligned_features", "feature_rows", "user_feature_rows", "groups_by_size", "groups_from_map",
+           "make_log_two_tower", "write_examples"]
