@@ -198,7 +198,9 @@ def execute(runs: list[StudyJob], *, dataset: str, n_experts: int, data_dir: str
                                         preexec_fn=(lambda: os.nice(nice)) if nice else None)
                 running[run.label] = (proc, log, time.time())
             bar.set_postfix_str(", ".join(running), refresh=True)
-            time.sleep(2.0)
+            wake = time.monotonic() + 2.0  # or as soon as a run ends (a short run is not kept waiting)
+            while time.monotonic() < wake and all(p.poll() is None for p, _, _ in running.values()):
+                time.sleep(0.05)
             for label, (proc, log, began) in list(running.items()):
                 if proc.poll() is None:
                     continue
