@@ -37,6 +37,12 @@ def paired_test(new_S: np.ndarray, ref_S: np.ndarray) -> float:
     return float(stats.ttest_rel(new_S[ok], ref_S[ok]).pvalue)
 
 
+def one_sample_test(x_S: np.ndarray) -> float:
+    """Two-sided one-sample t-test of ``x_S`` (per seed) against 0 (scipy.stats.ttest_1samp); NaN with
+    < 2 values or none apart."""
+    return float(stats.ttest_1samp(x_S, 0.0).pvalue) if len(x_S) > 1 and np.std(x_S) > 0 else float("nan")
+
+
 def compare(ap_SxDxK: dict[str, np.ndarray], new: str, ref: str) -> dict[str, np.ndarray]:
     """Per cell: relative gain % (per-day gains averaged over days, paper Table 2), mean ± std over seeds,
     and the paired t-test over seeds of the day-averaged AP."""
@@ -88,7 +94,7 @@ def gain_by_size(gain_SxT: np.ndarray, size_T: np.ndarray, n_bins: int) -> list[
         for idx in np.array_split(order, n_bins):
             g_S = np.nanmean(gain_SxT[:, idx], axis=1)
             ok = g_S[np.isfinite(g_S)]
-            p = float(stats.ttest_1samp(ok, 0.0).pvalue) if len(ok) > 1 and np.std(ok) > 0 else float("nan")
+            p = one_sample_test(ok)
             t_mean = np.nanmean(gain_SxT[:, idx], axis=0)
             out.append({"territories": idx, "size_lo": float(size_T[idx].min()), "size_hi": float(size_T[idx].max()),
                         "mean": float(np.mean(ok)) if ok.size else float("nan"),
@@ -289,7 +295,7 @@ def claims(res, major, t_mean, t_ap, cases, models, runs) -> list[str]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             diff_S = np.nanmean(g_SxT[:, ~major], 1) - np.nanmean(g_SxT[:, major], 1)
-        p = float(stats.ttest_1samp(diff_S, 0.0).pvalue) if len(diff_S) > 1 and np.std(diff_S) > 0 else float("nan")
+        p = one_sample_test(diff_S)
         d = float(np.mean(diff_S))
         verdict = "**holds**" if d > 0 and p < ALPHA else ("**does not hold**" if d <= 0 else "**not shown**")
         out += [f"**Minor territories gain more than major ones ({NAMES[new]} vs {NAMES[ref]}; the paper's "
@@ -307,7 +313,7 @@ def claims(res, major, t_mean, t_ap, cases, models, runs) -> list[str]:
                 if ref not in models:
                     continue
                 d_S = np.mean(t_mean["mtl"][:, idx] - t_mean[ref][:, idx], axis=1)  # per seed, over such titles
-                p = float(stats.ttest_1samp(d_S, 0.0).pvalue) if len(d_S) > 1 and np.std(d_S) > 0 else float("nan")
+                p = one_sample_test(d_S)
                 moved = "up" if np.mean(d_S) > 0 else "down"
                 good = np.sign(np.mean(d_S)) == want and np.isfinite(p) and p < ALPHA
                 ok_all &= bool(good)
