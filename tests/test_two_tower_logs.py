@@ -347,6 +347,10 @@ def test_the_study_runs_on_a_log_and_its_page_names_no_local_path(tmp_path):
     page = (tmp_path / "page.md").read_text()
     assert "--data PATH" in page and str(tmp_path) not in page and "log.csv@" in page
     assert "Not testable on this data: every group has one territory" in page  # two territories, two groups
+    assert "averaged over the three test days" in page
+    assert study.main(["--data", str(log), "--seed", "0", "--doc", "p2.md", "--runs", "r2", "--test-days", "2",
+                       *TRAIN]) == 0
+    assert "averaged over the 2 test days" in (tmp_path / "p2.md").read_text()  # per day: divided by 2, not 3
 
 
 def test_validation_and_test_examples_scored_from_disk_equal_them_in_memory(tmp_path):
